@@ -1,0 +1,92 @@
+# ichpipe: intracranial hemorrhage detection on head CT.
+#   make            build every program into bin/
+#   make test       install what is missing, build, run the tests (tests/run.sh)
+#   make demo       install what is missing, build, run the pipeline on phantom data
+#   make test-asan  the tests again under AddressSanitizer and UBSan (bin-asan/)
+#   make bench      side-by-side benchmarks (bench/README.md)
+#   make deps       install the Debian packages the build and tests need
+
+SAN ?=
+ifeq ($(SAN),1)
+BUILD ?= build-asan
+BIN ?= bin-asan
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT = -O1
+else
+BUILD ?= build
+BIN ?= bin
+SANFLAGS =
+OPT = -O2
+endif
+
+CC ?= cc
+CXX ?= c++
+WARN = -Wall -Wextra
+CFLAGS = -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -pthread $(SANFLAGS)
+CXXFLAGS = -std=c++17 $(OPT) -g $(WARN) -pthread $(SANFLAGS)
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+
+CONFIG = $(BUILD)/config.mk
+-include $(CONFIG)
+
+CPPFLAGS = -Icommon $(HDF5_CFLAGS) -DICH_VERSION='"$(VERSION)"'
+LIBS = $(DCMTK_LIBS) $(HDF5_LIBS) $(JPEG_LIBS) $(ZLIB_LIBS) $(DNNL_LIBS) -lm -pthread
+
+PROGRAMS = $(patsubst tools/%.c,%,$(wildcard tools/*.c))
+COMMON_C = $(wildcard common/*.c common/nn/*.c)
+COMMON_CXX = $(wildcard common/*.cpp)
+COMMON_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(COMMON_C)) $(patsubst %.cpp,$(BUILD)/%.o,$(COMMON_CXX))
+UNIT_TESTS = $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
+
+.PHONY: all deps test test-asan demo bench clean
+.DELETE_ON_ERROR:
+
+all: $(addprefix $(BIN)/,$(PROGRAMS)) $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
+
+$(CONFIG): mk/probe.sh
+	@mkdir -p $(BUILD)
+	@CC="$(CC)" CXX="$(CXX)" sh mk/probe.sh $@
+
+$(BUILD)/libichpipe.a: $(COMMON_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c $(CONFIG) $(wildcard common/*.h common/nn/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cpp $(CONFIG) $(wildcard common/*.h)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+# C++ linker because of the DCMTK wrapper.
+$(BIN)/%: $(BUILD)/tools/%.o $(BUILD)/libichpipe.a
+	@mkdir -p $(BIN)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libichpipe.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+
+deps:
+	@sh mk/deps.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@BIN=$(BIN) BUILD=$(BUILD) sh tests/run.sh
+
+test-asan: deps
+	@$(MAKE) --no-print-directory SAN=1 all
+	@BIN=bin-asan BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 \
+	    UBSAN_OPTIONS=print_stacktrace=1 sh tests/run.sh
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@sh pipeline/demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@sh bench/run.sh
+
+clean:
+	rm -rf build build-asan bin bin-asan

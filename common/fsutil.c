@@ -1,0 +1,244 @@
+#include "fsutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "exitcodes.h"
+#include "log.h"
+
+int path_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int path_is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int path_is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+void mkdir_p(const char *path)
+{
+    char *p = xstrdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = 0;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST)
+            die(EXIT_IO, "cannot create folder %s: %s", p, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(p, 0777) != 0 && errno != EEXIST)
+        die(EXIT_IO, "cannot create folder %s: %s", p, strerror(errno));
+    if (!path_is_dir(p))
+        die(EXIT_IO, "%s exists and is not a folder", p);
+    free(p);
+}
+
+char *path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir);
+    if (n == 0)
+        return xstrdup(name);
+    return xasprintf("%s%s%s", dir, dir[n - 1] == '/' ? "" : "/", name);
+}
+
+const char *path_basename(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+char *path_stem(const char *path)
+{
+    char *stem = xstrdup(path_basename(path));
+    char *dot = strrchr(stem, '.');
+    if (dot && dot != stem)
+        *dot = 0;
+    return stem;
+}
+
+int path_has_ext(const char *path, const char *ext)
+{
+    size_t n = strlen(path), m = strlen(ext);
+    return n >= m && strcasecmp(path + n - m, ext) == 0;
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void walk_into(const char *dir, strlist_t *out)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        log_warn("cannot read folder %s: %s", dir, strerror(errno));
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char *path = path_join(dir, e->d_name);
+        struct stat st;
+        if (stat(path, &st) == 0) {
+            if (S_ISDIR(st.st_mode))
+                walk_into(path, out);
+            else if (S_ISREG(st.st_mode))
+                strlist_push(out, path);
+        }
+        free(path);
+    }
+    closedir(d);
+}
+
+void walk_files(const char *dir, strlist_t *out)
+{
+    size_t first = out->count;
+    walk_into(dir, out);
+    qsort(out->items + first, out->count - first, sizeof *out->items, compare_strings);
+}
+
+void read_list_file(const char *path, strlist_t *out)
+{
+    FILE *f = xfopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' '))
+            line[--n] = 0;
+        if (n == 0 || line[0] == '#')
+            continue;
+        strlist_push(out, line);
+    }
+    free(line);
+    fclose(f);
+}
+
+/*
+ * Live temporary files, removed if the process is interrupted or exits early, so that a
+ * killed run never leaves something that looks like an output. A fixed table keeps the signal
+ * handler free of locks and allocation.
+ */
+#define TMP_SLOTS 256
+static char *tmp_slots[TMP_SLOTS];
+static atomic_int tmp_handlers_installed;
+static pthread_mutex_t tmp_mutex = PTHREAD_MUTEX_INITIALIZER;
+static atomic_long tmp_counter;
+
+static void tmp_remove_all(void)
+{
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (tmp_slots[i])
+            unlink(tmp_slots[i]);
+}
+
+static void tmp_on_signal(int sig)
+{
+    tmp_remove_all();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void tmp_install_handlers(void)
+{
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&tmp_handlers_installed, &expected, 1))
+        return;
+    atexit(tmp_remove_all);
+    signal(SIGINT, tmp_on_signal);
+    signal(SIGTERM, tmp_on_signal);
+    signal(SIGHUP, tmp_on_signal);
+}
+
+static void tmp_register(char *path)
+{
+    tmp_install_handlers();
+    pthread_mutex_lock(&tmp_mutex);
+    for (int i = 0; i < TMP_SLOTS; i++) {
+        if (!tmp_slots[i]) {
+            tmp_slots[i] = path;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&tmp_mutex);
+}
+
+static void tmp_unregister(const char *path)
+{
+    pthread_mutex_lock(&tmp_mutex);
+    for (int i = 0; i < TMP_SLOTS; i++) {
+        if (tmp_slots[i] && strcmp(tmp_slots[i], path) == 0) {
+            char *p = tmp_slots[i];
+            tmp_slots[i] = NULL;
+            free(p);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&tmp_mutex);
+}
+
+char *tmp_path_for(const char *final_path)
+{
+    const char *base = path_basename(final_path);
+    size_t dirlen = (size_t)(base - final_path);
+    long n = atomic_fetch_add(&tmp_counter, 1);
+    char *tmp = xasprintf("%.*s.%s.tmp-%ld-%ld", (int)dirlen, final_path, base, (long)getpid(),
+                          n);
+    tmp_register(xstrdup(tmp));
+    return tmp;
+}
+
+int tmp_commit(const char *tmp_path, const char *final_path)
+{
+    int rc = rename(tmp_path, final_path);
+    int saved = errno;
+    if (rc != 0)
+        unlink(tmp_path);
+    tmp_unregister(tmp_path);
+    errno = saved;
+    return rc;
+}
+
+void tmp_discard(const char *tmp_path)
+{
+    unlink(tmp_path);
+    tmp_unregister(tmp_path);
+}
+
+int tmp_sweep(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] != '.' || !strstr(e->d_name, ".tmp-"))
+            continue;
+        char *path = path_join(dir, e->d_name);
+        if (unlink(path) == 0)
+            removed++;
+        free(path);
+    }
+    closedir(d);
+    return removed;
+}

@@ -1,0 +1,34 @@
+/* Paths, folders, and outputs that appear only when complete (temporary name, then rename). */
+#ifndef ICH_FSUTIL_H
+#define ICH_FSUTIL_H
+
+#include "check.h"
+
+int path_exists(const char *path);
+int path_is_dir(const char *path);
+int path_is_file(const char *path);
+/* Create a folder and its parents; dies with EXIT_IO naming the folder on failure. */
+void mkdir_p(const char *path);
+char *path_join(const char *dir, const char *name);
+const char *path_basename(const char *path);
+/* Basename without its last extension, as a new string. */
+char *path_stem(const char *path);
+/* Does the name end with ext (case-insensitive, ext with its dot: ".dcm")? */
+int path_has_ext(const char *path, const char *ext);
+
+/* All regular files below dir, recursively, sorted by path; hidden entries are skipped. */
+void walk_files(const char *dir, strlist_t *out);
+/* One path per line; blank lines and lines starting with '#' ignored. Dies if unreadable. */
+void read_list_file(const char *path, strlist_t *out);
+
+/*
+ * Temporary sibling of a final output: "DIR/.NAME.tmp-PID-N". Registered so that SIGINT,
+ * SIGTERM and exit() remove it; commit renames it into place and unregisters it.
+ */
+char *tmp_path_for(const char *final_path);
+int tmp_commit(const char *tmp_path, const char *final_path); /* 0 ok, -1 errno set */
+void tmp_discard(const char *tmp_path);
+/* Remove leftovers of killed runs ("DIR/.*.tmp-*") in one folder; returns how many. */
+int tmp_sweep(const char *dir);
+
+#endif

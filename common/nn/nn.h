@@ -1,0 +1,178 @@
+/*
+ * The NN engine's core: tensors, op descriptors and the backend interface.
+ *
+ * A backend (CPU on oneDNN here, later a GPU one on cuDNN/cuBLAS) implements every op as a
+ * function in nn_backend_t. Ops are described by small structs (nn_conv_t, nn_bnorm_t, ...)
+ * that also carry a backend-owned plan: whatever the backend builds on the first call for a
+ * given input shape (primitives, algorithm choices, workspaces) and reuses afterwards.
+ *
+ * Conventions, the same for every backend:
+ * - Activations are 4-D float tensors in plain NCHW order; a vector per image is N x C x 1 x 1.
+ * - Tensor data lives in the backend's memory (host memory for the CPU backend); move data
+ *   with nn_backend_t.to_host / to_device.
+ * - Backward functions assign (never accumulate) both activation and parameter gradients:
+ *   the models use every parameter once, and sum branch gradients explicitly with add.
+ * - The backward of an op with a plan (max pool, batch norm) must follow the forward of the
+ *   same op object for the same batch.
+ *
+ * missing: HDF5 checkpoints of a paramset (with Adam moments, step, epoch, RNG state);
+ * bf16 mixed precision; concat and the LSTM ops; a GPU backend.
+ */
+#ifndef ICH_NN_H
+#define ICH_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    float *data; /* backend memory */
+    int n, c, h, w;
+} nn_tensor_t;
+
+static inline size_t nn_numel(const nn_tensor_t *t)
+{
+    return (size_t)t->n * (size_t)t->c * (size_t)t->h * (size_t)t->w;
+}
+
+/* 2-D convolution without bias; weights [out_ch][in_ch / groups][kernel][kernel]. */
+typedef struct {
+    int in_ch, out_ch, kernel, stride, pad, groups;
+    void *plan;
+} nn_conv_t;
+
+/* Batch norm over N, H, W per channel; gamma, beta, running stats have ch entries. */
+typedef struct {
+    int ch;
+    float eps;      /* 1e-5 as PyTorch */
+    float momentum; /* 0.1 as PyTorch: running = (1 - m) * running + m * batch */
+    void *plan;
+} nn_bnorm_t;
+
+/* Max pooling, square window; output size floor((H + 2 pad - kernel) / stride) + 1. */
+typedef struct {
+    int kernel, stride, pad;
+    void *plan;
+} nn_pool_t;
+
+/* Fully connected: y[n][out] = x[n][in] . w[out][in] + b[out]. */
+typedef struct {
+    int in, out;
+    void *plan;
+} nn_linear_t;
+
+/* One relu call site (its plan is cached per shape). */
+typedef struct {
+    void *plan;
+} nn_relu_t;
+
+/* Adam with torch.optim.Adam's semantics (L2 weight decay added to the gradient). */
+typedef struct {
+    double lr, beta1, beta2, eps, weight_decay;
+} nn_adam_t;
+
+typedef struct nn_backend nn_backend_t;
+
+struct nn_backend {
+    const char *name;
+
+    /* Memory: alloc returns zeroed memory aligned to 64 bytes; dies when out of memory. */
+    void *(*alloc)(nn_backend_t *be, size_t bytes);
+    void (*release)(nn_backend_t *be, void *p);
+    void (*to_host)(nn_backend_t *be, void *host, const void *dev, size_t bytes);
+    void (*to_device)(nn_backend_t *be, void *dev, const void *host, size_t bytes);
+    /* Free what the backend built for one op (any op struct's plan field). */
+    void (*release_plan)(nn_backend_t *be, void **plan);
+    /* Wait until every submitted op has finished. */
+    void (*synchronize)(nn_backend_t *be);
+
+    void (*conv_forward)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x, const float *w,
+                         nn_tensor_t *y);
+    void (*conv_backward_data)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *dy,
+                               const float *w, nn_tensor_t *dx);
+    void (*conv_backward_weights)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x,
+                                  const nn_tensor_t *dy, float *dw);
+
+    /*
+     * Training: normalise with the batch statistics, store them (biased variance) in
+     * save_mean / save_var for the backward, and update the running statistics (unbiased
+     * variance, as PyTorch).
+     */
+    void (*bnorm_forward_train)(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                const float *gamma, const float *beta, float *running_mean,
+                                float *running_var, float *save_mean, float *save_var,
+                                nn_tensor_t *y);
+    void (*bnorm_forward_infer)(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                const float *gamma, const float *beta, const float *running_mean,
+                                const float *running_var, nn_tensor_t *y);
+    void (*bnorm_backward)(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                           const nn_tensor_t *dy, const float *gamma, const float *save_mean,
+                           const float *save_var, nn_tensor_t *dx, float *dgamma, float *dbeta);
+
+    /* y may be x (in place); dx may be dy. The backward reads the forward's output y. */
+    void (*relu_forward)(nn_backend_t *be, nn_relu_t *op, const nn_tensor_t *x, nn_tensor_t *y);
+    void (*relu_backward)(nn_backend_t *be, nn_relu_t *op, const nn_tensor_t *y,
+                          const nn_tensor_t *dy, nn_tensor_t *dx);
+
+    /* training = 1 keeps what the backward needs. */
+    void (*maxpool_forward)(nn_backend_t *be, nn_pool_t *op, const nn_tensor_t *x, nn_tensor_t *y,
+                            int training);
+    void (*maxpool_backward)(nn_backend_t *be, nn_pool_t *op, const nn_tensor_t *x,
+                             const nn_tensor_t *y, const nn_tensor_t *dy, nn_tensor_t *dx);
+
+    /* Global average pool: y is N x C x 1 x 1. */
+    void (*avgpool_forward)(nn_backend_t *be, const nn_tensor_t *x, nn_tensor_t *y);
+    void (*avgpool_backward)(nn_backend_t *be, const nn_tensor_t *dy, nn_tensor_t *dx);
+
+    /* x, y, dx, dy are N x features x 1 x 1. b, db may be NULL (no bias). */
+    void (*linear_forward)(nn_backend_t *be, nn_linear_t *op, const nn_tensor_t *x,
+                           const float *w, const float *b, nn_tensor_t *y);
+    void (*linear_backward)(nn_backend_t *be, nn_linear_t *op, const nn_tensor_t *x,
+                            const nn_tensor_t *dy, const float *w, nn_tensor_t *dx, float *dw,
+                            float *db);
+
+    /* y = a + b elementwise (y may be a or b). */
+    void (*add)(nn_backend_t *be, const nn_tensor_t *a, const nn_tensor_t *b, nn_tensor_t *y);
+
+    /*
+     * The method's loss (reference-method.md stage 3) over n rows of 6 logits, labels in
+     * {0, 1}: (6 * BCE_mean(all) + BCE_mean(column 5)) / 7. Writes dloss/dlogits when dlogits
+     * is not NULL; returns the loss. logits, labels, dlogits are backend memory.
+     */
+    double (*bce_loss)(nn_backend_t *be, const float *logits, const float *labels, int n,
+                       float *dlogits);
+
+    /* One Adam step over count values; step counts from 1. */
+    void (*adam_step)(nn_backend_t *be, const nn_adam_t *hp, int64_t step, float *w,
+                      const float *g, float *m, float *v, size_t count);
+
+    void (*destroy)(nn_backend_t *be);
+};
+
+/* The backend for a name ("cpu"); NULL if unknown or not compiled in. */
+nn_backend_t *nn_backend_create(const char *name);
+nn_backend_t *nn_backend_cpu_create(void);
+
+/* Host reference arithmetic shared by the backends (and checked by the tests). */
+double nn_host_bce_loss(const float *logits, const float *labels, int n, float *dlogits);
+void nn_host_adam_step(const nn_adam_t *hp, int64_t step, float *w, const float *g, float *m,
+                       float *v, size_t count);
+
+/* Batch norm in training mode, plain loops with double sums: a reference for the backends. */
+void nn_host_bnorm_forward_train(const nn_tensor_t *x, const float *gamma, const float *beta,
+                                 float eps, float *save_mean, float *save_var, nn_tensor_t *y);
+void nn_host_bnorm_backward(const nn_tensor_t *x, const nn_tensor_t *dy, const float *gamma,
+                            const float *save_mean, const float *save_var, float eps,
+                            nn_tensor_t *dx, float *dgamma, float *dbeta);
+
+/* Step schedule: base_lr * gamma ^ floor(epoch / step_size) (torch StepLR). */
+double nn_lr_step(double base_lr, int epoch, int step_size, double gamma);
+
+/*
+ * Deterministic values from a seeded integer hash, identical in the Python reference
+ * (tests/ref/nn_hashinit.py): out[i] = offset + scale * (2 u - 1), u = hash(seed, i) in [0, 1)
+ * with 24 bits. Every step is exact in float32, so both sides agree bit for bit.
+ */
+void nn_fill_hashed(float *out, size_t count, uint32_t seed, float scale, float offset);
+uint32_t nn_name_seed(const char *name); /* FNV-1a of a tensor name */
+
+#endif

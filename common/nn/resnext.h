@@ -1,0 +1,77 @@
+/*
+ * ResNeXt as torchvision defines it (Bottleneck blocks: 1x1, grouped 3x3 carrying the
+ * stride, 1x1 expanding 4x; 1x1 conv + batch norm downsample; 7x7/2 stem with max pool),
+ * with a replaceable linear head and the pooled feature (the embedding) as a second output.
+ * Tensor names equal torchvision's state_dict keys.
+ *
+ * Models by name:
+ *   resnext50_32x4d    layers 3,4,6,3   groups 32, width 4, base 64 (embedding 2048)
+ *   resnext101_32x8d   layers 3,4,23,3  groups 32, width 8, base 64 (embedding 2048)
+ *   tiny               layers 2,2,2,2   groups 4,  width 8, base 16 (embedding 512)
+ * where base is the stem width (torchvision: 64) and stage s has base * 2^s planes.
+ */
+#ifndef ICH_NN_RESNEXT_H
+#define ICH_NN_RESNEXT_H
+
+#include "nn/nn.h"
+#include "nn/params.h"
+
+typedef struct {
+    const char *name;
+    int layers[4];
+    int groups, width_per_group, base;
+} resnext_config_t;
+
+typedef struct rx_block rx_block_t;
+
+/* A convolution followed by batch norm, with what its backward needs. */
+typedef struct {
+    nn_conv_t conv;
+    nn_bnorm_t bn;
+    nn_relu_t relu; /* used when a relu follows */
+    size_t w, gamma, beta, running_mean, running_var, batches; /* entry indices */
+    float *save_mean, *save_var;                                /* backend memory */
+    nn_tensor_t conv_out, bn_out; /* bn_out holds the relu's output where one follows */
+} rx_convbn_t;
+
+typedef struct {
+    resnext_config_t config;
+    int num_outputs, embed_dim;
+    nn_backend_t *be;
+    nn_paramset_t ps;
+
+    rx_convbn_t stem;
+    nn_pool_t maxpool;
+    rx_block_t *blocks;
+    int n_blocks;
+    nn_linear_t fc;
+    size_t fc_w, fc_b;
+
+    /* Activations for the current batch shape (allocated on the first forward). */
+    int act_n, act_h, act_w;
+    void *act_arena;
+    nn_tensor_t input, pooled, embedding, logits;
+    float *grad_scratch[6];
+    nn_tensor_t dlogits;
+    int last_training; /* the mode of the last forward */
+} resnext_t;
+
+/* The configuration for a name, or NULL. */
+const resnext_config_t *resnext_config(const char *name);
+
+/* Build the model (parameters zeroed); dies naming the model if it is unknown. */
+resnext_t *resnext_create(nn_backend_t *be, const char *name, int num_outputs);
+void resnext_free(resnext_t *m);
+
+/*
+ * Forward a batch x (N x 3 x H x W, backend memory; copied in). training = 1 uses batch
+ * statistics, updates the running ones and keeps what the backward needs. Results are
+ * m->logits (N x num_outputs) and m->embedding (N x embed_dim), in backend memory.
+ */
+void resnext_forward(resnext_t *m, const nn_tensor_t *x, int training);
+
+/* Backward from dlogits (N x num_outputs, backend memory) after a training forward: fills
+ * m->ps.grads (assigned, not accumulated). */
+void resnext_backward(resnext_t *m, const float *dlogits);
+
+#endif

@@ -1,0 +1,387 @@
+/*
+ * mkfolds: labels CSV + meta.h5 -> folds.h5. Every converted slice with its six labels and its
+ * cross-validation fold, grouped by patient; slices without labels form the test set (fold -1).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "exitcodes.h"
+#include "h5io.h"
+#include "labels.h"
+#include "log.h"
+#include "opt.h"
+#include "series.h"
+
+#define MAX_FOLDS 100
+#define ANY (N_SUBTYPES - 1)
+
+typedef struct {
+    const char *out;
+    const char *method;
+    int folds;
+    long long seed;
+} mkfolds_options_t;
+
+/* One usable row of meta.h5 with its labels. Rows are kept in slice ID order. */
+typedef struct {
+    size_t meta_row;
+    const char *id, *patient;
+    const slice_labels_t *labels; /* NULL: test slice */
+    int fold;
+} fold_slice_t;
+
+static int compare_slices_by_id(const void *a, const void *b)
+{
+    return strcmp(((const fold_slice_t *)a)->id, ((const fold_slice_t *)b)->id);
+}
+
+/* Patient of each labelled slice with the slice's position in ID order. */
+typedef struct {
+    const char *patient;
+    size_t position;
+    int positive;
+} patient_row_t;
+
+static int compare_patient_rows(const void *a, const void *b)
+{
+    const patient_row_t *x = a, *y = b;
+    int c = strcmp(x->patient, y->patient);
+    return c ? c : (x->position > y->position) - (x->position < y->position);
+}
+
+/* A patient: its first row in ID order, its slices and 'any' positives. */
+typedef struct {
+    const char *patient;
+    size_t first, slices, positives;
+    int fold;
+    size_t shuffle_rank;
+} patient_t;
+
+static patient_t *collect_patients(const fold_slice_t *slices, size_t n, size_t *npatients)
+{
+    patient_row_t *rows = xmalloc((n ? n : 1) * sizeof *rows);
+    size_t nrows = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!slices[i].labels)
+            continue;
+        rows[nrows].patient = slices[i].patient;
+        rows[nrows].position = nrows;
+        rows[nrows].positive = slices[i].labels->label[ANY] == 1;
+        nrows++;
+    }
+    qsort(rows, nrows, sizeof *rows, compare_patient_rows);
+
+    patient_t *patients = xmalloc((nrows ? nrows : 1) * sizeof *patients);
+    size_t np = 0;
+    for (size_t i = 0; i < nrows; i++) {
+        if (i == 0 || strcmp(rows[i].patient, rows[i - 1].patient) != 0) {
+            patients[np] = (patient_t){.patient = rows[i].patient, .first = rows[i].position};
+            np++;
+        }
+        patients[np - 1].slices++;
+        patients[np - 1].positives += (size_t)rows[i].positive;
+    }
+    free(rows);
+    *npatients = np;
+    return patients;
+}
+
+/*
+ * The original rule: labelled slices sorted by ID (joined with the metadata, so slices without
+ * metadata are not counted); a patient's fold is the position of its first row modulo k.
+ */
+static void assign_original(patient_t *patients, size_t np, int k)
+{
+    for (size_t p = 0; p < np; p++)
+        patients[p].fold = (int)(patients[p].first % (size_t)k);
+}
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int compare_for_stratified(const void *a, const void *b)
+{
+    const patient_t *x = *(patient_t *const *)a, *y = *(patient_t *const *)b;
+    if (x->positives != y->positives)
+        return x->positives > y->positives ? -1 : 1;
+    return (x->shuffle_rank > y->shuffle_rank) - (x->shuffle_rank < y->shuffle_rank);
+}
+
+/*
+ * Seeded and balanced: patients in a seeded random order, those with the most positive slices
+ * first. A patient with positives goes to the fold with the fewest positives so far (then the
+ * fewest slices); one without to the fold with the fewest slices, which evens out the sizes.
+ */
+static void assign_stratified(patient_t *patients, size_t np, int k, uint64_t seed)
+{
+    patient_t **order = xmalloc((np ? np : 1) * sizeof *order);
+    for (size_t p = 0; p < np; p++)
+        order[p] = &patients[p];
+    uint64_t state = seed ^ 0x6d6b666f6c647321ULL;
+    for (size_t p = np; p > 1; p--) {
+        size_t j = (size_t)(splitmix64(&state) % p);
+        patient_t *t = order[p - 1];
+        order[p - 1] = order[j];
+        order[j] = t;
+    }
+    for (size_t p = 0; p < np; p++)
+        order[p]->shuffle_rank = p;
+    qsort(order, np, sizeof *order, compare_for_stratified);
+
+    size_t positives[MAX_FOLDS] = {0}, slices[MAX_FOLDS] = {0};
+    for (size_t p = 0; p < np; p++) {
+        int best = 0;
+        for (int f = 1; f < k; f++) {
+            int fewer_positives = positives[f] < positives[best] ||
+                                  (positives[f] == positives[best] && slices[f] < slices[best]);
+            int fewer_slices = slices[f] < slices[best];
+            if (order[p]->positives ? fewer_positives : fewer_slices)
+                best = f;
+        }
+        order[p]->fold = best;
+        positives[best] += order[p]->positives;
+        slices[best] += order[p]->slices;
+    }
+    free(order);
+}
+
+static int compare_patient_names(const void *key, const void *elem)
+{
+    return strcmp((const char *)key, ((const patient_t *)elem)->patient);
+}
+
+typedef struct {
+    int64_t slices[MAX_FOLDS + 1], patients[MAX_FOLDS + 1];
+    int64_t positives[MAX_FOLDS + 1][N_SUBTYPES]; /* last index: the test set */
+} fold_summary_t;
+
+static void summarise(const fold_slice_t *slices, size_t n, const patient_t *patients,
+                      size_t np, int k, fold_summary_t *sum)
+{
+    memset(sum, 0, sizeof *sum);
+    for (size_t i = 0; i < n; i++) {
+        int f = slices[i].fold < 0 ? k : slices[i].fold;
+        sum->slices[f]++;
+        if (slices[i].labels)
+            for (int t = 0; t < N_SUBTYPES; t++)
+                sum->positives[f][t] += slices[i].labels->label[t] == 1;
+    }
+    for (size_t p = 0; p < np; p++)
+        sum->patients[patients[p].fold]++;
+}
+
+static void print_summary(const fold_summary_t *sum, int k)
+{
+    char line[512];
+    int len = snprintf(line, sizeof line, "%-5s %8s %8s", "fold", "slices", "patients");
+    for (int t = 0; t < N_SUBTYPES; t++)
+        len += snprintf(line + len, sizeof line - (size_t)len, " %8.8s", SUBTYPE_NAMES[t]);
+    log_info("%s", line);
+    for (int f = 0; f <= k; f++) {
+        char name[16];
+        snprintf(name, sizeof name, f == k ? "test" : "%d", f);
+        if (f == k)
+            len = snprintf(line, sizeof line, "%-5s %8lld %8s", name,
+                           (long long)sum->slices[f], "-");
+        else
+            len = snprintf(line, sizeof line, "%-5s %8lld %8lld", name,
+                           (long long)sum->slices[f], (long long)sum->patients[f]);
+        for (int t = 0; t < N_SUBTYPES && f < k; t++)
+            len += snprintf(line + len, sizeof line - (size_t)len, " %8lld",
+                            (long long)sum->positives[f][t]);
+        log_info("%s", line);
+    }
+}
+
+static void write_folds(const mkfolds_options_t *o, const char *labels_path,
+                        const meta_table_t *meta, const fold_slice_t *slices, size_t n,
+                        const fold_summary_t *sum, int64_t labels_without_meta,
+                        const label_table_t *labels)
+{
+    const char **ids = xmalloc((n ? n : 1) * sizeof *ids);
+    const char **patients = xmalloc((n ? n : 1) * sizeof *patients);
+    int8_t *label = xmalloc((n ? n : 1) * N_SUBTYPES);
+    int32_t *fold = xmalloc((n ? n : 1) * sizeof *fold);
+    int64_t *meta_index = xmalloc((n ? n : 1) * sizeof *meta_index);
+    for (size_t i = 0; i < n; i++) {
+        ids[i] = slices[i].id;
+        patients[i] = slices[i].patient;
+        fold[i] = slices[i].fold;
+        meta_index[i] = (int64_t)slices[i].meta_row;
+        for (int t = 0; t < N_SUBTYPES; t++)
+            label[i * N_SUBTYPES + t] = slices[i].labels ? slices[i].labels->label[t] : -1;
+    }
+
+    h5out_t out;
+    h5out_create(&out, o->out);
+    hsize_t dims[2] = {n, N_SUBTYPES};
+    h5_write_strings(out.file, "id", ids, n);
+    h5_write_strings(out.file, "patient_id", patients, n);
+    h5_write_i8(out.file, "label", label, 2, dims);
+    h5_write_i32(out.file, "fold", fold, 1, dims);
+    h5_write_i64(out.file, "meta_index", meta_index, 1, dims);
+
+    int k = o->folds;
+    int64_t positives[MAX_FOLDS * N_SUBTYPES];
+    for (int f = 0; f < k; f++)
+        memcpy(&positives[f * N_SUBTYPES], sum->positives[f], sizeof sum->positives[f]);
+    hsize_t fdims[2] = {(hsize_t)k, N_SUBTYPES};
+    h5_write_i64(out.file, "summary/slices", sum->slices, 1, fdims);
+    h5_write_i64(out.file, "summary/patients", sum->patients, 1, fdims);
+    h5_write_i64(out.file, "summary/positives", positives, 2, fdims);
+
+    char subtypes[256] = "";
+    for (int t = 0; t < N_SUBTYPES; t++) {
+        strcat(subtypes, SUBTYPE_NAMES[t]);
+        if (t + 1 < N_SUBTYPES)
+            strcat(subtypes, ",");
+    }
+    h5_attr_str(out.file, "subtypes", subtypes);
+    h5_attr_i64(out.file, "folds", k);
+    h5_attr_str(out.file, "method", o->method);
+    h5_attr_i64(out.file, "seed", o->seed);
+    h5_attr_str(out.file, "labels_file", labels_path);
+    h5_attr_str(out.file, "meta_file", meta->file);
+    h5_attr_i64(out.file, "test_slices", sum->slices[k]);
+    h5_attr_i64(out.file, "labelled_slices", (int64_t)n - sum->slices[k]);
+    h5_attr_i64(out.file, "labels_without_meta", labels_without_meta);
+    h5_attr_i64(out.file, "duplicate_label_rows", (int64_t)labels->duplicate_rows);
+    h5_attr_provenance(out.file);
+    h5out_commit(&out);
+
+    free(ids);
+    free(patients);
+    free(label);
+    free(fold);
+    free(meta_index);
+}
+
+/* Labelled slices that no usable metadata row has (both lists sorted by ID). */
+static int64_t count_labels_without_meta(const label_table_t *labels, const fold_slice_t *slices,
+                                         size_t n)
+{
+    int64_t missing = 0;
+    size_t j = 0;
+    for (size_t i = 0; i < labels->count; i++) {
+        const char *id = labels->slices[i].id;
+        while (j < n && strcmp(slices[j].id, id) < 0)
+            j++;
+        if (j < n && strcmp(slices[j].id, id) == 0)
+            continue;
+        if (missing < 5)
+            log_debug("labelled slice without metadata: %s", id);
+        missing++;
+    }
+    return missing;
+}
+
+int main(int argc, char **argv)
+{
+    log_init("mkfolds", LOG_INFO);
+    mkfolds_options_t o = {.out = NULL, .method = "original", .folds = 5, .seed = 0};
+    const opt_t options[] = {
+        {'o', "out", OPT_STRING, &o.out, "FILE", "folds file to write (required)", 1, 0, NULL},
+        {'k', "folds", OPT_INT, &o.folds, "K", "number of folds", 2, MAX_FOLDS, NULL},
+        {0, "method", OPT_CHOICE, &o.method, "METHOD",
+         "original: the reference rule; stratified: seeded, balances 'any' positives", 1, 0,
+         "original|stratified"},
+        {0, "seed", OPT_INT64, &o.seed, "S", "seed of --method stratified", 1, 0, NULL},
+        {0},
+    };
+    const opt_spec_t spec = {
+        .program = "mkfolds",
+        .usage = "[options] -o FOLDS.h5 LABELS.csv META.h5",
+        .summary =
+            "Assigns every converted slice of a dcm2jpg metadata table (status ok or exists)\n"
+            "to a cross-validation fold, grouped by PatientID, and stores its six labels\n"
+            "(int8, -1 where the CSV has none). Slices without labels form the test set\n"
+            "(fold -1). The labels CSV is the challenge's 'ID,Label' format (plain or .gz);\n"
+            "identical duplicate rows are dropped, conflicting rows are an error.",
+        .details =
+            "--method original reproduces the reference exactly: the labelled slices sorted by\n"
+            "ID, those without metadata dropped; a patient's fold is the 0-based position of\n"
+            "its first slice in that list, modulo K.\n"
+            "--method stratified: patients in a seeded random order, most positive slices\n"
+            "first; each with positives to the fold with the fewest 'any' positives so far,\n"
+            "each without to the fold with the fewest slices.\n"
+            "Layout of the output: data-layout.md.",
+        .exit_codes = NULL,
+        .options = options,
+        .min_positional = 2,
+        .max_positional = 2,
+    };
+    char **inputs;
+    opt_parse(&spec, argc, argv, &inputs);
+    if (!o.out) {
+        fprintf(stderr, "mkfolds: error: -o FOLDS.h5 is required\nTry 'mkfolds --help'.\n");
+        free(inputs);
+        return EXIT_USAGE;
+    }
+    const char *labels_path = inputs[0], *meta_path = inputs[1];
+
+    double t0 = time_now();
+    label_table_t labels;
+    char err[1024];
+    if (labels_read(labels_path, &labels, err, sizeof err) != 0)
+        die(EXIT_BAD_INPUT, "%s", err);
+    if (labels.duplicate_rows)
+        log_info("%s: %zu identical duplicate rows dropped", labels_path, labels.duplicate_rows);
+    meta_table_t meta;
+    meta_load(meta_path, &meta);
+    size_t dup_a, dup_b;
+    if (meta_find_duplicate(&meta, &dup_a, &dup_b))
+        die(EXIT_BAD_INPUT, "%s: slice ID %s appears twice: %s and %s", meta_path,
+            meta.id[dup_a], meta.path[dup_a], meta.path[dup_b]);
+
+    /* Usable slices in ID order, each with its labels or none. */
+    fold_slice_t *slices = xmalloc((meta.count ? meta.count : 1) * sizeof *slices);
+    size_t n = 0;
+    for (size_t i = 0; i < meta.count; i++)
+        if (meta_usable(&meta, i))
+            slices[n++] = (fold_slice_t){.meta_row = i, .id = meta.id[i],
+                                         .patient = meta.patient_id[i], .fold = -1};
+    qsort(slices, n, sizeof *slices, compare_slices_by_id);
+    for (size_t i = 0; i < n; i++)
+        slices[i].labels = labels_find(&labels, slices[i].id);
+    int64_t without_meta = count_labels_without_meta(&labels, slices, n);
+    if (without_meta)
+        log_warn("%lld labelled slices of %s have no usable metadata in %s (ignored)",
+                 (long long)without_meta, labels_path, meta_path);
+
+    size_t np;
+    patient_t *patients = collect_patients(slices, n, &np);
+    if (strcmp(o.method, "stratified") == 0)
+        assign_stratified(patients, np, o.folds, (uint64_t)o.seed);
+    else
+        assign_original(patients, np, o.folds);
+    for (size_t i = 0; i < n; i++) {
+        if (!slices[i].labels)
+            continue;
+        const patient_t *p = bsearch(slices[i].patient, patients, np, sizeof *patients,
+                                     compare_patient_names);
+        slices[i].fold = p->fold;
+    }
+
+    fold_summary_t sum;
+    summarise(slices, n, patients, np, o.folds, &sum);
+    write_folds(&o, labels_path, &meta, slices, n, &sum, without_meta, &labels);
+    print_summary(&sum, o.folds);
+    log_info("%zu slices (%lld labelled, %lld test), %zu patients in %d folds (%s) -> %s "
+             "(%.2f s)",
+             n, (long long)(n - (size_t)sum.slices[o.folds]), (long long)sum.slices[o.folds], np,
+             o.folds, o.method, o.out, time_now() - t0);
+
+    free(patients);
+    free(slices);
+    labels_free(&labels);
+    meta_free(&meta);
+    free(inputs);
+    return EXIT_OK;
+}

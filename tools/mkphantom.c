@@ -1,0 +1,552 @@
+/*
+ * mkphantom: synthetic head-CT series as real DICOM files (CT Image Storage, signed 16-bit,
+ * intercept -1024), with hemorrhages of the five challenge subtypes and the matching labels
+ * CSV. Seeded: the same options give byte-identical files, whatever the thread count.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "dicom.h"
+#include "exitcodes.h"
+#include "fsutil.h"
+#include "labels.h"
+#include "log.h"
+#include "opt.h"
+#include "phantom.h"
+#include "pool.h"
+
+#define PI 3.14159265358979323846
+#define N_LESION_KINDS 5
+#define SAME_PATIENT_RATE 0.15 /* a series is a later study of the previous patient */
+#define TILT_RATE 0.3          /* series acquired with gantry tilt */
+
+/* Stream identifiers for phantom_hash, so every random choice has its own sequence. */
+enum { STREAM_SERIES = 1, STREAM_NOISE, STREAM_ID, STREAM_SPLIT };
+enum { ID_SLICE = 1, ID_PATIENT, ID_STUDY, ID_SERIES, ID_FRAME };
+
+typedef struct {
+    const char *out, *labels, *slices, *rates, *uids;
+    int series, size, threads;
+    long long seed;
+    double prevalence, test_fraction;
+} options_t;
+
+typedef struct {
+    char patient_id[DICOM_UID_MAX], study_uid[DICOM_UID_MAX], series_uid[DICOM_UID_MAX];
+    char frame_uid[DICOM_UID_MAX], study_date[9], description[64];
+    char *folder;
+    int patient, nslices, first_slice, test;
+    double tilt, pixel_spacing, slice_spacing;
+    double row_dir[3], col_dir[3], normal[3], first_center[3];
+    phantom_head_t head;
+} series_plan_t;
+
+typedef struct {
+    char id[DICOM_UID_MAX];
+    int series, index;
+    int8_t label[N_SUBTYPES];
+} slice_plan_t;
+
+/* ---- IDs: deterministic for the seed, unique within the run ---- */
+
+typedef struct {
+    uint64_t *slots; /* 0 = empty */
+    size_t cap;
+} id_set_t;
+
+static int id_set_add(id_set_t *set, uint64_t key)
+{
+    key |= 1; /* never 0 */
+    size_t i = (size_t)(key * 0x9e3779b97f4a7c15ULL >> 20) & (set->cap - 1);
+    while (set->slots[i]) {
+        if (set->slots[i] == key)
+            return 0;
+        i = (i + 1) & (set->cap - 1);
+    }
+    set->slots[i] = key;
+    return 1;
+}
+
+/*
+ * "rsna" style: "ID_" and hex digits like the challenge data (9 for slices, 8 for patients,
+ * 10 for studies and series). "dicom" style: UUID-derived UIDs under the 2.25 root.
+ */
+static void make_id(char *out, id_set_t *used, uint64_t seed, int kind, uint64_t index,
+                    const char *style)
+{
+    static const int hex_digits[] = {0, 9, 8, 10, 10, 10};
+    for (uint64_t attempt = 0;; attempt++) {
+        uint64_t hi = phantom_hash(seed, STREAM_ID, ((uint64_t)kind << 40) | index, attempt);
+        int digits = hex_digits[kind];
+        uint64_t value = hi & ((1ULL << (4 * digits)) - 1);
+        int dicom = strcmp(style, "dicom") == 0 && kind != ID_PATIENT;
+        uint64_t key = dicom ? hi : value;
+        if (!id_set_add(used, (key & ~(0xfULL << 60)) ^ ((uint64_t)kind << 60)))
+            continue;
+        if (!dicom) {
+            snprintf(out, DICOM_UID_MAX, "ID_%0*llx", digits, (unsigned long long)value);
+            return;
+        }
+        /* 2.25.<decimal of a 128-bit number>: at most 39 digits, so the UID fits in 64. */
+        uint64_t lo = phantom_hash(seed, STREAM_ID, ((uint64_t)kind << 40) | index,
+                                   attempt + (1ULL << 32));
+        unsigned __int128 v = ((unsigned __int128)hi << 64) | lo;
+        char digits_rev[48];
+        int nd = 0;
+        do {
+            digits_rev[nd++] = (char)('0' + (int)(v % 10));
+            v /= 10;
+        } while (v);
+        int len = snprintf(out, DICOM_UID_MAX, "2.25.");
+        while (nd)
+            out[len++] = digits_rev[--nd];
+        out[len] = 0;
+        return;
+    }
+}
+
+/* ---- planning: every random choice, made in one thread in a fixed order ---- */
+
+static int parse_slice_range(const char *text, int *lo, int *hi)
+{
+    char *end;
+    long a = strtol(text, &end, 10), b = a;
+    if (end == text)
+        return -1;
+    if (*end == '-') {
+        const char *second = end + 1;
+        b = strtol(second, &end, 10);
+        if (end == second)
+            return -1;
+    }
+    if (*end || a < 1 || b < a || b > 10000)
+        return -1;
+    *lo = (int)a;
+    *hi = (int)b;
+    return 0;
+}
+
+static int parse_rates(const char *text, double rates[N_LESION_KINDS])
+{
+    const char *s = text;
+    double total = 0;
+    for (int k = 0; k < N_LESION_KINDS; k++) {
+        char *end;
+        rates[k] = strtod(s, &end);
+        if (end == s || rates[k] < 0 || !isfinite(rates[k]))
+            return -1;
+        total += rates[k];
+        s = end;
+        if (k + 1 < N_LESION_KINDS) {
+            if (*s != ',')
+                return -1;
+            s++;
+        }
+    }
+    return *s || total <= 0 ? -1 : 0;
+}
+
+static int pick_subtype(uint64_t *rng, const double rates[N_LESION_KINDS])
+{
+    double total = 0;
+    for (int k = 0; k < N_LESION_KINDS; k++)
+        total += rates[k];
+    double u = phantom_rng_uniform(rng, 0, total);
+    for (int k = 0; k < N_LESION_KINDS; k++) {
+        if (u < rates[k])
+            return k;
+        u -= rates[k];
+    }
+    return N_LESION_KINDS - 1;
+}
+
+static void plan_geometry(series_plan_t *s, uint64_t *rng, int size)
+{
+    s->tilt = phantom_rng_uniform(rng, 0, 1) < TILT_RATE
+                  ? phantom_rng_uniform(rng, 5, 20) * PI / 180
+                  : 0;
+    /* Gantry tilt turns the column direction about x, as real tilted head scans do. */
+    double row[3] = {1, 0, 0}, col[3] = {0, cos(s->tilt), -sin(s->tilt)};
+    memcpy(s->row_dir, row, sizeof row);
+    memcpy(s->col_dir, col, sizeof col);
+    s->normal[0] = row[1] * col[2] - row[2] * col[1];
+    s->normal[1] = row[2] * col[0] - row[0] * col[2];
+    s->normal[2] = row[0] * col[1] - row[1] * col[0];
+    s->pixel_spacing = phantom_rng_uniform(rng, 215, 250) / size;
+
+    /* Slices from the skull base to the vertex, through the head's centre. */
+    double zc = phantom_rng_uniform(rng, -60, 140);
+    double centre[3] = {0, 0, zc};
+    phantom_head_random(&s->head, centre, rng);
+    double c = s->head.axes[2], lo = -0.5 * c, span = 1.38 * c;
+    s->slice_spacing = s->nslices > 1 ? span / (s->nslices - 1) : 5.0;
+    double first = s->nslices > 1 ? lo : 0.2 * c;
+    for (int k = 0; k < 3; k++)
+        s->first_center[k] = centre[k] + first * s->normal[k];
+}
+
+static void plan_lesions(series_plan_t *s, uint64_t *rng, const options_t *o,
+                         const double rates[N_LESION_KINDS])
+{
+    if (phantom_rng_uniform(rng, 0, 1) >= o->prevalence)
+        return;
+    double u = phantom_rng_uniform(rng, 0, 1);
+    int count = 1 + (u < 0.35) + (u < 0.1);
+    for (int i = 0; i < count; i++)
+        phantom_add_lesion(&s->head, pick_subtype(rng, rates), rng);
+}
+
+/* Whole patients go to the test split, in a seeded order, until the fraction is reached. */
+static void plan_test_split(series_plan_t *series, int nseries, int npatients,
+                            const options_t *o)
+{
+    int want = (int)lround(o->test_fraction * nseries);
+    if (want <= 0)
+        return;
+    int *order = xmalloc((size_t)npatients * sizeof *order);
+    for (int p = 0; p < npatients; p++)
+        order[p] = p;
+    uint64_t rng = phantom_hash((uint64_t)o->seed, STREAM_SPLIT, 0, 0);
+    for (int p = npatients - 1; p > 0; p--) {
+        int j = (int)(phantom_rng_next(&rng) % (uint64_t)(p + 1));
+        int t = order[p];
+        order[p] = order[j];
+        order[j] = t;
+    }
+    int chosen = 0;
+    for (int p = 0; p < npatients && chosen < want; p++)
+        for (int i = 0; i < nseries; i++)
+            if (series[i].patient == order[p]) {
+                series[i].test = 1;
+                chosen++;
+            }
+    free(order);
+}
+
+static slice_plan_t *plan(series_plan_t *series, const options_t *o, int slices_lo,
+                          int slices_hi, const double rates[N_LESION_KINDS], size_t *nslices)
+{
+    size_t total = 0;
+    int npatients = 0;
+    for (int i = 0; i < o->series; i++) {
+        series_plan_t *s = &series[i];
+        uint64_t rng = phantom_hash((uint64_t)o->seed, STREAM_SERIES, (uint64_t)i, 0);
+        int same = i > 0 && phantom_rng_uniform(&rng, 0, 1) < SAME_PATIENT_RATE;
+        s->patient = same ? series[i - 1].patient : npatients++;
+        s->nslices = slices_lo + (int)(phantom_rng_next(&rng) % (uint64_t)(slices_hi -
+                                                                            slices_lo + 1));
+        s->first_slice = (int)total;
+        total += (size_t)s->nslices;
+        snprintf(s->study_date, sizeof s->study_date, "2019%02d%02d",
+                 1 + (int)(phantom_rng_next(&rng) % 12), 1 + (int)(phantom_rng_next(&rng) % 28));
+        plan_geometry(s, &rng, o->size);
+        plan_lesions(s, &rng, o, rates);
+        snprintf(s->description, sizeof s->description, "Phantom head CT%s",
+                 s->tilt ? " (gantry tilt)" : "");
+    }
+    plan_test_split(series, o->series, npatients, o);
+
+    /* IDs after all other choices, so that changing the ID style changes nothing else. */
+    id_set_t used = {.cap = 64};
+    while (used.cap < 4 * (total + 4 * (size_t)o->series))
+        used.cap *= 2;
+    used.slots = xcalloc(used.cap, sizeof *used.slots);
+    char patient_id[DICOM_UID_MAX] = "";
+    slice_plan_t *slices = xcalloc(total, sizeof *slices);
+    uint64_t seed = (uint64_t)o->seed;
+    for (int i = 0; i < o->series; i++) {
+        series_plan_t *s = &series[i];
+        if (i == 0 || s->patient != series[i - 1].patient)
+            make_id(patient_id, &used, seed, ID_PATIENT, (uint64_t)s->patient, o->uids);
+        memcpy(s->patient_id, patient_id, sizeof s->patient_id);
+        make_id(s->study_uid, &used, seed, ID_STUDY, (uint64_t)i, o->uids);
+        make_id(s->series_uid, &used, seed, ID_SERIES, (uint64_t)i, o->uids);
+        make_id(s->frame_uid, &used, seed, ID_FRAME, (uint64_t)i, o->uids);
+        s->folder = path_join(o->out, s->series_uid);
+        for (int k = 0; k < s->nslices; k++) {
+            slice_plan_t *sl = &slices[s->first_slice + k];
+            sl->series = i;
+            sl->index = k;
+            make_id(sl->id, &used, seed, ID_SLICE, (uint64_t)(s->first_slice + k), o->uids);
+        }
+    }
+    free(used.slots);
+    *nslices = total;
+    return slices;
+}
+
+/* ---- rendering and writing, in parallel ---- */
+
+typedef struct {
+    const options_t *o;
+    series_plan_t *series;
+    slice_plan_t *slices;
+    int16_t **buffers; /* one per thread */
+    char **errors;     /* per slice, NULL when written */
+    progress_t *progress;
+} render_job_t;
+
+static void render_one(size_t index, int thread, void *ctx_ptr)
+{
+    render_job_t *job = ctx_ptr;
+    slice_plan_t *sl = &job->slices[index];
+    const series_plan_t *s = &job->series[sl->series];
+    int n = job->o->size;
+
+    phantom_plane_t plane = {.spacing = s->pixel_spacing, .size = n};
+    memcpy(plane.row_dir, s->row_dir, sizeof plane.row_dir);
+    memcpy(plane.col_dir, s->col_dir, sizeof plane.col_dir);
+    double half = 0.5 * (n - 1) * s->pixel_spacing;
+    for (int k = 0; k < 3; k++)
+        plane.origin[k] = s->first_center[k] + sl->index * s->slice_spacing * s->normal[k] -
+                          half * (s->row_dir[k] + s->col_dir[k]);
+
+    int16_t *pixels = job->buffers[thread];
+    uint64_t noise = phantom_hash((uint64_t)job->o->seed, STREAM_NOISE, (uint64_t)sl->series,
+                                  (uint64_t)sl->index);
+    phantom_render(&s->head, &plane, noise, pixels, sl->label);
+
+    char patient_name[DICOM_UID_MAX + 16];
+    snprintf(patient_name, sizeof patient_name, "Phantom^%s", s->patient_id);
+    dicom_ct_slice_t meta = {
+        .sop_uid = sl->id,
+        .study_uid = s->study_uid,
+        .series_uid = s->series_uid,
+        .frame_of_reference_uid = s->frame_uid,
+        .patient_id = s->patient_id,
+        .patient_name = patient_name,
+        .study_date = s->study_date,
+        .series_description = s->description,
+        .instance_number = sl->index + 1,
+        .pixel_spacing = {s->pixel_spacing, s->pixel_spacing},
+        .slice_thickness = s->slice_spacing,
+        .slope = 1,
+        .intercept = PHANTOM_INTERCEPT,
+        .window_center = 40,
+        .window_width = 80,
+        .rows = n,
+        .columns = n,
+    };
+    memcpy(meta.position, plane.origin, sizeof meta.position);
+    memcpy(meta.orientation, s->row_dir, sizeof s->row_dir);
+    memcpy(meta.orientation + 3, s->col_dir, sizeof s->col_dir);
+
+    char name[DICOM_UID_MAX + 8], err[512];
+    snprintf(name, sizeof name, "%s.dcm", sl->id);
+    char *path = path_join(s->folder, name);
+    char *tmp = tmp_path_for(path);
+    if (dicom_write_ct(tmp, &meta, pixels, err, sizeof err) != 0) {
+        job->errors[index] = xstrdup(err);
+        tmp_discard(tmp);
+    } else if (tmp_commit(tmp, path) != 0) {
+        job->errors[index] = xasprintf("cannot move %s into place", path);
+        tmp_discard(tmp);
+    }
+    free(tmp);
+    free(path);
+    progress_add(job->progress, 1);
+}
+
+/* ---- CSV outputs ---- */
+
+static FILE *open_output(const char *path, char **tmp)
+{
+    *tmp = tmp_path_for(path);
+    FILE *f = fopen(*tmp, "w");
+    if (!f)
+        die(EXIT_IO, "cannot create %s", path);
+    return f;
+}
+
+static void commit_output(FILE *f, const char *path, char *tmp)
+{
+    if (ferror(f) || fclose(f) != 0) {
+        tmp_discard(tmp);
+        die(EXIT_IO, "cannot write %s", path);
+    }
+    if (tmp_commit(tmp, path) != 0)
+        die(EXIT_IO, "cannot move %s into place", path);
+    free(tmp);
+}
+
+/* Challenge format: six rows per slice, subtypes in the official order. */
+static void write_labels(const char *path, const series_plan_t *series, int nseries,
+                         const slice_plan_t *slices, int test)
+{
+    char *tmp;
+    FILE *f = open_output(path, &tmp);
+    fprintf(f, "ID,Label\n");
+    for (int i = 0; i < nseries; i++) {
+        if (series[i].test != test)
+            continue;
+        for (int k = 0; k < series[i].nslices; k++) {
+            const slice_plan_t *sl = &slices[series[i].first_slice + k];
+            for (int t = 0; t < N_SUBTYPES; t++)
+                fprintf(f, "%s_%s,%d\n", sl->id, SUBTYPE_NAMES[t], sl->label[t]);
+        }
+    }
+    commit_output(f, path, tmp);
+}
+
+/* One row per series: what was generated where, for people and tests. */
+static void write_manifest(const char *path, const series_plan_t *series, int nseries,
+                           const slice_plan_t *slices)
+{
+    char *tmp;
+    FILE *f = open_output(path, &tmp);
+    fprintf(f, "series_uid,patient_id,study_uid,folder,slices,split,tilt_deg,pixel_spacing,"
+               "slice_spacing,lesions,positive_slices\n");
+    for (int i = 0; i < nseries; i++) {
+        const series_plan_t *s = &series[i];
+        char lesions[256] = "";
+        for (int l = 0; l < s->head.nlesions; l++) {
+            size_t len = strlen(lesions);
+            snprintf(lesions + len, sizeof lesions - len, "%s%s:%.0fHU", l ? ";" : "",
+                     SUBTYPE_NAMES[s->head.lesions[l].subtype], s->head.lesions[l].hu);
+        }
+        int positive = 0;
+        for (int k = 0; k < s->nslices; k++)
+            positive += slices[s->first_slice + k].label[N_SUBTYPES - 1];
+        fprintf(f, "%s,%s,%s,%s,%d,%s,%.2f,%.6f,%.4f,%s,%d\n", s->series_uid, s->patient_id,
+                s->study_uid, path_basename(s->folder), s->nslices, s->test ? "test" : "train",
+                s->tilt * 180 / PI, s->pixel_spacing, s->slice_spacing, lesions, positive);
+    }
+    commit_output(f, path, tmp);
+}
+
+int main(int argc, char **argv)
+{
+    log_init("mkphantom", LOG_INFO);
+    options_t o = {.out = NULL, .labels = NULL, .slices = "28-36", .rates = "1,1,1,1,1",
+                   .uids = "rsna", .series = 10, .size = 512, .threads = 1, .seed = 1,
+                   .prevalence = 0.5, .test_fraction = 0};
+    const opt_t options[] = {
+        {'o', "out", OPT_STRING, &o.out, "OUTDIR", "output folder (created; required)", 1, 0,
+         NULL},
+        {0, "series", OPT_INT, &o.series, "N", "number of series", 1, 100000, NULL},
+        {0, "slices", OPT_STRING, &o.slices, "N|LO-HI", "slices per series (seeded choice)", 1,
+         0, NULL},
+        {0, "size", OPT_INT, &o.size, "N", "rows and columns", 16, 2048, NULL},
+        {0, "seed", OPT_INT64, &o.seed, "S", "seed of every random choice", 1, 0, NULL},
+        {0, "prevalence", OPT_DOUBLE, &o.prevalence, "P",
+         "fraction of series with hemorrhage", 0, 1, NULL},
+        {0, "rates", OPT_STRING, &o.rates, "E,IP,IV,SA,SD",
+         "relative frequency of epidural, intraparenchymal, intraventricular, subarachnoid, "
+         "subdural lesions",
+         1, 0, NULL},
+        {0, "labels", OPT_STRING, &o.labels, "FILE", "labels CSV (default OUTDIR/labels.csv)",
+         1, 0, NULL},
+        {0, "test-fraction", OPT_DOUBLE, &o.test_fraction, "F",
+         "fraction of series (whole patients) left out of the labels as a test split", 0, 1,
+         NULL},
+        {0, "uids", OPT_CHOICE, &o.uids, "STYLE",
+         "rsna: IDs like the challenge (ID_63eb1e259); dicom: 2.25.<number> UIDs", 1, 0,
+         "rsna|dicom"},
+        {'j', "threads", OPT_INT, &o.threads, "N", "worker threads", 1, 256, NULL},
+        {0},
+    };
+    const opt_spec_t spec = {
+        .program = "mkphantom",
+        .usage = "[options] -o OUTDIR",
+        .summary =
+            "Writes synthetic head-CT series as DICOM files (CT Image Storage, signed 16-bit,\n"
+            "intercept -1024, HU: brain 25-41, CSF 4-10, blood 50-90, bone 600-1400) with\n"
+            "hemorrhages of the five subtypes (epidural lens, subdural crescent,\n"
+            "intraparenchymal blob, intraventricular blood, subarachnoid blood in the sulci).\n"
+            "Lesions are 3-D and fade at the ends of their extent. A slice is labelled with a\n"
+            "subtype when its lesions change at least 10 mm2 of it by 10 HU or more.",
+        .details =
+            "Outputs:\n"
+            "  OUTDIR/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   one file per slice\n"
+            "  labels CSV     ID,Label rows ID_<slice>_<subtype> (six per slice) for the\n"
+            "                 training series\n"
+            "  OUTDIR/test_labels.csv  the same for the test series (with --test-fraction)\n"
+            "  OUTDIR/series.csv       one row per series: IDs, split, tilt, lesions\n"
+            "The same options give byte-identical files, whatever -j.",
+        .exit_codes = NULL,
+        .options = options,
+        .min_positional = 0,
+        .max_positional = 0,
+    };
+    char **positional;
+    opt_parse(&spec, argc, argv, &positional);
+    free(positional);
+    if (!o.out) {
+        fprintf(stderr, "mkphantom: error: -o OUTDIR is required\nTry 'mkphantom --help'.\n");
+        return EXIT_USAGE;
+    }
+    int slices_lo, slices_hi;
+    if (parse_slice_range(o.slices, &slices_lo, &slices_hi) != 0) {
+        fprintf(stderr, "mkphantom: error: --slices '%s' is not N or LO-HI (1..10000)\n",
+                o.slices);
+        return EXIT_USAGE;
+    }
+    double rates[N_LESION_KINDS];
+    if (parse_rates(o.rates, rates) != 0) {
+        fprintf(stderr, "mkphantom: error: --rates '%s' is not five non-negative numbers "
+                        "(not all 0)\n", o.rates);
+        return EXIT_USAGE;
+    }
+
+    double t0 = time_now();
+    series_plan_t *series = xcalloc((size_t)o.series, sizeof *series);
+    size_t nslices;
+    slice_plan_t *slices = plan(series, &o, slices_lo, slices_hi, rates, &nslices);
+    mkdir_p(o.out);
+    for (int i = 0; i < o.series; i++)
+        mkdir_p(series[i].folder);
+
+    render_job_t job = {.o = &o, .series = series, .slices = slices};
+    job.buffers = xcalloc((size_t)o.threads, sizeof *job.buffers);
+    for (int t = 0; t < o.threads; t++)
+        job.buffers[t] = xmalloc((size_t)o.size * o.size * sizeof **job.buffers);
+    job.errors = xcalloc(nslices, sizeof *job.errors);
+    job.progress = progress_begin("slices", (int64_t)nslices);
+    parallel_for(o.threads, nslices, render_one, &job);
+    progress_end(job.progress);
+    for (size_t i = 0; i < nslices; i++)
+        if (job.errors[i])
+            die(EXIT_IO, "%s", job.errors[i]);
+    double render_s = time_now() - t0;
+
+    char *labels_path = o.labels ? xstrdup(o.labels) : path_join(o.out, "labels.csv");
+    write_labels(labels_path, series, o.series, slices, 0);
+    if (o.test_fraction > 0) {
+        char *test_path = path_join(o.out, "test_labels.csv");
+        write_labels(test_path, series, o.series, slices, 1);
+        free(test_path);
+    }
+    char *manifest = path_join(o.out, "series.csv");
+    write_manifest(manifest, series, o.series, slices);
+
+    size_t positive = 0, test_series = 0, per_subtype[N_SUBTYPES] = {0};
+    for (size_t i = 0; i < nslices; i++)
+        for (int t = 0; t < N_SUBTYPES; t++)
+            per_subtype[t] += (size_t)slices[i].label[t];
+    positive = per_subtype[N_SUBTYPES - 1];
+    for (int i = 0; i < o.series; i++)
+        test_series += (size_t)series[i].test;
+    log_info("%zu slices in %d series (%zu test), %zu positive (epidural %zu, "
+             "intraparenchymal %zu, intraventricular %zu, subarachnoid %zu, subdural %zu) "
+             "-> %s",
+             nslices, o.series, test_series, positive, per_subtype[0], per_subtype[1],
+             per_subtype[2], per_subtype[3], per_subtype[4], o.out);
+    log_info("%.2f s, %.0f slices/s", render_s, nslices / (render_s > 0 ? render_s : 1e-9));
+
+    for (int i = 0; i < o.series; i++)
+        free(series[i].folder);
+    for (int t = 0; t < o.threads; t++)
+        free(job.buffers[t]);
+    for (size_t i = 0; i < nslices; i++)
+        free(job.errors[i]);
+    free(job.errors);
+    free(job.buffers);
+    free(labels_path);
+    free(manifest);
+    free(slices);
+    free(series);
+    return EXIT_OK;
+}
