@@ -142,12 +142,30 @@ private:
 /* ---------------------------------------------------------------------------------------- */
 /* Reading                                                                                   */
 
+/*
+ * A text value as printable ASCII: other bytes become \xNN. Character sets differ between
+ * files (Latin-1, UTF-8, ...) and corrupt files hold anything; the result is always valid
+ * UTF-8 for HDF5 and terminals, and the same bytes always give the same text.
+ */
 void get_string(DcmDataset *ds, const DcmTagKey &tag, char *out, size_t outlen)
 {
     OFString value;
     out[0] = '\0';
-    if (ds->findAndGetOFStringArray(tag, value).good())
-        copy_string(out, outlen, value.c_str());
+    if (ds->findAndGetOFStringArray(tag, value).bad())
+        return;
+    size_t used = 0;
+    for (size_t i = 0; i < value.length(); i++) {
+        unsigned char c = (unsigned char)value[i];
+        char piece[5] = {(char)c, 0};
+        if (c < 0x20 || c > 0x7e)
+            snprintf(piece, sizeof piece, "\\x%02x", c);
+        size_t len = strlen(piece);
+        if (used + len + 1 > outlen)
+            break;
+        memcpy(out + used, piece, len);
+        used += len;
+    }
+    out[used] = '\0';
 }
 
 /* All count values of a multi-valued DS, or NaN everywhere when any is missing. */

@@ -1,20 +1,19 @@
 #!/bin/sh
 # dcm2jpg re-runs: existing outputs are kept (and not decoded again) unless --force, a
 # missing one is redone, leftovers of a killed run are swept, -j 1 and -j 2 give the same
-# bytes, a killed run leaves only complete files.
+# bytes, a killed run leaves only complete files. On a 24-slice mkphantom series; -j 1 vs
+# -j 2 also on the shared data's challenge series when it is there.
 set -eu
 : "${BIN:?}" "${WORK:?}" "${PY:=/usr/bin/python3}"
 DATA=${DATA:-}
-if [ -z "$DATA" ] || [ ! -d "$DATA/rsna_ich_app_series/dcm" ]; then
-    echo "skip: the shared DICOM data (\$DATA) is absent"
-    exit 77
-fi
-series=$DATA/rsna_ich_app_series/dcm
-out=$WORK/out
 fail() {
     echo "FAIL: $*"
     exit 1
 }
+"$BIN/mkphantom" -q -o "$WORK/phantom" --series 1 --slices 24 --size 64 --seed 8 ||
+    fail "mkphantom: exit $?"
+series=$(find "$WORK/phantom" -mindepth 1 -maxdepth 1 -type d)
+out=$WORK/out
 # The summary line's counts: "converted N, existing N, skipped N, failed N, non-DICOM N".
 counts() { grep -o 'converted [0-9]*, existing [0-9]*, skipped [0-9]*, failed [0-9]*' "$1"; }
 statuses() {
@@ -23,17 +22,32 @@ f = h5py.File(sys.argv[1], "r")
 c = collections.Counter(s.decode() for s in f["status"][()])
 print(" ".join("%s=%d" % kv for kv in sorted(c.items())))' "$1/meta.h5"
 }
+# How many files in folder $1 match the name pattern $2 (hidden ones included).
+count() { find "$1" -maxdepth 1 -name "$2" 2>/dev/null | wc -l; }
 # How many JPEGs were written after the marker file was touched.
 newer() { find "$out" -name '*.jpg' -newer "$WORK/marker" | wc -l; }
 mark() {
     touch "$WORK/marker"
     sleep 0.05
 }
+# -j 1 and -j 2 write the same bytes.
+same_threads() {
+    "$BIN/dcm2jpg" -q -j 1 -o "$WORK/$1-j1" "$2" || fail "$1 -j 1: exit $?"
+    "$BIN/dcm2jpg" -q -j 2 -o "$WORK/$1-j2" "$2" || fail "$1 -j 2: exit $?"
+    n=0
+    for f in "$WORK/$1-j1"/*.jpg; do
+        cmp -s "$f" "$WORK/$1-j2/$(basename "$f")" ||
+            fail "$1: -j 1 and -j 2 differ on $(basename "$f")"
+        n=$((n + 1))
+    done
+    [ "$n" -gt 0 ] || fail "$1: no JPEG written"
+    echo "$1: -j 1 and -j 2 write identical JPEGs ($n)"
+}
 
 "$BIN/dcm2jpg" -j 2 -o "$out" "$series" 2>"$WORK/run1.log" || fail "first run: exit $?"
 [ "$(counts "$WORK/run1.log")" = "converted 24, existing 0, skipped 0, failed 0" ] ||
     fail "first run: $(tail -n 1 "$WORK/run1.log")"
-[ "$(ls "$out" | grep -c '\.jpg$')" = 24 ] || fail "first run: not 24 JPEGs"
+[ "$(count "$out" '*.jpg')" = 24 ] || fail "first run: not 24 JPEGs"
 [ "$(statuses "$out")" = "ok=24" ] || fail "first run statuses: $(statuses "$out")"
 echo "first run: 24 converted"
 
@@ -50,7 +64,8 @@ grep -q 'removed 1 unfinished' "$WORK/run2.log" || fail "sweep not reported"
 echo "re-run: 24 existing, untouched; stale temporary file swept"
 
 # One output missing: only that one is converted.
-victim=$(ls "$out" | grep '\.jpg$' | head -n 1)
+victim=$(find "$out" -maxdepth 1 -name '*.jpg' | sort | head -n 1)
+victim=$(basename "$victim")
 rm "$out/$victim"
 "$BIN/dcm2jpg" -o "$out" "$series" 2>"$WORK/run3.log" || fail "partial re-run: exit $?"
 [ "$(counts "$WORK/run3.log")" = "converted 1, existing 23, skipped 0, failed 0" ] ||
@@ -67,31 +82,42 @@ mark
 echo "--force: 24 rewritten"
 
 # Threads change nothing in the output bytes.
-"$BIN/dcm2jpg" -q -j 1 -o "$WORK/j1" "$series" || fail "-j 1: exit $?"
-"$BIN/dcm2jpg" -q -j 2 -o "$WORK/j2" "$series" || fail "-j 2: exit $?"
-for f in "$WORK"/j1/*.jpg; do
-    cmp -s "$f" "$WORK/j2/$(basename "$f")" || fail "-j 1 and -j 2 differ on $(basename "$f")"
-done
-echo "-j 1 and -j 2: identical JPEGs"
+same_threads phantom "$series"
+if [ -n "$DATA" ] && [ -d "$DATA/rsna_ich_app_series/dcm" ]; then
+    same_threads challenge "$DATA/rsna_ich_app_series/dcm"
+else
+    echo "skip: -j 1 and -j 2 on the challenge series (\$DATA absent)"
+fi
 
-# A run killed part way leaves complete JPEGs only, no temporary file and no table.
+# A run killed part way (as soon as its first image is there) leaves complete images only, no
+# temporary file and no table.
+size=512
+"$BIN/mkphantom" -q -o "$WORK/big" --series 1 --slices 40 --size $size --seed 9 -j 2 ||
+    fail "mkphantom: exit $?"
 kill_out=$WORK/killed
-"$BIN/dcm2jpg" -q --format ppm -o "$kill_out" "$series" "$DATA/rsna_george091" &
+"$BIN/dcm2jpg" -q -j 1 --format ppm -o "$kill_out" "$WORK/big" &
 pid=$!
-sleep 0.1
+tries=0
+until [ "$(count "$kill_out" '*.ppm')" -gt 0 ] || [ $tries -ge 500 ]; do
+    sleep 0.01
+    tries=$((tries + 1))
+done
 kill -TERM $pid 2>/dev/null || true
 wait $pid 2>/dev/null || true
+images=$(count "$kill_out" '*.ppm')
 if [ -d "$kill_out" ]; then
-    leftovers=$(ls -A "$kill_out" | grep -c '\.tmp-' || true)
+    leftovers=$(count "$kill_out" '*.tmp-*')
     [ "$leftovers" = 0 ] || fail "killed run left $leftovers temporary files"
     for f in "$kill_out"/*.ppm; do
         [ -e "$f" ] || continue
-        # A complete binary PPM of 512x512 RGB: header plus 786432 bytes.
-        [ "$(wc -c <"$f")" -ge 786432 ] || fail "incomplete image $f"
+        # A complete binary PPM of size x size RGB: header plus the pixels.
+        [ "$(wc -c <"$f")" -ge $((size * size * 3)) ] || fail "incomplete image $f"
     done
+    if [ "$images" -lt 40 ] && [ -e "$kill_out/meta.h5" ]; then
+        fail "killed run wrote meta.h5 with $images of 40 images"
+    fi
 fi
-echo "killed run: $(ls "$kill_out" 2>/dev/null | grep -c '\.ppm$' || true) complete images," \
-    "no temporary files"
+echo "killed run: $images of 40 complete images, no temporary files, no table unless complete"
 
 # List files: --list FILE and @FILE, comments and blank lines ignored.
 list=$WORK/slices.list

@@ -21,35 +21,25 @@ ph=$WORK/phantom
     fail "mkfolds: exit $?"
 "$BIN/seqbuild" -q -o "$WORK/sequences.h5" "$WORK/jpg/meta.h5" || fail "seqbuild: exit $?"
 
-"$PY" - "$ph" "$WORK" <<'EOF' || fail "checks above"
-import csv, glob, os, sys, warnings
-import h5py
+"$PY" - "$ph" "$WORK" "$(dirname "$0")/py" <<'EOF' || fail "checks above"
+import glob, os, sys, warnings
 warnings.filterwarnings("ignore")
 import pydicom
 
 ph, work = sys.argv[1:3]
-failed = 0
-def check(ok, what):
-    global failed
-    print(("ok    " if ok else "FAIL  ") + what)
-    failed += not ok
+sys.path.insert(0, sys.argv[3])
+import testlib
+from testlib import check
 
-def labels(path):
-    rows = list(csv.reader(open(path)))[1:]
-    return {rows[i][0].rsplit("_", 1)[0]: [int(r[1]) for r in rows[i:i + 6]]
-            for i in range(0, len(rows), 6)}
-
-train, test = labels(os.path.join(ph, "labels.csv")), labels(os.path.join(ph, "test_labels.csv"))
+train = testlib.label_lists(os.path.join(ph, "labels.csv"))
+test = testlib.label_lists(os.path.join(ph, "test_labels.csv"))
 files = glob.glob(os.path.join(ph, "*", "*.dcm"))
-with h5py.File(os.path.join(work, "jpg", "meta.h5"), "r") as f:
-    status = [s.decode() for s in f["status"][()]]
+status = [r["status"] for r in testlib.read_meta(os.path.join(work, "jpg", "meta.h5"))[0]]
 check(len(files) == len(status) and set(status) == {"ok"},
       "dcm2jpg: %d of %d phantom slices ok" % (status.count("ok"), len(files)))
 
-with h5py.File(os.path.join(work, "folds.h5"), "r") as f:
-    ids = [s.decode() for s in f["id"][()]]
-    fold = dict(zip(ids, f["fold"][()].tolist()))
-    label = dict(zip(ids, f["label"][()].tolist()))
+folds = testlib.read_folds(os.path.join(work, "folds.h5"))
+fold, label = folds["fold"], folds["label"]
 check({i for i, v in fold.items() if v == -1} == set(test),
       "fold -1 is exactly the %d slices of test_labels.csv" % len(test))
 check(all(label[i] == v for i, v in train.items()) and all(fold[i] >= 0 for i in train),
@@ -60,19 +50,15 @@ number = {}
 for path in files:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     number[ds.SOPInstanceUID] = (ds.SeriesInstanceUID, int(ds.InstanceNumber))
-with h5py.File(os.path.join(work, "sequences.h5"), "r") as f:
-    start, length = f["series/start"][()], f["series/length"][()]
-    flags = f["series/flags"][()]
-    normal = f["series/normal"][()]
-    sid = [s.decode() for s in f["slices/id"][()]]
+sequences, _ = testlib.read_sequences(os.path.join(work, "sequences.h5"))
 bad = []
-for a, n in zip(start, length):
-    got = [number[i] for i in sid[a:a + n]]
-    if got != sorted(got) or len({s for s, _ in got}) != 1:
+for s in sequences.values():
+    got = [number[i] for i in s["ids"]]
+    if got != sorted(got) or len({uid for uid, _ in got}) != 1:
         bad.append(got[:3])
-tilted = sum(1 for v in normal if abs(v[2]) < 0.999)
-check(len(start) == 8 and not bad and not any(flags),
+tilted = sum(1 for s in sequences.values() if abs(s["normal"][2]) < 0.999)
+check(len(sequences) == 8 and not bad and not any(s["flags"] for s in sequences.values()),
       "seqbuild: 8 series in InstanceNumber order (%d tilted), no flags %s" % (tilted, bad[:1]))
-sys.exit(1 if failed else 0)
+testlib.finish("phantom pipeline")
 EOF
 echo "phantom pipeline: all checks passed"

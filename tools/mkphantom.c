@@ -3,12 +3,17 @@
  * intercept -1024), with hemorrhages of the five challenge subtypes and the matching labels
  * CSV. Seeded: the same options give byte-identical files, whatever the thread count.
  */
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "check.h"
+#include "csv.h"
 #include "dicom.h"
 #include "exitcodes.h"
 #include "fsutil.h"
@@ -23,13 +28,22 @@
 #define SAME_PATIENT_RATE 0.15 /* a series is a later study of the previous patient */
 #define TILT_RATE 0.3          /* series acquired with gantry tilt */
 
+/* First lines of the CSVs written here: also how an earlier run's files are recognised. */
+#define LABELS_HEADER "ID,Label"
+#define MANIFEST_HEADER                                                                      \
+    "series_uid,patient_id,study_uid,folder,slices,split,tilt_deg,pixel_spacing,"             \
+    "slice_spacing,lesions,positive_slices"
+#define LABELS_NAME "labels.csv"
+#define MANIFEST_NAME "series.csv"
+#define TEST_LABELS_NAME "test_labels.csv"
+
 /* Stream identifiers for phantom_hash, so every random choice has its own sequence. */
 enum { STREAM_SERIES = 1, STREAM_NOISE, STREAM_ID, STREAM_SPLIT };
 enum { ID_SLICE = 1, ID_PATIENT, ID_STUDY, ID_SERIES, ID_FRAME };
 
 typedef struct {
     const char *out, *labels, *slices, *rates, *uids;
-    int series, size, threads;
+    int series, size, threads, force;
     long long seed;
     double prevalence, test_fraction;
 } options_t;
@@ -378,7 +392,7 @@ static void write_labels(const char *path, const series_plan_t *series, int nser
 {
     char *tmp;
     FILE *f = open_output(path, &tmp);
-    fprintf(f, "ID,Label\n");
+    fprintf(f, LABELS_HEADER "\n");
     for (int i = 0; i < nseries; i++) {
         if (series[i].test != test)
             continue;
@@ -397,8 +411,7 @@ static void write_manifest(const char *path, const series_plan_t *series, int ns
 {
     char *tmp;
     FILE *f = open_output(path, &tmp);
-    fprintf(f, "series_uid,patient_id,study_uid,folder,slices,split,tilt_deg,pixel_spacing,"
-               "slice_spacing,lesions,positive_slices\n");
+    fprintf(f, MANIFEST_HEADER "\n");
     for (int i = 0; i < nseries; i++) {
         const series_plan_t *s = &series[i];
         char lesions[256] = "";
@@ -415,6 +428,166 @@ static void write_manifest(const char *path, const series_plan_t *series, int ns
                 s->tilt * 180 / PI, s->pixel_spacing, s->slice_spacing, lesions, positive);
     }
     commit_output(f, path, tmp);
+}
+
+/* ---- OUTDIR: empty, or holding an earlier run that --force replaces ---- */
+
+static int dir_is_empty(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        die(EXIT_IO, "cannot read folder %s: %s", dir, strerror(errno));
+    int empty = 1;
+    struct dirent *e;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
+/* Is the first line of the file exactly `line`? That is how this program's CSVs are told. */
+static int starts_with_line(const char *path, const char *line)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = strlen(line);
+    char *head = xmalloc(n + 1);
+    int same = fread(head, 1, n + 1, f) == n + 1 && memcmp(head, line, n) == 0 &&
+               head[n] == '\n';
+    fclose(f);
+    free(head);
+    return same;
+}
+
+static void remove_file(const char *path)
+{
+    if (unlink(path) != 0)
+        die(EXIT_IO, "cannot remove %s: %s", path, strerror(errno));
+}
+
+/*
+ * One series folder of an earlier run: its slice files (*.dcm) and unfinished temporaries,
+ * then the folder when nothing else is left in it. Symbolic links are never followed.
+ * Returns the number of files removed.
+ */
+static int remove_series_folder(const char *dir)
+{
+    struct stat st;
+    if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        die(EXIT_IO, "cannot read folder %s: %s", dir, strerror(errno));
+    strlist_t ours = {0};
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *name = e->d_name;
+        int temporary = name[0] == '.' && strstr(name, ".tmp-") != NULL;
+        if (temporary || (name[0] != '.' && path_has_ext(name, ".dcm")))
+            strlist_push(&ours, name);
+    }
+    closedir(d);
+
+    int removed = 0;
+    for (size_t i = 0; i < ours.count; i++) {
+        char *path = path_join(dir, ours.items[i]);
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
+            remove_file(path);
+            removed++;
+        }
+        free(path);
+    }
+    strlist_free(&ours);
+    if (rmdir(dir) != 0) {
+        if (errno != ENOTEMPTY && errno != EEXIST)
+            die(EXIT_IO, "cannot remove folder %s: %s", dir, strerror(errno));
+        log_warn("kept %s: it holds files that mkphantom did not write", dir);
+    }
+    return removed;
+}
+
+/* The series folders listed in an earlier series.csv; returns how many files went. */
+static int remove_listed_series(const char *out, const char *manifest, int *nfolders)
+{
+    char err[512];
+    csv_reader_t *r = csv_open(manifest, err, sizeof err);
+    if (!r)
+        die(EXIT_BAD_INPUT, "%s", err);
+    char **fields;
+    size_t nfields;
+    long folder_column = -1;
+    int removed = 0, status;
+    while ((status = csv_next(r, &fields, &nfields, err, sizeof err)) == 1) {
+        if (folder_column < 0) {
+            for (size_t k = 0; k < nfields; k++)
+                if (strcmp(fields[k], "folder") == 0)
+                    folder_column = (long)k;
+            continue;
+        }
+        const char *folder = (size_t)folder_column < nfields ? fields[folder_column] : "";
+        /* A plain name inside OUTDIR, whatever an edited series.csv says. */
+        if (!folder[0] || folder[0] == '.' || strchr(folder, '/'))
+            die(EXIT_BAD_INPUT, "%s:%ld: folder '%s' is not a series folder name", manifest,
+                csv_line(r), folder);
+        char *dir = path_join(out, folder);
+        removed += remove_series_folder(dir);
+        free(dir);
+        (*nfolders)++;
+    }
+    if (status < 0)
+        die(EXIT_BAD_INPUT, "%s", err);
+    csv_close(r);
+    return removed;
+}
+
+/*
+ * A non-empty OUTDIR would mix an earlier run's files with this one's (more series, a test
+ * split that is no longer made), so it is refused unless --force. --force removes what the
+ * earlier run wrote, as its series.csv lists it, and nothing else; a file of someone else's
+ * at one of this run's output names stops the run rather than being overwritten.
+ */
+static void prepare_outdir(const options_t *o)
+{
+    if (!path_is_dir(o->out) || dir_is_empty(o->out))
+        return;
+    if (!o->force)
+        die(EXIT_BAD_INPUT, "%s is not empty: give a new folder, or --force to replace "
+                            "an earlier mkphantom run there", o->out);
+
+    char *manifest = path_join(o->out, MANIFEST_NAME);
+    int earlier = path_exists(manifest);
+    if (earlier && !starts_with_line(manifest, MANIFEST_HEADER))
+        die(EXIT_BAD_INPUT, "%s was not written by mkphantom: not replacing it", manifest);
+    int nfolders = 0, nfiles = 0;
+    if (earlier)
+        nfiles = remove_listed_series(o->out, manifest, &nfolders);
+
+    const char *csv_names[] = {LABELS_NAME, TEST_LABELS_NAME};
+    for (size_t i = 0; i < sizeof csv_names / sizeof *csv_names; i++) {
+        char *path = path_join(o->out, csv_names[i]);
+        int written_now = i == 0 ? o->labels == NULL : o->test_fraction > 0;
+        if (earlier && starts_with_line(path, LABELS_HEADER)) {
+            remove_file(path);
+            nfiles++;
+        } else if (written_now && path_exists(path)) {
+            die(EXIT_BAD_INPUT, "%s was not written by an earlier mkphantom run: not "
+                                "replacing it", path);
+        }
+        free(path);
+    }
+    if (earlier) {
+        remove_file(manifest);
+        nfiles++;
+    }
+    nfiles += tmp_sweep(o->out);
+    if (earlier)
+        log_info("replaced the earlier run in %s: removed %d series folders' files and its "
+                 "CSVs (%d files)", o->out, nfolders, nfiles);
+    else
+        log_warn("%s holds no %s of an earlier run: writing beside its files", o->out,
+                 MANIFEST_NAME);
+    free(manifest);
 }
 
 int main(int argc, char **argv)
@@ -446,6 +619,9 @@ int main(int argc, char **argv)
          "rsna: IDs like the challenge (ID_63eb1e259); dicom: 2.25.<number> UIDs", 1, 0,
          "rsna|dicom"},
         {'j', "threads", OPT_INT, &o.threads, "N", "worker threads", 1, 256, NULL},
+        {0, "force", OPT_FLAG, &o.force, NULL,
+         "replace an earlier mkphantom run in OUTDIR (only the files it wrote)",
+         0, 0, NULL},
         {0},
     };
     const opt_spec_t spec = {
@@ -465,6 +641,11 @@ int main(int argc, char **argv)
             "                 training series\n"
             "  OUTDIR/test_labels.csv  the same for the test series (with --test-fraction)\n"
             "  OUTDIR/series.csv       one row per series: IDs, split, tilt, lesions\n"
+            "OUTDIR must be absent or empty (exit 3 otherwise), so that no file of an earlier\n"
+            "run passes for one of this run's. --force replaces an earlier mkphantom run there:\n"
+            "the .dcm files of the series folders its series.csv lists, and its CSVs, are\n"
+            "removed first. Files mkphantom did not write are kept; one at an output name\n"
+            "stops the run (exit 3).\n"
             "The same options give byte-identical files, whatever -j.",
         .exit_codes = NULL,
         .options = options,
@@ -491,6 +672,8 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
+    prepare_outdir(&o);
+
     double t0 = time_now();
     series_plan_t *series = xcalloc((size_t)o.series, sizeof *series);
     size_t nslices;
@@ -512,14 +695,14 @@ int main(int argc, char **argv)
             die(EXIT_IO, "%s", job.errors[i]);
     double render_s = time_now() - t0;
 
-    char *labels_path = o.labels ? xstrdup(o.labels) : path_join(o.out, "labels.csv");
+    char *labels_path = o.labels ? xstrdup(o.labels) : path_join(o.out, LABELS_NAME);
     write_labels(labels_path, series, o.series, slices, 0);
     if (o.test_fraction > 0) {
-        char *test_path = path_join(o.out, "test_labels.csv");
+        char *test_path = path_join(o.out, TEST_LABELS_NAME);
         write_labels(test_path, series, o.series, slices, 1);
         free(test_path);
     }
-    char *manifest = path_join(o.out, "series.csv");
+    char *manifest = path_join(o.out, MANIFEST_NAME);
     write_manifest(manifest, series, o.series, slices);
 
     size_t positive = 0, test_series = 0, per_subtype[N_SUBTYPES] = {0};

@@ -2,15 +2,20 @@
  * The CPU backend on oneDNN (C API, version 2.6).
  *
  * Each op keeps, in its plan field, a short list of prepared primitives keyed by what they
- * were built for (kind of call and input shape). A prepared primitive binds every argument to
- * a memory object in the caller's plain layout; where oneDNN prefers another layout (blocked
- * activations and weights for convolutions) the argument also gets an inner memory object and
- * a reorder that runs before (inputs) or after (outputs) the primitive. Inner memory lives in
- * one scratch arena shared by all ops, since it is only alive during one call.
+ * were built for (kind of call, input shape, layouts, precision). A prepared primitive binds
+ * every argument to a memory object in the caller's layout (plain NCHW, or oneDNN's 16-channel
+ * blocks for NN_LAYOUT_NATIVE tensors); where the primitive wants another layout or data
+ * type (blocked weights, bf16 inputs) the argument also gets an inner memory object and a
+ * reorder that runs before (inputs) or after (outputs) the primitive. Inner memory lives in
+ * one scratch arena shared by all ops, since it is only alive during one call, except for
+ * weights of inference primitives with nn_conv_t.cache_weights: those keep their reordered
+ * copy until the weights generation changes (adam_step, to_device, weights_changed).
+ * Training changes the weights every step, so its primitives reorder once per call (= once
+ * per step) into the arena and hold no second copy of the weights.
  *
- * Threads: oneDNN uses OpenMP here; OMP_NUM_THREADS sets the count.
- * missing: weights are reordered on every call (once per step would do); no fusion of batch
- * norm with relu; bf16 compute.
+ * Threads: oneDNN uses OpenMP here; OMP_NUM_THREADS sets the count. The plain loops here
+ * (Adam) split their range over as many threads with the same arithmetic per element, so
+ * results do not depend on the thread count.
  */
 #include "nn/nn.h"
 
@@ -19,10 +24,14 @@
 
 #include <dnnl.h>
 #include <dnnl_debug.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-#define MAX_ARGS 10
+#define MAX_ARGS 12
 
 /* Die naming the oneDNN call and its status. */
 #define DNNL_CHECK(call)                                                                      \
@@ -36,10 +45,13 @@
 typedef struct {
     int arg;                  /* DNNL_ARG_* */
     int is_output;
-    dnnl_memory_t user;       /* plain layout; handle set on every call */
-    dnnl_memory_t inner;      /* primitive's layout, or NULL when it is the plain one */
+    dnnl_memory_t user;       /* caller's layout; handle set on every call */
+    dnnl_memory_t inner;      /* primitive's layout, or NULL when it is the caller's */
     dnnl_primitive_t reorder; /* user -> inner (input) or inner -> user (output) */
     size_t inner_bytes, inner_offset;
+    void *owned;              /* a cached input's inner memory (outside the arena) */
+    const void *cached_from;  /* the user pointer and generation the owned copy holds */
+    uint64_t cached_generation;
 } bound_arg_t;
 
 /* What a prepared primitive was built for. */
@@ -47,9 +59,12 @@ enum {
     CALL_CONV_FWD = 1,
     CALL_CONV_BWD_DATA,
     CALL_CONV_BWD_WEIGHTS,
+    CALL_CONV_BN_INFER,
     CALL_BN_TRAIN,
     CALL_BN_INFER,
     CALL_BN_BWD,
+    CALL_BN_RELU_TRAIN,
+    CALL_BN_RELU_BWD,
     CALL_RELU_FWD,
     CALL_RELU_BWD,
     CALL_POOL_TRAIN,
@@ -58,16 +73,18 @@ enum {
     CALL_LINEAR_FWD,
     CALL_LINEAR_BWD_DATA,
     CALL_LINEAR_BWD_WEIGHTS,
+    CALL_ADD,
 };
 
 typedef struct prepared {
-    int call, n, c, h, w;
+    int call, n, c, h, w, extra; /* extra: layouts, precision, fused parts */
     dnnl_primitive_desc_t pd;
     dnnl_primitive_t prim;
     bound_arg_t args[MAX_ARGS];
     int nargs;
     size_t inner_total;      /* bytes of scratch arena the inner memories need */
     dnnl_memory_t workspace; /* owned, kept between a forward and its backward */
+    float *aux;              /* owned per-channel values (fused batch norm scale, shift) */
     struct prepared *next;
 } prepared_t;
 
@@ -77,6 +94,9 @@ typedef struct {
     dnnl_stream_t stream;
     void *arena;
     size_t arena_bytes;
+    uint64_t generation; /* of the weights, for cached reorders */
+    void *add_plan;      /* prepared adds (add has no op struct) */
+    int threads;
 } cpu_backend_t;
 
 static cpu_backend_t *cpu_of(nn_backend_t *be)
@@ -86,21 +106,53 @@ static cpu_backend_t *cpu_of(nn_backend_t *be)
 
 /* ---- memory ---------------------------------------------------------------------------- */
 
+/*
+ * Large blocks come straight from mmap: zero pages that become resident only when written,
+ * so slabs a run never touches (gradients in inference) cost no memory. A 64-byte header in
+ * front of every block says how it was made.
+ */
+#define ALLOC_HEADER 64
+#define ALLOC_MMAP_MIN (1u << 20)
+
+typedef struct {
+    size_t total;
+    int mapped;
+} alloc_header_t;
+
 static void *cpu_alloc(nn_backend_t *be, size_t bytes)
 {
     (void)be;
-    size_t rounded = (bytes + 63) / 64 * 64;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
-    if (!p)
+    size_t total = ALLOC_HEADER + (bytes + 63) / 64 * 64;
+    char *base;
+    int mapped = total >= ALLOC_MMAP_MIN;
+    if (mapped) {
+        base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED)
+            base = NULL;
+    } else {
+        base = aligned_alloc(64, total);
+        if (base)
+            memset(base, 0, total);
+    }
+    if (!base)
         die(EXIT_INTERNAL, "out of memory allocating %zu bytes for tensors", bytes);
-    memset(p, 0, rounded);
-    return p;
+    alloc_header_t *h = (alloc_header_t *)base;
+    h->total = total;
+    h->mapped = mapped;
+    return base + ALLOC_HEADER;
 }
 
 static void cpu_release(nn_backend_t *be, void *p)
 {
     (void)be;
-    free(p);
+    if (!p)
+        return;
+    char *base = (char *)p - ALLOC_HEADER;
+    alloc_header_t *h = (alloc_header_t *)base;
+    if (h->mapped)
+        munmap(base, h->total);
+    else
+        free(base);
 }
 
 static void cpu_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
@@ -110,15 +162,26 @@ static void cpu_copy(nn_backend_t *be, void *dst, const void *src, size_t bytes)
         memmove(dst, src, bytes);
 }
 
+static void cpu_to_device(nn_backend_t *be, void *dst, const void *src, size_t bytes)
+{
+    cpu_of(be)->generation++; /* may be weights */
+    cpu_copy(be, dst, src, bytes);
+}
+
 static void cpu_synchronize(nn_backend_t *be)
 {
     DNNL_CHECK(dnnl_stream_wait(cpu_of(be)->stream));
 }
 
+static void cpu_weights_changed(nn_backend_t *be)
+{
+    cpu_of(be)->generation++;
+}
+
 static void *arena_get(cpu_backend_t *cpu, size_t bytes)
 {
     if (bytes > cpu->arena_bytes) {
-        free(cpu->arena);
+        cpu_release(&cpu->base, cpu->arena);
         cpu->arena = cpu_alloc(&cpu->base, bytes);
         cpu->arena_bytes = bytes;
     }
@@ -127,23 +190,23 @@ static void *arena_get(cpu_backend_t *cpu, size_t bytes)
 
 /* ---- memory descriptors ---------------------------------------------------------------- */
 
-static dnnl_memory_desc_t md_plain(int ndims, const dnnl_dims_t dims, dnnl_format_tag_t tag)
+static dnnl_memory_desc_t md_typed(int ndims, const dnnl_dims_t dims, dnnl_data_type_t dt,
+                                   dnnl_format_tag_t tag)
 {
     dnnl_memory_desc_t md;
-    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, ndims, dims, dnnl_f32, tag));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&md, ndims, dims, dt, tag));
     return md;
 }
 
-static dnnl_memory_desc_t md_nchw(int n, int c, int h, int w)
+static dnnl_memory_desc_t md_plain(int ndims, const dnnl_dims_t dims, dnnl_format_tag_t tag)
 {
-    dnnl_dims_t dims = {n, c, h, w};
-    return md_plain(4, dims, dnnl_nchw);
+    return md_typed(ndims, dims, dnnl_f32, tag);
 }
 
-static dnnl_memory_desc_t md_any4(int n, int c, int h, int w)
+static dnnl_memory_desc_t md_any4(int n, int c, int h, int w, dnnl_data_type_t dt)
 {
     dnnl_dims_t dims = {n, c, h, w};
-    return md_plain(4, dims, dnnl_format_tag_any);
+    return md_typed(4, dims, dt, dnnl_format_tag_any);
 }
 
 static dnnl_memory_desc_t md_vec(int n)
@@ -158,43 +221,84 @@ static dnnl_memory_desc_t md_matrix(int rows, int cols)
     return md_plain(2, dims, dnnl_ab);
 }
 
+/* Native tensors are in 16-channel blocks (nChw16c) when their channels fill the blocks, so
+ * that they take the same bytes as plain ones; otherwise plain. */
+static int is_blocked(const nn_tensor_t *t)
+{
+    return t->layout == NN_LAYOUT_NATIVE && t->c % 16 == 0;
+}
+
+static dnnl_memory_desc_t md_of(const nn_tensor_t *t)
+{
+    dnnl_dims_t dims = {t->n, t->c, t->h, t->w};
+    return md_plain(4, dims, is_blocked(t) ? dnnl_nChw16c : dnnl_nchw);
+}
+
+/* A per-channel vector broadcast over a 4-D tensor (fused post-ops). */
+static dnnl_memory_desc_t md_per_channel(int c)
+{
+    dnnl_dims_t dims = {1, c, 1, 1};
+    return md_plain(4, dims, dnnl_nchw);
+}
+
+/* The layouts of up to three tensors as bits of a plan key. */
+static int layout_bits(const nn_tensor_t *a, const nn_tensor_t *b, const nn_tensor_t *c)
+{
+    return (a && is_blocked(a)) | (b && is_blocked(b)) << 1 | (c && is_blocked(c)) << 2;
+}
+
 /* Conv weights: oihw, or goihw ([g][out/g][in/g][k][k], same bytes as PyTorch's) if grouped. */
-static dnnl_memory_desc_t md_conv_weights(const nn_conv_t *op, int any)
+static dnnl_memory_desc_t md_conv_weights(const nn_conv_t *op, int any, dnnl_data_type_t dt)
 {
     int g = op->groups, k = op->kernel;
     if (g == 1) {
         dnnl_dims_t dims = {op->out_ch, op->in_ch, k, k};
-        return md_plain(4, dims, any ? dnnl_format_tag_any : dnnl_oihw);
+        return md_typed(4, dims, dt, any ? dnnl_format_tag_any : dnnl_oihw);
     }
     dnnl_dims_t dims = {g, op->out_ch / g, op->in_ch / g, k, k};
-    return md_plain(5, dims, any ? dnnl_format_tag_any : dnnl_goihw);
+    return md_typed(5, dims, dt, any ? dnnl_format_tag_any : dnnl_goihw);
 }
 
 /* ---- prepared primitives ----------------------------------------------------------------- */
 
-static prepared_t *plan_find(void **plan, int call, const nn_tensor_t *x)
+static prepared_t *plan_find(void **plan, int call, const nn_tensor_t *x, int extra)
 {
     for (prepared_t *p = *plan; p; p = p->next)
-        if (p->call == call && p->n == x->n && p->c == x->c && p->h == x->h && p->w == x->w)
+        if (p->call == call && p->n == x->n && p->c == x->c && p->h == x->h && p->w == x->w &&
+            p->extra == extra)
             return p;
     return NULL;
 }
 
-/* Create the primitive for op_desc and add it to the plan, keyed by call and x's shape. */
-static prepared_t *plan_add(cpu_backend_t *cpu, void **plan, int call, const nn_tensor_t *x,
-                            const void *op_desc, const_dnnl_primitive_desc_t hint)
+/* Create the primitive for op_desc (with attr, may be NULL) and add it to the plan; NULL when
+ * oneDNN has no implementation for it and may_fail is set. */
+static prepared_t *plan_try_add(cpu_backend_t *cpu, void **plan, int call, const nn_tensor_t *x,
+                                int extra, const void *op_desc, const_dnnl_primitive_attr_t attr,
+                                const_dnnl_primitive_desc_t hint, int may_fail)
 {
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t status = dnnl_primitive_desc_create(&pd, op_desc, attr, cpu->engine, hint);
+    if (status != dnnl_success && may_fail)
+        return NULL;
+    DNNL_CHECK(status);
     prepared_t *p = xcalloc(1, sizeof(*p));
     p->call = call;
     p->n = x->n;
     p->c = x->c;
     p->h = x->h;
     p->w = x->w;
-    DNNL_CHECK(dnnl_primitive_desc_create(&p->pd, op_desc, NULL, cpu->engine, hint));
+    p->extra = extra;
+    p->pd = pd;
     DNNL_CHECK(dnnl_primitive_create(&p->prim, p->pd));
     p->next = *plan;
     *plan = p;
     return p;
+}
+
+static prepared_t *plan_add(cpu_backend_t *cpu, void **plan, int call, const nn_tensor_t *x,
+                            int extra, const void *op_desc, const_dnnl_primitive_desc_t hint)
+{
+    return plan_try_add(cpu, plan, call, x, extra, op_desc, NULL, hint, 0);
 }
 
 static int md_is_empty(const dnnl_memory_desc_t *md)
@@ -202,9 +306,12 @@ static int md_is_empty(const dnnl_memory_desc_t *md)
     return md == NULL || md->ndims == 0;
 }
 
-/* Bind an argument given in the caller's layout user_md; adds a reorder when needed. */
-static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
-                 int is_output)
+/*
+ * Bind an argument given in the caller's layout user_md; adds a reorder when needed. cached:
+ * an input whose reordered copy may be kept between calls (weights of inference primitives).
+ */
+static void bind_arg(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
+                     int is_output, int cached)
 {
     const dnnl_memory_desc_t *prim_md =
         dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, arg);
@@ -222,8 +329,12 @@ static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t 
 
     DNNL_CHECK(dnnl_memory_create(&b->inner, prim_md, cpu->engine, DNNL_MEMORY_NONE));
     b->inner_bytes = (dnnl_memory_desc_get_size(prim_md) + 63) / 64 * 64;
-    b->inner_offset = p->inner_total;
-    p->inner_total += b->inner_bytes;
+    if (cached && !is_output) {
+        b->owned = cpu_alloc(&cpu->base, b->inner_bytes);
+    } else {
+        b->inner_offset = p->inner_total;
+        p->inner_total += b->inner_bytes;
+    }
 
     dnnl_primitive_desc_t reorder_pd;
     const dnnl_memory_desc_t *from = is_output ? prim_md : &user_md;
@@ -234,13 +345,15 @@ static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t 
     DNNL_CHECK(dnnl_primitive_desc_destroy(reorder_pd));
 }
 
-/* The primitive's workspace (max pool), owned by the prepared primitive. */
-static void bind_workspace(cpu_backend_t *cpu, prepared_t *p, const prepared_t *forward)
+static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
+                 int is_output)
 {
-    if (forward) {
-        p->workspace = NULL; /* borrowed from the forward at run time */
-        return;
-    }
+    bind_arg(cpu, p, arg, user_md, is_output, 0);
+}
+
+/* The primitive's workspace (max pool, fused batch norm + relu), owned by the forward. */
+static void bind_workspace(cpu_backend_t *cpu, prepared_t *p)
+{
     const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(p->pd, dnnl_query_workspace_md,
                                                                 0);
     if (!md_is_empty(ws))
@@ -264,7 +377,15 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
     for (int i = 0; i < p->nargs; i++) {
         bound_arg_t *b = &p->args[i];
         DNNL_CHECK(dnnl_memory_set_data_handle(b->user, ptrs[i]));
-        if (b->inner) {
+        if (b->owned) {
+            /* A cached copy: reorder only when the weights are not the ones it holds. */
+            if (b->cached_from != ptrs[i] || b->cached_generation != cpu->generation) {
+                DNNL_CHECK(dnnl_memory_set_data_handle(b->inner, b->owned));
+                run_reorder(cpu, b->reorder, b->user, b->inner);
+                b->cached_from = ptrs[i];
+                b->cached_generation = cpu->generation;
+            }
+        } else if (b->inner) {
             DNNL_CHECK(dnnl_memory_set_data_handle(b->inner, arena + b->inner_offset));
             if (!b->is_output)
                 run_reorder(cpu, b->reorder, b->user, b->inner);
@@ -290,7 +411,6 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
 
 static void cpu_release_plan(nn_backend_t *be, void **plan)
 {
-    (void)be;
     prepared_t *p = *plan;
     while (p) {
         prepared_t *next = p->next;
@@ -300,15 +420,44 @@ static void cpu_release_plan(nn_backend_t *be, void **plan)
                 dnnl_memory_destroy(p->args[i].inner);
                 dnnl_primitive_destroy(p->args[i].reorder);
             }
+            cpu_release(be, p->args[i].owned);
         }
         if (p->workspace)
             dnnl_memory_destroy(p->workspace);
+        free(p->aux);
         dnnl_primitive_destroy(p->prim);
         dnnl_primitive_desc_destroy(p->pd);
         free(p);
         p = next;
     }
     *plan = NULL;
+}
+
+/* A tensor in any layout copied into plain NCHW order. */
+static void cpu_to_plain(nn_backend_t *be, const nn_tensor_t *src, float *dst)
+{
+    cpu_backend_t *cpu = cpu_of(be);
+    if (!is_blocked(src)) {
+        cpu_copy(be, dst, src->data, nn_numel(src) * sizeof(float));
+        return;
+    }
+    nn_tensor_t plain = *src;
+    plain.layout = NN_LAYOUT_NCHW;
+    dnnl_memory_desc_t from_md = md_of(src), to_md = md_of(&plain);
+    dnnl_memory_t from, to;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t reorder;
+    DNNL_CHECK(dnnl_memory_create(&from, &from_md, cpu->engine, src->data));
+    DNNL_CHECK(dnnl_memory_create(&to, &to_md, cpu->engine, dst));
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, &from_md, cpu->engine, &to_md,
+                                                  cpu->engine, NULL));
+    DNNL_CHECK(dnnl_primitive_create(&reorder, pd));
+    run_reorder(cpu, reorder, from, to);
+    DNNL_CHECK(dnnl_stream_wait(cpu->stream));
+    dnnl_primitive_destroy(reorder);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_memory_destroy(from);
+    dnnl_memory_destroy(to);
 }
 
 /* ---- convolution --------------------------------------------------------------------------- */
@@ -325,81 +474,102 @@ static void check_shape(const char *what, const nn_tensor_t *t, int n, int c, in
             t->h, t->w, n, c, h, w);
 }
 
-/* The forward descriptor; x is the input shape. Right padding makes PyTorch's floor rule. */
-static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_tensor_t *x)
+/* The data type of a convolution's products: bf16 inputs and weights in mixed precision. */
+static dnnl_data_type_t conv_dt(const nn_conv_t *op)
+{
+    return op->precision == NN_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+/*
+ * The forward descriptor; x is the input shape. Layouts are left to oneDNN (the caller's are
+ * reached by reorders where they differ). The output is fp32 whatever the precision: oneDNN
+ * sums in fp32 and rounds bf16 products' sums only if asked to. Right padding makes
+ * PyTorch's floor rule.
+ */
+static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_tensor_t *x,
+                                                 dnnl_prop_kind_t prop, dnnl_data_type_t dt)
 {
     int oh = out_size(x->h, op->kernel, op->stride, op->pad);
     int ow = out_size(x->w, op->kernel, op->stride, op->pad);
     dnnl_dims_t strides = {op->stride, op->stride}, pad_l = {op->pad, op->pad};
     dnnl_dims_t pad_r = {(oh - 1) * op->stride + op->kernel - x->h - op->pad,
                          (ow - 1) * op->stride + op->kernel - x->w - op->pad};
-    dnnl_memory_desc_t src = md_any4(x->n, op->in_ch, x->h, x->w);
-    dnnl_memory_desc_t dst = md_any4(x->n, op->out_ch, oh, ow);
-    dnnl_memory_desc_t wei = md_conv_weights(op, 1);
+    dnnl_memory_desc_t src = md_any4(x->n, op->in_ch, x->h, x->w, dt);
+    dnnl_memory_desc_t dst = md_any4(x->n, op->out_ch, oh, ow, dnnl_f32);
+    dnnl_memory_desc_t wei = md_conv_weights(op, 1, dt);
     dnnl_convolution_desc_t d;
-    DNNL_CHECK(dnnl_convolution_forward_desc_init(&d, dnnl_forward_training,
-                                                  dnnl_convolution_direct, &src, &wei, NULL,
-                                                  &dst, strides, pad_l, pad_r));
+    DNNL_CHECK(dnnl_convolution_forward_desc_init(&d, prop, dnnl_convolution_direct, &src, &wei,
+                                                  NULL, &dst, strides, pad_l, pad_r));
     return d;
 }
 
-/* A forward primitive descriptor to serve as the hint of the backward ones. */
-static prepared_t *conv_forward_prepared(cpu_backend_t *cpu, nn_conv_t *op, const nn_tensor_t *x)
+/* Plan key bits beyond the shape: the layouts of three tensors and the precision. */
+static int conv_key(const nn_conv_t *op, const nn_tensor_t *a, const nn_tensor_t *b,
+                    const nn_tensor_t *c)
 {
-    prepared_t *p = plan_find(&op->plan, CALL_CONV_FWD, x);
+    return layout_bits(a, b, c) | (op->precision == NN_PRECISION_BF16) << 3;
+}
+
+/* The training forward, also the hint of the backward ones; y gives the output layout. */
+static prepared_t *conv_forward_prepared(cpu_backend_t *cpu, nn_conv_t *op, const nn_tensor_t *x,
+                                         const nn_tensor_t *y)
+{
+    int key = conv_key(op, x, y, NULL);
+    prepared_t *p = plan_find(&op->plan, CALL_CONV_FWD, x, key);
     if (p)
         return p;
-    int oh = out_size(x->h, op->kernel, op->stride, op->pad);
-    int ow = out_size(x->w, op->kernel, op->stride, op->pad);
-    dnnl_convolution_desc_t d = conv_desc_forward(op, x);
-    p = plan_add(cpu, &op->plan, CALL_CONV_FWD, x, &d, NULL);
-    bind(cpu, p, DNNL_ARG_SRC, md_nchw(x->n, op->in_ch, x->h, x->w), 0);
-    bind(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0), 0);
-    bind(cpu, p, DNNL_ARG_DST, md_nchw(x->n, op->out_ch, oh, ow), 1);
+    dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_training, conv_dt(op));
+    p = plan_add(cpu, &op->plan, CALL_CONV_FWD, x, key, &d, NULL);
+    bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
+    bind(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 0);
+    bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
     return p;
+}
+
+static nn_tensor_t conv_output_like(const nn_conv_t *op, const nn_tensor_t *x, int layout)
+{
+    nn_tensor_t y = {NULL, x->n, op->out_ch, out_size(x->h, op->kernel, op->stride, op->pad),
+                     out_size(x->w, op->kernel, op->stride, op->pad), layout};
+    return y;
 }
 
 static void cpu_conv_forward(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x,
                              const float *w, nn_tensor_t *y)
 {
     cpu_backend_t *cpu = cpu_of(be);
-    int oh = out_size(x->h, op->kernel, op->stride, op->pad);
-    int ow = out_size(x->w, op->kernel, op->stride, op->pad);
+    nn_tensor_t shape = conv_output_like(op, x, y->layout);
     check_shape("conv input", x, x->n, op->in_ch, x->h, x->w);
-    check_shape("conv output", y, x->n, op->out_ch, oh, ow);
-    prepared_t *p = conv_forward_prepared(cpu, op, x);
+    check_shape("conv output", y, shape.n, shape.c, shape.h, shape.w);
+    prepared_t *p = conv_forward_prepared(cpu, op, x, y);
     void *ptrs[] = {x->data, (void *)w, y->data};
     run(cpu, p, ptrs, NULL);
-}
-
-/* The input shape of a conv whose output gradient is dy (kept in the forward's key). */
-static nn_tensor_t conv_input_shape(const nn_conv_t *op, const nn_tensor_t *dx_like)
-{
-    nn_tensor_t x = *dx_like;
-    x.c = op->in_ch;
-    return x;
 }
 
 static void cpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *dy,
                                    const float *w, nn_tensor_t *dx)
 {
     cpu_backend_t *cpu = cpu_of(be);
-    nn_tensor_t x = conv_input_shape(op, dx);
+    nn_tensor_t x = *dx;
+    x.c = op->in_ch;
     check_shape("conv output gradient", dy, x.n, op->out_ch,
                 out_size(x.h, op->kernel, op->stride, op->pad),
                 out_size(x.w, op->kernel, op->stride, op->pad));
-    prepared_t *p = plan_find(&op->plan, CALL_CONV_BWD_DATA, &x);
+    int key = conv_key(op, dy, dx, NULL);
+    prepared_t *p = plan_find(&op->plan, CALL_CONV_BWD_DATA, &x, key);
     if (!p) {
-        prepared_t *fwd = conv_forward_prepared(cpu, op, &x);
-        dnnl_convolution_desc_t f = conv_desc_forward(op, &x);
+        prepared_t *fwd = conv_forward_prepared(cpu, op, &x, dy);
+        dnnl_data_type_t dt = conv_dt(op);
+        dnnl_convolution_desc_t f = conv_desc_forward(op, &x, dnnl_forward_training, dt);
+        dnnl_memory_desc_t diff_src = md_any4(x.n, x.c, x.h, x.w, dnnl_f32);
+        dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
         dnnl_convolution_desc_t d;
         DNNL_CHECK(dnnl_convolution_backward_data_desc_init(
-            &d, dnnl_convolution_direct, &f.src_desc, &f.weights_desc, &f.dst_desc,
-            f.strides, f.padding[0], f.padding[1]));
-        p = plan_add(cpu, &op->plan, CALL_CONV_BWD_DATA, &x, &d, fwd->pd);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, md_nchw(dy->n, dy->c, dy->h, dy->w), 0);
-        bind(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0), 0);
-        bind(cpu, p, DNNL_ARG_DIFF_SRC, md_nchw(x.n, x.c, x.h, x.w), 1);
+            &d, dnnl_convolution_direct, &diff_src, &f.weights_desc, &diff_dst, f.strides,
+            f.padding[0], f.padding[1]));
+        p = plan_add(cpu, &op->plan, CALL_CONV_BWD_DATA, &x, key, &d, fwd->pd);
+        bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
+        bind(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 0);
+        bind(cpu, p, DNNL_ARG_DIFF_SRC, md_of(dx), 1);
     }
     void *ptrs[] = {dy->data, (void *)w, dx->data};
     run(cpu, p, ptrs, NULL);
@@ -412,20 +582,95 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
     check_shape("conv output gradient", dy, x->n, op->out_ch,
                 out_size(x->h, op->kernel, op->stride, op->pad),
                 out_size(x->w, op->kernel, op->stride, op->pad));
-    prepared_t *p = plan_find(&op->plan, CALL_CONV_BWD_WEIGHTS, x);
+    int key = conv_key(op, x, dy, NULL);
+    prepared_t *p = plan_find(&op->plan, CALL_CONV_BWD_WEIGHTS, x, key);
     if (!p) {
-        prepared_t *fwd = conv_forward_prepared(cpu, op, x);
-        dnnl_convolution_desc_t f = conv_desc_forward(op, x);
+        prepared_t *fwd = conv_forward_prepared(cpu, op, x, dy);
+        dnnl_data_type_t dt = conv_dt(op);
+        dnnl_convolution_desc_t f = conv_desc_forward(op, x, dnnl_forward_training, dt);
+        dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
+        dnnl_memory_desc_t diff_w = md_conv_weights(op, 1, dnnl_f32);
         dnnl_convolution_desc_t d;
         DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
-            &d, dnnl_convolution_direct, &f.src_desc, &f.weights_desc, NULL, &f.dst_desc,
-            f.strides, f.padding[0], f.padding[1]));
-        p = plan_add(cpu, &op->plan, CALL_CONV_BWD_WEIGHTS, x, &d, fwd->pd);
-        bind(cpu, p, DNNL_ARG_SRC, md_nchw(x->n, x->c, x->h, x->w), 0);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, md_nchw(dy->n, dy->c, dy->h, dy->w), 0);
-        bind(cpu, p, DNNL_ARG_DIFF_WEIGHTS, md_conv_weights(op, 0), 1);
+            &d, dnnl_convolution_direct, &f.src_desc, &diff_w, NULL, &diff_dst, f.strides,
+            f.padding[0], f.padding[1]));
+        p = plan_add(cpu, &op->plan, CALL_CONV_BWD_WEIGHTS, x, key, &d, fwd->pd);
+        bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
+        bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
+        bind(cpu, p, DNNL_ARG_DIFF_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 1);
     }
     void *ptrs[] = {x->data, dy->data, dw};
+    run(cpu, p, ptrs, NULL);
+}
+
+/*
+ * Inference: convolution, batch norm with the running statistics (a per-channel scale and
+ * shift), the residual and the relu as post-ops of one oneDNN convolution: the output is
+ * written once. Weights are cached when op->cache_weights is set.
+ */
+enum { FUSED_RESIDUAL = 1 << 4, FUSED_RELU = 1 << 5 };
+
+static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_bnorm_t *bn,
+                                      const nn_tensor_t *x, const float *w, const float *gamma,
+                                      const float *beta, const float *running_mean,
+                                      const float *running_var, const nn_tensor_t *residual,
+                                      int relu, nn_tensor_t *y)
+{
+    cpu_backend_t *cpu = cpu_of(be);
+    nn_tensor_t shape = conv_output_like(op, x, y->layout);
+    check_shape("conv input", x, x->n, op->in_ch, x->h, x->w);
+    check_shape("conv output", y, shape.n, shape.c, shape.h, shape.w);
+    if (bn->ch != op->out_ch)
+        die(EXIT_INTERNAL, "batch norm of %d channels after a conv of %d", bn->ch, op->out_ch);
+    if (residual)
+        check_shape("residual", residual, y->n, y->c, y->h, y->w);
+    int key = conv_key(op, x, y, residual) | (residual ? FUSED_RESIDUAL : 0) |
+              (relu ? FUSED_RELU : 0);
+    prepared_t *p = plan_find(&op->plan, CALL_CONV_BN_INFER, x, key);
+    if (!p) {
+        dnnl_post_ops_t ops;
+        dnnl_primitive_attr_t attr;
+        DNNL_CHECK(dnnl_post_ops_create(&ops));
+        dnnl_memory_desc_t vec = md_per_channel(op->out_ch), res_md = md_of(y);
+        DNNL_CHECK(dnnl_post_ops_append_binary(ops, dnnl_binary_mul, &vec));
+        DNNL_CHECK(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &vec));
+        if (residual) {
+            res_md = md_of(residual);
+            DNNL_CHECK(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &res_md));
+        }
+        if (relu)
+            DNNL_CHECK(dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
+        DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, ops));
+        dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_inference,
+                                                      conv_dt(op));
+        p = plan_try_add(cpu, &op->plan, CALL_CONV_BN_INFER, x, key, &d, attr, NULL, 0);
+        dnnl_primitive_attr_destroy(attr);
+        dnnl_post_ops_destroy(ops);
+
+        /* The post-op arguments must be in the primitive's own output layout. */
+        bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
+        bind_arg(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 0,
+                 op->cache_weights);
+        bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, vec, 0);
+        bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, vec, 0);
+        if (residual)
+            bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(2) | DNNL_ARG_SRC_1, res_md, 0);
+        bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
+        p->aux = xmalloc(2 * op->out_ch * sizeof(float));
+    }
+
+    /* y = gamma (conv - mean) / sqrt(var + eps) + beta = scale conv + shift. */
+    float *scale = p->aux, *shift = p->aux + op->out_ch;
+    for (int c = 0; c < op->out_ch; c++) {
+        scale[c] = gamma[c] / sqrtf(running_var[c] + bn->eps);
+        shift[c] = beta[c] - running_mean[c] * scale[c];
+    }
+    void *ptrs[6] = {x->data, (void *)w, scale, shift};
+    int k = 4;
+    if (residual)
+        ptrs[k++] = residual->data;
+    ptrs[k] = y->data;
     run(cpu, p, ptrs, NULL);
 }
 
@@ -433,36 +678,34 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
 
 static const unsigned BN_AFFINE = dnnl_use_scale | dnnl_use_shift;
 
-static dnnl_batch_normalization_desc_t bn_desc_train(const nn_bnorm_t *op, const nn_tensor_t *x)
+/* Training forward (relu: fused, with a workspace for the backward). */
+static prepared_t *bn_train_prepared(cpu_backend_t *cpu, nn_bnorm_t *op, const nn_tensor_t *x,
+                                     const nn_tensor_t *y, int relu)
 {
-    dnnl_memory_desc_t data = md_nchw(x->n, x->c, x->h, x->w);
-    dnnl_batch_normalization_desc_t d;
-    DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_training, &data,
-                                                          op->eps, BN_AFFINE));
-    return d;
-}
-
-static prepared_t *bn_train_prepared(cpu_backend_t *cpu, nn_bnorm_t *op, const nn_tensor_t *x)
-{
-    prepared_t *p = plan_find(&op->plan, CALL_BN_TRAIN, x);
+    int call = relu ? CALL_BN_RELU_TRAIN : CALL_BN_TRAIN, key = layout_bits(x, y, NULL);
+    prepared_t *p = plan_find(&op->plan, call, x, key);
     if (p)
         return p;
-    dnnl_batch_normalization_desc_t d = bn_desc_train(op, x);
-    dnnl_memory_desc_t data = md_nchw(x->n, x->c, x->h, x->w), vec = md_vec(x->c);
-    p = plan_add(cpu, &op->plan, CALL_BN_TRAIN, x, &d, NULL);
+    dnnl_memory_desc_t data = md_of(x), vec = md_vec(x->c);
+    dnnl_batch_normalization_desc_t d;
+    DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(
+        &d, dnnl_forward_training, &data, op->eps, BN_AFFINE | (relu ? dnnl_fuse_norm_relu : 0)));
+    p = plan_add(cpu, &op->plan, call, x, key, &d, NULL);
     bind(cpu, p, DNNL_ARG_SRC, data, 0);
     bind(cpu, p, DNNL_ARG_SCALE, vec, 0);
     bind(cpu, p, DNNL_ARG_SHIFT, vec, 0);
-    bind(cpu, p, DNNL_ARG_DST, data, 1);
+    bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
     bind(cpu, p, DNNL_ARG_MEAN, vec, 1);
     bind(cpu, p, DNNL_ARG_VARIANCE, vec, 1);
+    if (relu)
+        bind_workspace(cpu, p);
     return p;
 }
 
-static void cpu_bnorm_forward_train(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
-                                    const float *gamma, const float *beta, float *running_mean,
-                                    float *running_var, float *save_mean, float *save_var,
-                                    nn_tensor_t *y)
+static void bn_forward_train(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                             const float *gamma, const float *beta, float *running_mean,
+                             float *running_var, float *save_mean, float *save_var,
+                             nn_tensor_t *y, int relu)
 {
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("batch norm input", x, x->n, op->ch, x->h, x->w);
@@ -471,9 +714,9 @@ static void cpu_bnorm_forward_train(nn_backend_t *be, nn_bnorm_t *op, const nn_t
     if (count < 2)
         die(EXIT_INTERNAL, "batch norm in training needs more than 1 value per channel");
 
-    prepared_t *p = bn_train_prepared(cpu, op, x);
+    prepared_t *p = bn_train_prepared(cpu, op, x, y, relu);
     void *ptrs[] = {x->data, (void *)gamma, (void *)beta, y->data, save_mean, save_var};
-    run(cpu, p, ptrs, NULL);
+    run(cpu, p, ptrs, p->workspace);
 
     /* Running statistics as PyTorch keeps them: the variance unbiased. */
     float keep = 1.0f - op->momentum, unbias = (float)(count / (count - 1));
@@ -481,6 +724,24 @@ static void cpu_bnorm_forward_train(nn_backend_t *be, nn_bnorm_t *op, const nn_t
         running_mean[c] = keep * running_mean[c] + op->momentum * save_mean[c];
         running_var[c] = keep * running_var[c] + op->momentum * (save_var[c] * unbias);
     }
+}
+
+static void cpu_bnorm_forward_train(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                    const float *gamma, const float *beta, float *running_mean,
+                                    float *running_var, float *save_mean, float *save_var,
+                                    nn_tensor_t *y)
+{
+    bn_forward_train(be, op, x, gamma, beta, running_mean, running_var, save_mean, save_var, y,
+                     0);
+}
+
+static void cpu_bnorm_relu_forward_train(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                         const float *gamma, const float *beta,
+                                         float *running_mean, float *running_var,
+                                         float *save_mean, float *save_var, nn_tensor_t *y)
+{
+    bn_forward_train(be, op, x, gamma, beta, running_mean, running_var, save_mean, save_var, y,
+                     1);
 }
 
 static void cpu_bnorm_forward_infer(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
@@ -491,23 +752,59 @@ static void cpu_bnorm_forward_infer(nn_backend_t *be, nn_bnorm_t *op, const nn_t
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("batch norm input", x, x->n, op->ch, x->h, x->w);
     check_shape("batch norm output", y, x->n, op->ch, x->h, x->w);
-    prepared_t *p = plan_find(&op->plan, CALL_BN_INFER, x);
+    int key = layout_bits(x, y, NULL);
+    prepared_t *p = plan_find(&op->plan, CALL_BN_INFER, x, key);
     if (!p) {
-        dnnl_memory_desc_t data = md_nchw(x->n, x->c, x->h, x->w), vec = md_vec(x->c);
+        dnnl_memory_desc_t data = md_of(x), vec = md_vec(x->c);
         dnnl_batch_normalization_desc_t d;
         DNNL_CHECK(dnnl_batch_normalization_forward_desc_init(
             &d, dnnl_forward_inference, &data, op->eps, BN_AFFINE | dnnl_use_global_stats));
-        p = plan_add(cpu, &op->plan, CALL_BN_INFER, x, &d, NULL);
+        p = plan_add(cpu, &op->plan, CALL_BN_INFER, x, key, &d, NULL);
         bind(cpu, p, DNNL_ARG_SRC, data, 0);
         bind(cpu, p, DNNL_ARG_SCALE, vec, 0);
         bind(cpu, p, DNNL_ARG_SHIFT, vec, 0);
         bind(cpu, p, DNNL_ARG_MEAN, vec, 0);
         bind(cpu, p, DNNL_ARG_VARIANCE, vec, 0);
-        bind(cpu, p, DNNL_ARG_DST, data, 1);
+        bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
     }
     void *ptrs[] = {x->data, (void *)gamma, (void *)beta, (void *)running_mean,
                     (void *)running_var, y->data};
     run(cpu, p, ptrs, NULL);
+}
+
+static void bn_backward(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                        const nn_tensor_t *dy, const float *gamma, const float *save_mean,
+                        const float *save_var, nn_tensor_t *dx, float *dgamma, float *dbeta,
+                        int relu)
+{
+    cpu_backend_t *cpu = cpu_of(be);
+    check_shape("batch norm output gradient", dy, x->n, op->ch, x->h, x->w);
+    check_shape("batch norm input gradient", dx, x->n, op->ch, x->h, x->w);
+    int call = relu ? CALL_BN_RELU_BWD : CALL_BN_BWD, key = layout_bits(x, dy, dx);
+    prepared_t *fwd = bn_train_prepared(cpu, op, x, dy, relu);
+    if (relu && !fwd->workspace)
+        die(EXIT_INTERNAL, "batch norm + relu backward without a training forward");
+    prepared_t *p = plan_find(&op->plan, call, x, key);
+    if (!p) {
+        dnnl_memory_desc_t data = md_of(x), diff = md_of(dy), vec = md_vec(x->c);
+        dnnl_batch_normalization_desc_t d;
+        DNNL_CHECK(dnnl_batch_normalization_backward_desc_init(
+            &d, dnnl_backward, &diff, &data, op->eps,
+            BN_AFFINE | (relu ? dnnl_fuse_norm_relu : 0)));
+        p = plan_add(cpu, &op->plan, call, x, key, &d, fwd->pd);
+        bind(cpu, p, DNNL_ARG_SRC, data, 0);
+        bind(cpu, p, DNNL_ARG_DIFF_DST, diff, 0);
+        bind(cpu, p, DNNL_ARG_SCALE, vec, 0);
+        bind(cpu, p, DNNL_ARG_SHIFT, vec, 0); /* oneDNN 2.6 asks for it, unused */
+        bind(cpu, p, DNNL_ARG_MEAN, vec, 0);
+        bind(cpu, p, DNNL_ARG_VARIANCE, vec, 0);
+        bind(cpu, p, DNNL_ARG_DIFF_SRC, md_of(dx), 1);
+        bind(cpu, p, DNNL_ARG_DIFF_SCALE, vec, 1);
+        bind(cpu, p, DNNL_ARG_DIFF_SHIFT, vec, 1);
+    }
+    void *ptrs[] = {x->data,         dy->data, (void *)gamma, (void *)gamma,
+                    (void *)save_mean, (void *)save_var, dx->data, dgamma, dbeta};
+    run(cpu, p, ptrs, relu ? fwd->workspace : NULL);
 }
 
 static void cpu_bnorm_backward(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
@@ -515,47 +812,34 @@ static void cpu_bnorm_backward(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor
                                const float *save_var, nn_tensor_t *dx, float *dgamma,
                                float *dbeta)
 {
-    cpu_backend_t *cpu = cpu_of(be);
-    check_shape("batch norm output gradient", dy, x->n, op->ch, x->h, x->w);
-    check_shape("batch norm input gradient", dx, x->n, op->ch, x->h, x->w);
-    prepared_t *p = plan_find(&op->plan, CALL_BN_BWD, x);
-    if (!p) {
-        prepared_t *fwd = bn_train_prepared(cpu, op, x);
-        dnnl_memory_desc_t data = md_nchw(x->n, x->c, x->h, x->w), vec = md_vec(x->c);
-        dnnl_batch_normalization_desc_t d;
-        DNNL_CHECK(dnnl_batch_normalization_backward_desc_init(&d, dnnl_backward, &data, &data,
-                                                               op->eps, BN_AFFINE));
-        p = plan_add(cpu, &op->plan, CALL_BN_BWD, x, &d, fwd->pd);
-        bind(cpu, p, DNNL_ARG_SRC, data, 0);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, data, 0);
-        bind(cpu, p, DNNL_ARG_SCALE, vec, 0);
-        bind(cpu, p, DNNL_ARG_SHIFT, vec, 0); /* oneDNN 2.6 asks for it, unused */
-        bind(cpu, p, DNNL_ARG_MEAN, vec, 0);
-        bind(cpu, p, DNNL_ARG_VARIANCE, vec, 0);
-        bind(cpu, p, DNNL_ARG_DIFF_SRC, data, 1);
-        bind(cpu, p, DNNL_ARG_DIFF_SCALE, vec, 1);
-        bind(cpu, p, DNNL_ARG_DIFF_SHIFT, vec, 1);
-    }
-    void *ptrs[] = {x->data,         dy->data, (void *)gamma, (void *)gamma,
-                    (void *)save_mean, (void *)save_var, dx->data, dgamma, dbeta};
-    run(cpu, p, ptrs, NULL);
+    bn_backward(be, op, x, dy, gamma, save_mean, save_var, dx, dgamma, dbeta, 0);
+}
+
+static void cpu_bnorm_relu_backward(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                    const nn_tensor_t *dy, const float *gamma,
+                                    const float *save_mean, const float *save_var,
+                                    nn_tensor_t *dx, float *dgamma, float *dbeta)
+{
+    bn_backward(be, op, x, dy, gamma, save_mean, save_var, dx, dgamma, dbeta, 1);
 }
 
 /* ---- relu ---------------------------------------------------------------------------------- */
 
 static const dnnl_alg_kind_t RELU = dnnl_eltwise_relu_use_dst_for_bwd;
 
-static prepared_t *relu_forward_prepared(cpu_backend_t *cpu, nn_relu_t *op, const nn_tensor_t *x)
+static prepared_t *relu_forward_prepared(cpu_backend_t *cpu, nn_relu_t *op, const nn_tensor_t *x,
+                                         const nn_tensor_t *y)
 {
-    prepared_t *p = plan_find(&op->plan, CALL_RELU_FWD, x);
+    int key = layout_bits(x, y, NULL);
+    prepared_t *p = plan_find(&op->plan, CALL_RELU_FWD, x, key);
     if (p)
         return p;
-    dnnl_memory_desc_t data = md_nchw(x->n, x->c, x->h, x->w);
+    dnnl_memory_desc_t data = md_of(x);
     dnnl_eltwise_desc_t d;
     DNNL_CHECK(dnnl_eltwise_forward_desc_init(&d, dnnl_forward_training, RELU, &data, 0, 0));
-    p = plan_add(cpu, &op->plan, CALL_RELU_FWD, x, &d, NULL);
+    p = plan_add(cpu, &op->plan, CALL_RELU_FWD, x, key, &d, NULL);
     bind(cpu, p, DNNL_ARG_SRC, data, 0);
-    bind(cpu, p, DNNL_ARG_DST, data, 1);
+    bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
     return p;
 }
 
@@ -564,7 +848,7 @@ static void cpu_relu_forward(nn_backend_t *be, nn_relu_t *op, const nn_tensor_t 
 {
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("relu output", y, x->n, x->c, x->h, x->w);
-    prepared_t *p = relu_forward_prepared(cpu, op, x);
+    prepared_t *p = relu_forward_prepared(cpu, op, x, y);
     void *ptrs[] = {x->data, y->data};
     run(cpu, p, ptrs, NULL);
 }
@@ -575,16 +859,17 @@ static void cpu_relu_backward(nn_backend_t *be, nn_relu_t *op, const nn_tensor_t
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("relu output gradient", dy, y->n, y->c, y->h, y->w);
     check_shape("relu input gradient", dx, y->n, y->c, y->h, y->w);
-    prepared_t *p = plan_find(&op->plan, CALL_RELU_BWD, y);
+    int key = layout_bits(y, dy, dx);
+    prepared_t *p = plan_find(&op->plan, CALL_RELU_BWD, y, key);
     if (!p) {
-        prepared_t *fwd = relu_forward_prepared(cpu, op, y);
-        dnnl_memory_desc_t data = md_nchw(y->n, y->c, y->h, y->w);
+        prepared_t *fwd = relu_forward_prepared(cpu, op, y, y);
+        dnnl_memory_desc_t data = md_of(y), diff = md_of(dy);
         dnnl_eltwise_desc_t d;
-        DNNL_CHECK(dnnl_eltwise_backward_desc_init(&d, RELU, &data, &data, 0, 0));
-        p = plan_add(cpu, &op->plan, CALL_RELU_BWD, y, &d, fwd->pd);
+        DNNL_CHECK(dnnl_eltwise_backward_desc_init(&d, RELU, &diff, &data, 0, 0));
+        p = plan_add(cpu, &op->plan, CALL_RELU_BWD, y, key, &d, fwd->pd);
         bind(cpu, p, DNNL_ARG_DST, data, 0);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, data, 0);
-        bind(cpu, p, DNNL_ARG_DIFF_SRC, data, 1);
+        bind(cpu, p, DNNL_ARG_DIFF_DST, diff, 0);
+        bind(cpu, p, DNNL_ARG_DIFF_SRC, md_of(dx), 1);
     }
     void *ptrs[] = {y->data, dy->data, dx->data};
     run(cpu, p, ptrs, NULL);
@@ -593,16 +878,13 @@ static void cpu_relu_backward(nn_backend_t *be, nn_relu_t *op, const nn_tensor_t
 /* ---- max pool ------------------------------------------------------------------------------ */
 
 static dnnl_pooling_v2_desc_t pool_desc(const nn_pool_t *op, const nn_tensor_t *x,
-                                        dnnl_prop_kind_t prop)
+                                        const nn_tensor_t *y, dnnl_prop_kind_t prop)
 {
-    int oh = out_size(x->h, op->kernel, op->stride, op->pad);
-    int ow = out_size(x->w, op->kernel, op->stride, op->pad);
     dnnl_dims_t strides = {op->stride, op->stride}, kernel = {op->kernel, op->kernel};
     dnnl_dims_t dilation = {0, 0}, pad_l = {op->pad, op->pad};
-    dnnl_dims_t pad_r = {(oh - 1) * op->stride + op->kernel - x->h - op->pad,
-                         (ow - 1) * op->stride + op->kernel - x->w - op->pad};
-    dnnl_memory_desc_t src = md_nchw(x->n, x->c, x->h, x->w);
-    dnnl_memory_desc_t dst = md_nchw(x->n, x->c, oh, ow);
+    dnnl_dims_t pad_r = {(y->h - 1) * op->stride + op->kernel - x->h - op->pad,
+                         (y->w - 1) * op->stride + op->kernel - x->w - op->pad};
+    dnnl_memory_desc_t src = md_of(x), dst = md_of(y);
     dnnl_pooling_v2_desc_t d;
     DNNL_CHECK(dnnl_pooling_v2_forward_desc_init(&d, prop, dnnl_pooling_max, &src, &dst, strides,
                                                  kernel, dilation, pad_l, pad_r));
@@ -615,15 +897,15 @@ static void cpu_maxpool_forward(nn_backend_t *be, nn_pool_t *op, const nn_tensor
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("max pool output", y, x->n, x->c, out_size(x->h, op->kernel, op->stride, op->pad),
                 out_size(x->w, op->kernel, op->stride, op->pad));
-    int call = training ? CALL_POOL_TRAIN : CALL_POOL_INFER;
-    prepared_t *p = plan_find(&op->plan, call, x);
+    int call = training ? CALL_POOL_TRAIN : CALL_POOL_INFER, key = layout_bits(x, y, NULL);
+    prepared_t *p = plan_find(&op->plan, call, x, key);
     if (!p) {
         dnnl_pooling_v2_desc_t d =
-            pool_desc(op, x, training ? dnnl_forward_training : dnnl_forward_inference);
-        p = plan_add(cpu, &op->plan, call, x, &d, NULL);
-        bind(cpu, p, DNNL_ARG_SRC, md_nchw(x->n, x->c, x->h, x->w), 0);
-        bind(cpu, p, DNNL_ARG_DST, md_nchw(y->n, y->c, y->h, y->w), 1);
-        bind_workspace(cpu, p, NULL);
+            pool_desc(op, x, y, training ? dnnl_forward_training : dnnl_forward_inference);
+        p = plan_add(cpu, &op->plan, call, x, key, &d, NULL);
+        bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
+        bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
+        bind_workspace(cpu, p);
     }
     void *ptrs[] = {x->data, y->data};
     run(cpu, p, ptrs, p->workspace);
@@ -635,37 +917,53 @@ static void cpu_maxpool_backward(nn_backend_t *be, nn_pool_t *op, const nn_tenso
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("max pool output gradient", dy, y->n, y->c, y->h, y->w);
     check_shape("max pool input gradient", dx, x->n, x->c, x->h, x->w);
-    prepared_t *fwd = plan_find(&op->plan, CALL_POOL_TRAIN, x);
+    prepared_t *fwd = plan_find(&op->plan, CALL_POOL_TRAIN, x, layout_bits(x, y, NULL));
     if (!fwd || !fwd->workspace)
         die(EXIT_INTERNAL, "max pool backward without a training forward for this shape");
-    prepared_t *p = plan_find(&op->plan, CALL_POOL_BWD, x);
+    int key = layout_bits(x, dy, dx);
+    prepared_t *p = plan_find(&op->plan, CALL_POOL_BWD, x, key);
     if (!p) {
-        dnnl_pooling_v2_desc_t f = pool_desc(op, x, dnnl_forward_training);
+        dnnl_pooling_v2_desc_t f = pool_desc(op, x, y, dnnl_forward_training);
+        dnnl_memory_desc_t diff_src = md_of(dx), diff_dst = md_of(dy);
         dnnl_pooling_v2_desc_t d;
-        DNNL_CHECK(dnnl_pooling_v2_backward_desc_init(&d, dnnl_pooling_max, &f.src_desc,
-                                                      &f.dst_desc, f.strides, f.kernel,
+        DNNL_CHECK(dnnl_pooling_v2_backward_desc_init(&d, dnnl_pooling_max, &diff_src,
+                                                      &diff_dst, f.strides, f.kernel,
                                                       f.dilation, f.padding[0], f.padding[1]));
-        p = plan_add(cpu, &op->plan, CALL_POOL_BWD, x, &d, fwd->pd);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, md_nchw(dy->n, dy->c, dy->h, dy->w), 0);
-        bind(cpu, p, DNNL_ARG_DIFF_SRC, md_nchw(x->n, x->c, x->h, x->w), 1);
+        p = plan_add(cpu, &op->plan, CALL_POOL_BWD, x, key, &d, fwd->pd);
+        bind(cpu, p, DNNL_ARG_DIFF_DST, diff_dst, 0);
+        bind(cpu, p, DNNL_ARG_DIFF_SRC, diff_src, 1);
     }
     void *ptrs[] = {dy->data, dx->data};
     run(cpu, p, ptrs, fwd->workspace);
 }
 
-/* ---- global average pool, add (plain loops: memory bound) ------------------------------ */
+/* ---- global average pool (plain loops over either layout) ------------------------------ */
+
+/* Where channel c of image n starts, and the step between its positions. */
+static size_t channel_start(const nn_tensor_t *t, int n, int c, size_t *step)
+{
+    size_t plane = (size_t)t->h * t->w;
+    if (!is_blocked(t)) {
+        *step = 1;
+        return ((size_t)n * t->c + c) * plane;
+    }
+    *step = 16;
+    return (((size_t)n * (t->c / 16) + c / 16) * plane) * 16 + c % 16;
+}
 
 static void cpu_avgpool_forward(nn_backend_t *be, const nn_tensor_t *x, nn_tensor_t *y)
 {
     (void)be;
     check_shape("average pool output", y, x->n, x->c, 1, 1);
     size_t plane = (size_t)x->h * x->w;
-    for (size_t i = 0; i < (size_t)x->n * x->c; i++) {
-        const float *src = x->data + i * plane;
-        float sum = 0.0f;
-        for (size_t k = 0; k < plane; k++)
-            sum += src[k];
-        y->data[i] = sum / (float)plane;
+    for (int n = 0; n < x->n; n++) {
+        for (int c = 0; c < x->c; c++) {
+            size_t step, at = channel_start(x, n, c, &step);
+            float sum = 0.0f;
+            for (size_t k = 0; k < plane; k++)
+                sum += x->data[at + k * step];
+            y->data[(size_t)n * x->c + c] = sum / (float)plane; /* 1x1: the same either way */
+        }
     }
 }
 
@@ -674,22 +972,60 @@ static void cpu_avgpool_backward(nn_backend_t *be, const nn_tensor_t *dy, nn_ten
     (void)be;
     check_shape("average pool output gradient", dy, dx->n, dx->c, 1, 1);
     size_t plane = (size_t)dx->h * dx->w;
-    for (size_t i = 0; i < (size_t)dx->n * dx->c; i++) {
-        float g = dy->data[i] / (float)plane;
-        float *dst = dx->data + i * plane;
-        for (size_t k = 0; k < plane; k++)
-            dst[k] = g;
+    for (int n = 0; n < dx->n; n++) {
+        for (int c = 0; c < dx->c; c++) {
+            float g = dy->data[(size_t)n * dx->c + c] / (float)plane;
+            size_t step, at = channel_start(dx, n, c, &step);
+            for (size_t k = 0; k < plane; k++)
+                dx->data[at + k * step] = g;
+        }
     }
+}
+
+/* ---- add (oneDNN binary: threaded, any layout, optionally with relu) ------------------- */
+
+static void add_maybe_relu(nn_backend_t *be, const nn_tensor_t *a, const nn_tensor_t *b,
+                           nn_tensor_t *y, int relu)
+{
+    cpu_backend_t *cpu = cpu_of(be);
+    check_shape("add operand", b, a->n, a->c, a->h, a->w);
+    check_shape("add output", y, a->n, a->c, a->h, a->w);
+    int key = layout_bits(a, b, y) | (relu ? FUSED_RELU : 0);
+    prepared_t *p = plan_find(&cpu->add_plan, CALL_ADD, a, key);
+    if (!p) {
+        dnnl_memory_desc_t ma = md_of(a), mb = md_of(b), my = md_of(y);
+        dnnl_binary_desc_t d;
+        DNNL_CHECK(dnnl_binary_desc_init(&d, dnnl_binary_add, &ma, &mb, &my));
+        dnnl_primitive_attr_t attr = NULL;
+        dnnl_post_ops_t ops = NULL;
+        if (relu) {
+            DNNL_CHECK(dnnl_post_ops_create(&ops));
+            DNNL_CHECK(dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
+            DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+            DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, ops));
+        }
+        p = plan_try_add(cpu, &cpu->add_plan, CALL_ADD, a, key, &d, attr, NULL, 0);
+        if (attr) {
+            dnnl_primitive_attr_destroy(attr);
+            dnnl_post_ops_destroy(ops);
+        }
+        bind(cpu, p, DNNL_ARG_SRC_0, ma, 0);
+        bind(cpu, p, DNNL_ARG_SRC_1, mb, 0);
+        bind(cpu, p, DNNL_ARG_DST, my, 1);
+    }
+    void *ptrs[] = {a->data, b->data, y->data};
+    run(cpu, p, ptrs, NULL);
 }
 
 static void cpu_add(nn_backend_t *be, const nn_tensor_t *a, const nn_tensor_t *b, nn_tensor_t *y)
 {
-    (void)be;
-    check_shape("add operand", b, a->n, a->c, a->h, a->w);
-    check_shape("add output", y, a->n, a->c, a->h, a->w);
-    size_t count = nn_numel(a);
-    for (size_t i = 0; i < count; i++)
-        y->data[i] = a->data[i] + b->data[i];
+    add_maybe_relu(be, a, b, y, 0);
+}
+
+static void cpu_add_relu(nn_backend_t *be, const nn_tensor_t *a, const nn_tensor_t *b,
+                         nn_tensor_t *y)
+{
+    add_maybe_relu(be, a, b, y, 1);
 }
 
 /* ---- linear -------------------------------------------------------------------------------- */
@@ -707,11 +1043,11 @@ static dnnl_inner_product_desc_t linear_desc_forward(const nn_linear_t *op, int 
 static prepared_t *linear_forward_prepared(cpu_backend_t *cpu, nn_linear_t *op,
                                            const nn_tensor_t *x)
 {
-    prepared_t *p = plan_find(&op->plan, CALL_LINEAR_FWD, x);
+    prepared_t *p = plan_find(&op->plan, CALL_LINEAR_FWD, x, 0);
     if (p)
         return p;
     dnnl_inner_product_desc_t d = linear_desc_forward(op, x->n);
-    p = plan_add(cpu, &op->plan, CALL_LINEAR_FWD, x, &d, NULL);
+    p = plan_add(cpu, &op->plan, CALL_LINEAR_FWD, x, 0, &d, NULL);
     bind(cpu, p, DNNL_ARG_SRC, md_matrix(x->n, op->in), 0);
     bind(cpu, p, DNNL_ARG_WEIGHTS, md_matrix(op->out, op->in), 0);
     bind(cpu, p, DNNL_ARG_BIAS, md_vec(op->out), 0);
@@ -746,11 +1082,11 @@ static void cpu_linear_backward(nn_backend_t *be, nn_linear_t *op, const nn_tens
 
     if (dx) {
         check_shape("linear input gradient", dx, x->n, op->in, 1, 1);
-        prepared_t *p = plan_find(&op->plan, CALL_LINEAR_BWD_DATA, x);
+        prepared_t *p = plan_find(&op->plan, CALL_LINEAR_BWD_DATA, x, 0);
         if (!p) {
             dnnl_inner_product_desc_t d;
             DNNL_CHECK(dnnl_inner_product_backward_data_desc_init(&d, &src, &wei, &dst));
-            p = plan_add(cpu, &op->plan, CALL_LINEAR_BWD_DATA, x, &d, fwd->pd);
+            p = plan_add(cpu, &op->plan, CALL_LINEAR_BWD_DATA, x, 0, &d, fwd->pd);
             bind(cpu, p, DNNL_ARG_DIFF_DST, dst, 0);
             bind(cpu, p, DNNL_ARG_WEIGHTS, wei, 0);
             bind(cpu, p, DNNL_ARG_DIFF_SRC, src, 1);
@@ -759,11 +1095,11 @@ static void cpu_linear_backward(nn_backend_t *be, nn_linear_t *op, const nn_tens
         run(cpu, p, ptrs, NULL);
     }
 
-    prepared_t *p = plan_find(&op->plan, CALL_LINEAR_BWD_WEIGHTS, x);
+    prepared_t *p = plan_find(&op->plan, CALL_LINEAR_BWD_WEIGHTS, x, 0);
     if (!p) {
         dnnl_inner_product_desc_t d;
         DNNL_CHECK(dnnl_inner_product_backward_weights_desc_init(&d, &src, &wei, &bias, &dst));
-        p = plan_add(cpu, &op->plan, CALL_LINEAR_BWD_WEIGHTS, x, &d, fwd->pd);
+        p = plan_add(cpu, &op->plan, CALL_LINEAR_BWD_WEIGHTS, x, 0, &d, fwd->pd);
         bind(cpu, p, DNNL_ARG_SRC, src, 0);
         bind(cpu, p, DNNL_ARG_DIFF_DST, dst, 0);
         bind(cpu, p, DNNL_ARG_DIFF_WEIGHTS, wei, 1);
@@ -782,20 +1118,75 @@ static double cpu_bce_loss(nn_backend_t *be, const float *logits, const float *l
     return nn_host_bce_loss(logits, labels, n, dlogits);
 }
 
+/* Adam over count values, split into one contiguous range per thread. */
+typedef struct {
+    const nn_adam_t *hp;
+    int64_t step;
+    float *w, *m, *v;
+    const float *g;
+    size_t count;
+} adam_range_t;
+
+static void *adam_thread(void *arg)
+{
+    adam_range_t *r = arg;
+    nn_host_adam_step(r->hp, r->step, r->w, r->g, r->m, r->v, r->count);
+    return NULL;
+}
+
+#define ADAM_MAX_THREADS 64
+
 static void cpu_adam_step(nn_backend_t *be, const nn_adam_t *hp, int64_t step, float *w,
                           const float *g, float *m, float *v, size_t count)
 {
-    (void)be;
-    nn_host_adam_step(hp, step, w, g, m, v, count);
+    cpu_backend_t *cpu = cpu_of(be);
+    cpu->generation++;
+    int threads = cpu->threads;
+    if (count < ((size_t)1 << 16) || threads < 2) {
+        nn_host_adam_step(hp, step, w, g, m, v, count);
+        return;
+    }
+    /* Element i's arithmetic does not depend on the split, so neither does the result. */
+    adam_range_t ranges[ADAM_MAX_THREADS];
+    pthread_t ids[ADAM_MAX_THREADS];
+    size_t chunk = (count + threads - 1) / threads;
+    chunk = (chunk + 15) / 16 * 16;
+    int started = 0;
+    for (int t = 0; t < threads; t++) {
+        size_t from = (size_t)t * chunk;
+        if (from >= count)
+            break;
+        size_t n = count - from < chunk ? count - from : chunk;
+        ranges[t] = (adam_range_t){hp, step, w + from, m + from, v + from, g + from, n};
+        if (t == 0)
+            continue; /* the calling thread takes the first range */
+        if (pthread_create(&ids[t], NULL, adam_thread, &ranges[t]) != 0)
+            die(EXIT_INTERNAL, "cannot start a thread for Adam");
+        started = t;
+    }
+    adam_thread(&ranges[0]);
+    for (int t = 1; t <= started; t++)
+        pthread_join(ids[t], NULL);
 }
 
 static void cpu_destroy(nn_backend_t *be)
 {
     cpu_backend_t *cpu = cpu_of(be);
-    free(cpu->arena);
+    cpu_release_plan(be, &cpu->add_plan);
+    cpu_release(be, cpu->arena);
     dnnl_stream_destroy(cpu->stream);
     dnnl_engine_destroy(cpu->engine);
     free(cpu);
+}
+
+/* The thread count oneDNN's OpenMP uses: OMP_NUM_THREADS, else every online CPU. */
+static int thread_count(void)
+{
+    const char *env = getenv("OMP_NUM_THREADS");
+    long n = env && *env ? strtol(env, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return n > ADAM_MAX_THREADS ? ADAM_MAX_THREADS : (int)n;
 }
 
 nn_backend_t *nn_backend_cpu_create(void)
@@ -803,21 +1194,27 @@ nn_backend_t *nn_backend_cpu_create(void)
     cpu_backend_t *cpu = xcalloc(1, sizeof(*cpu));
     DNNL_CHECK(dnnl_engine_create(&cpu->engine, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&cpu->stream, cpu->engine, dnnl_stream_default_flags));
+    cpu->threads = thread_count();
 
     nn_backend_t *be = &cpu->base;
     be->name = "cpu";
     be->alloc = cpu_alloc;
     be->release = cpu_release;
     be->to_host = cpu_copy;
-    be->to_device = cpu_copy;
+    be->to_device = cpu_to_device;
     be->release_plan = cpu_release_plan;
     be->synchronize = cpu_synchronize;
+    be->weights_changed = cpu_weights_changed;
+    be->to_plain = cpu_to_plain;
     be->conv_forward = cpu_conv_forward;
     be->conv_backward_data = cpu_conv_backward_data;
     be->conv_backward_weights = cpu_conv_backward_weights;
     be->bnorm_forward_train = cpu_bnorm_forward_train;
     be->bnorm_forward_infer = cpu_bnorm_forward_infer;
     be->bnorm_backward = cpu_bnorm_backward;
+    be->bnorm_relu_forward_train = cpu_bnorm_relu_forward_train;
+    be->bnorm_relu_backward = cpu_bnorm_relu_backward;
+    be->conv_bn_forward_infer = cpu_conv_bn_forward_infer;
     be->relu_forward = cpu_relu_forward;
     be->relu_backward = cpu_relu_backward;
     be->maxpool_forward = cpu_maxpool_forward;
@@ -827,6 +1224,7 @@ nn_backend_t *nn_backend_cpu_create(void)
     be->linear_forward = cpu_linear_forward;
     be->linear_backward = cpu_linear_backward;
     be->add = cpu_add;
+    be->add_relu = cpu_add_relu;
     be->bce_loss = cpu_bce_loss;
     be->adam_step = cpu_adam_step;
     be->destroy = cpu_destroy;

@@ -2,9 +2,13 @@
 #include "nn/nn.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NN_CLASSES 6
+
+/* The convolution kinds that compute in bf16 in mixed precision (nn_conv_precision). */
+#define NN_BF16_DEFAULT_KINDS "1x1,grouped,stem"
 #define NN_ANY_COLUMN 5
 
 /* log(1 + exp(-|z|)) + max(z, 0) - z y: BCE with logits without overflow. */
@@ -160,4 +164,36 @@ void nn_host_bnorm_backward(const nn_tensor_t *x, const nn_tensor_t *dy, const f
             }
         }
     }
+}
+
+/* The layer kinds of a ResNeXt convolution, for the precision choice. */
+static const char *conv_kind(const nn_conv_t *conv)
+{
+    if (conv->groups > 1)
+        return "grouped";
+    return conv->kernel == 1 ? "1x1" : "stem";
+}
+
+/* Whether kind is in a comma list of kinds ("all", "none" included). */
+static int kind_listed(const char *list, const char *kind)
+{
+    size_t len = strlen(kind);
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        if ((n == len && strncmp(p, kind, n) == 0) || (n == 3 && strncmp(p, "all", 3) == 0))
+            return 1;
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+int nn_conv_precision(int precision, const nn_conv_t *conv)
+{
+    if (precision != NN_PRECISION_BF16)
+        return NN_PRECISION_FP32;
+    /* Measured (bench/README.md, avx512_bf16 without AMX): see NN_BF16_DEFAULT_KINDS. */
+    const char *list = getenv("NN_BF16_KINDS");
+    if (!list || !*list)
+        list = NN_BF16_DEFAULT_KINDS;
+    return kind_listed(list, conv_kind(conv)) ? NN_PRECISION_BF16 : NN_PRECISION_FP32;
 }

@@ -7,7 +7,11 @@
  * given input shape (primitives, algorithm choices, workspaces) and reuses afterwards.
  *
  * Conventions, the same for every backend:
- * - Activations are 4-D float tensors in plain NCHW order; a vector per image is N x C x 1 x 1.
+ * - Activations are 4-D float tensors; a vector per image is N x C x 1 x 1. A tensor is in
+ *   plain NCHW order unless its layout says NN_LAYOUT_NATIVE: then it is in the order the
+ *   backend computes fastest in (oneDNN's channel blocks on the CPU), takes the same bytes,
+ *   and only backend ops read it (nn_backend_t.to_plain converts). Ops accept inputs in
+ *   either layout and write outputs in the layout their output tensor names.
  * - Tensor data lives in the backend's memory (host memory for the CPU backend); move data
  *   with nn_backend_t.to_host / to_device.
  * - Backward functions assign (never accumulate) both activation and parameter gradients:
@@ -15,8 +19,7 @@
  * - The backward of an op with a plan (max pool, batch norm) must follow the forward of the
  *   same op object for the same batch.
  *
- * missing: HDF5 checkpoints of a paramset (with Adam moments, step, epoch, RNG state);
- * bf16 mixed precision; concat and the LSTM ops; a GPU backend.
+ * missing: concat and the LSTM ops; a GPU backend.
  */
 #ifndef ICH_NN_H
 #define ICH_NN_H
@@ -24,9 +27,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+enum { NN_LAYOUT_NCHW = 0, NN_LAYOUT_NATIVE = 1 };
+
 typedef struct {
     float *data; /* backend memory */
     int n, c, h, w;
+    int layout; /* NN_LAYOUT_*; 0 (plain) when left out of an initializer */
 } nn_tensor_t;
 
 static inline size_t nn_numel(const nn_tensor_t *t)
@@ -34,10 +40,22 @@ static inline size_t nn_numel(const nn_tensor_t *t)
     return (size_t)t->n * (size_t)t->c * (size_t)t->h * (size_t)t->w;
 }
 
-/* 2-D convolution without bias; weights [out_ch][in_ch / groups][kernel][kernel]. */
+/* Arithmetic of an op: fp32 throughout, or bf16 products with fp32 sums (mixed precision:
+ * the caller's tensors, weights and gradients stay fp32). */
+enum { NN_PRECISION_FP32 = 0, NN_PRECISION_BF16 = 1 };
+
+/*
+ * 2-D convolution without bias; weights [out_ch][in_ch / groups][kernel][kernel].
+ * cache_weights = 1 lets the backend keep what it derives from the weights (a reordered or
+ * converted copy) for as long as the weights pointer and the backend's weights generation stay
+ * the same: adam_step, to_device and weights_changed start a new generation. Leave it 0 for
+ * weights written by other means between calls.
+ */
 typedef struct {
     int in_ch, out_ch, kernel, stride, pad, groups;
     void *plan;
+    int cache_weights;
+    int precision; /* NN_PRECISION_* */
 } nn_conv_t;
 
 /* Batch norm over N, H, W per channel; gamma, beta, running stats have ch entries. */
@@ -84,6 +102,10 @@ struct nn_backend {
     void (*release_plan)(nn_backend_t *be, void **plan);
     /* Wait until every submitted op has finished. */
     void (*synchronize)(nn_backend_t *be);
+    /* Weights were written by other means than adam_step / to_device: drop cached copies. */
+    void (*weights_changed)(nn_backend_t *be);
+    /* Copy a tensor in any layout into plain NCHW order (dst: backend memory, numel floats). */
+    void (*to_plain)(nn_backend_t *be, const nn_tensor_t *src, float *dst);
 
     void (*conv_forward)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x, const float *w,
                          nn_tensor_t *y);
@@ -107,6 +129,27 @@ struct nn_backend {
     void (*bnorm_backward)(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
                            const nn_tensor_t *dy, const float *gamma, const float *save_mean,
                            const float *save_var, nn_tensor_t *dx, float *dgamma, float *dbeta);
+
+    /* Batch norm in training followed by relu, in one pass; y = relu(bn(x)). The backward
+     * (dy: the gradient at y) applies the relu's mask kept by the forward of the same op. */
+    void (*bnorm_relu_forward_train)(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                     const float *gamma, const float *beta,
+                                     float *running_mean, float *running_var, float *save_mean,
+                                     float *save_var, nn_tensor_t *y);
+    void (*bnorm_relu_backward)(nn_backend_t *be, nn_bnorm_t *op, const nn_tensor_t *x,
+                                const nn_tensor_t *dy, const float *gamma,
+                                const float *save_mean, const float *save_var, nn_tensor_t *dx,
+                                float *dgamma, float *dbeta);
+
+    /*
+     * Inference in one pass: y = act(bn(conv(x, w)) + residual), batch norm with the running
+     * statistics, residual optional (NULL), act relu when relu is 1, else identity.
+     */
+    void (*conv_bn_forward_infer)(nn_backend_t *be, nn_conv_t *op, const nn_bnorm_t *bn,
+                                  const nn_tensor_t *x, const float *w, const float *gamma,
+                                  const float *beta, const float *running_mean,
+                                  const float *running_var, const nn_tensor_t *residual,
+                                  int relu, nn_tensor_t *y);
 
     /* y may be x (in place); dx may be dy. The backward reads the forward's output y. */
     void (*relu_forward)(nn_backend_t *be, nn_relu_t *op, const nn_tensor_t *x, nn_tensor_t *y);
@@ -132,6 +175,9 @@ struct nn_backend {
 
     /* y = a + b elementwise (y may be a or b). */
     void (*add)(nn_backend_t *be, const nn_tensor_t *a, const nn_tensor_t *b, nn_tensor_t *y);
+    /* y = relu(a + b) (y may be a or b). */
+    void (*add_relu)(nn_backend_t *be, const nn_tensor_t *a, const nn_tensor_t *b,
+                     nn_tensor_t *y);
 
     /*
      * The method's loss (reference-method.md stage 3) over n rows of 6 logits, labels in
@@ -163,6 +209,14 @@ void nn_host_bnorm_forward_train(const nn_tensor_t *x, const float *gamma, const
 void nn_host_bnorm_backward(const nn_tensor_t *x, const nn_tensor_t *dy, const float *gamma,
                             const float *save_mean, const float *save_var, float eps,
                             nn_tensor_t *dx, float *dgamma, float *dbeta);
+
+/*
+ * The arithmetic a convolution gets when a model asks for `precision`: in NN_PRECISION_BF16
+ * only the layer kinds measured faster in bf16 on this backend (bench/README.md) get bf16;
+ * the others stay fp32. NN_BF16_KINDS (a comma list of "1x1", "grouped", "stem", or "all",
+ * "none") overrides the measured choice, for measuring.
+ */
+int nn_conv_precision(int precision, const nn_conv_t *conv);
 
 /* Step schedule: base_lr * gamma ^ floor(epoch / step_size) (torch StepLR). */
 double nn_lr_step(double base_lr, int epoch, int step_size, double gamma);

@@ -16,6 +16,8 @@ struct rx_block {
     nn_tensor_t out; /* relu(bn3 + shortcut) */
 };
 
+static void release_activations(resnext_t *m);
+
 static const resnext_config_t CONFIGS[] = {
     {"resnext50_32x4d", {3, 4, 6, 3}, 32, 4, 64},
     {"resnext101_32x8d", {3, 4, 23, 3}, 32, 8, 64},
@@ -37,7 +39,7 @@ static void declare_convbn(nn_paramset_t *ps, rx_convbn_t *cb, const char *conv_
                            int groups)
 {
     char name[NN_NAME_MAX];
-    cb->conv = (nn_conv_t){in, out, kernel, stride, kernel / 2, groups, NULL};
+    cb->conv = (nn_conv_t){in, out, kernel, stride, kernel / 2, groups, NULL, 1, 0};
     cb->bn = (nn_bnorm_t){out, 1e-5f, 0.1f, NULL};
 
     int64_t wdims[4] = {out, in / groups, kernel, kernel}, vdims[1] = {out};
@@ -155,11 +157,7 @@ void resnext_free(resnext_t *m)
         be->release_plan(be, &blk->relu_out.plan);
     }
     be->release_plan(be, &m->fc.plan);
-    if (m->act_arena)
-        be->release(be, m->act_arena);
-    for (int i = 0; i < 6; i++)
-        if (m->grad_scratch[i])
-            be->release(be, m->grad_scratch[i]);
+    release_activations(m);
     free(m->blocks);
     nn_params_free(&m->ps);
     free(m);
@@ -167,14 +165,20 @@ void resnext_free(resnext_t *m)
 
 /* ---- activation storage ---------------------------------------------------------------- */
 
+/*
+ * Training keeps every activation its backward reads, in one arena. Inference needs only the
+ * block being computed: four buffers of the largest activation, reused block after block.
+ * Both are made on first use for a batch shape. Activations are in the backend's native
+ * layout; the input, the embedding and the logits are plain.
+ */
 typedef struct {
     char *base; /* NULL while counting */
     size_t used, largest;
 } act_layout_t;
 
-static void act_place(act_layout_t *lay, nn_tensor_t *t, int n, int c, int h, int w)
+static void act_place(act_layout_t *lay, nn_tensor_t *t, int n, int c, int h, int w, int layout)
 {
-    *t = (nn_tensor_t){NULL, n, c, h, w};
+    *t = (nn_tensor_t){NULL, n, c, h, w, layout};
     size_t bytes = (nn_numel(t) * sizeof(float) + 63) / 64 * 64;
     if (lay->base)
         t->data = (float *)(lay->base + lay->used);
@@ -192,17 +196,17 @@ static void place_convbn(act_layout_t *lay, rx_convbn_t *cb, int n, int *h, int 
 {
     *h = conv_out(&cb->conv, *h);
     *w = conv_out(&cb->conv, *w);
-    act_place(lay, &cb->conv_out, n, cb->conv.out_ch, *h, *w);
-    act_place(lay, &cb->bn_out, n, cb->conv.out_ch, *h, *w);
+    act_place(lay, &cb->conv_out, n, cb->conv.out_ch, *h, *w, NN_LAYOUT_NATIVE);
+    act_place(lay, &cb->bn_out, n, cb->conv.out_ch, *h, *w, NN_LAYOUT_NATIVE);
 }
 
-/* Lay out every activation for batch shape n x h x w; with lay->base NULL only measures. */
+/* Lay out the activations for batch shape n x h x w; with lay->base NULL only measures. */
 static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, int w)
 {
     place_convbn(lay, &m->stem, n, &h, &w);
     h = (h + 2 - 3) / 2 + 1;
     w = (w + 2 - 3) / 2 + 1;
-    act_place(lay, &m->pooled, n, m->config.base, h, w);
+    act_place(lay, &m->pooled, n, m->config.base, h, w, NN_LAYOUT_NATIVE);
 
     nn_tensor_t prev = m->pooled;
     for (int i = 0; i < m->n_blocks; i++) {
@@ -216,45 +220,113 @@ static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, in
             int dh = h, dw = w;
             place_convbn(lay, &blk->down, n, &dh, &dw);
         }
-        act_place(lay, &blk->out, n, blk->c3.conv.out_ch, bh, bw);
+        act_place(lay, &blk->out, n, blk->c3.conv.out_ch, bh, bw, NN_LAYOUT_NATIVE);
         h = bh;
         w = bw;
         prev = blk->out;
     }
-    act_place(lay, &m->embedding, n, m->embed_dim, 1, 1);
-    act_place(lay, &m->logits, n, m->num_outputs, 1, 1);
-    act_place(lay, &m->dlogits, n, m->num_outputs, 1, 1);
 }
 
-/* missing: inference could reuse two buffers instead of keeping every activation. */
-static void ensure_activations(resnext_t *m, int n, int h, int w)
+static void release_activations(resnext_t *m)
 {
-    if (m->act_arena && m->act_n == n && m->act_h == h && m->act_w == w)
-        return;
     nn_backend_t *be = m->be;
-    if (m->act_arena)
-        be->release(be, m->act_arena);
-    for (int i = 0; i < 6; i++)
+    void **owned[] = {&m->act_arena, &m->out_arena, &m->eval_arena};
+    for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++) {
+        if (*owned[i])
+            be->release(be, *owned[i]);
+        *owned[i] = NULL;
+    }
+    for (int i = 0; i < 6; i++) {
         if (m->grad_scratch[i])
             be->release(be, m->grad_scratch[i]);
+        m->grad_scratch[i] = NULL;
+    }
+}
 
+/* Shapes for a batch shape, and the outputs (embedding, logits, dlogits). */
+static void ensure_shapes(resnext_t *m, int n, int h, int w)
+{
+    if (m->out_arena && m->act_n == n && m->act_h == h && m->act_w == w)
+        return;
+    nn_backend_t *be = m->be;
+    release_activations(m);
     act_layout_t lay = {0};
     layout_activations(m, &lay, n, h, w);
-    m->act_arena = be->alloc(be, lay.used);
-    size_t largest = lay.largest;
-    lay = (act_layout_t){m->act_arena, 0, 0};
-    layout_activations(m, &lay, n, h, w);
-    for (int i = 0; i < 6; i++)
-        m->grad_scratch[i] = be->alloc(be, largest * sizeof(float));
+    m->act_bytes = lay.used;
+    m->act_largest = lay.largest;
+
+    act_layout_t outs = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        act_place(&outs, &m->embedding, n, m->embed_dim, 1, 1, NN_LAYOUT_NCHW);
+        act_place(&outs, &m->logits, n, m->num_outputs, 1, 1, NN_LAYOUT_NCHW);
+        act_place(&outs, &m->dlogits, n, m->num_outputs, 1, 1, NN_LAYOUT_NCHW);
+        if (pass == 0)
+            outs = (act_layout_t){m->out_arena = be->alloc(be, outs.used), 0, 0};
+    }
     m->act_n = n;
     m->act_h = h;
     m->act_w = w;
 }
 
+static void ensure_training_arena(resnext_t *m)
+{
+    if (m->act_arena)
+        return;
+    nn_backend_t *be = m->be;
+    m->act_arena = be->alloc(be, m->act_bytes);
+    act_layout_t lay = {m->act_arena, 0, 0};
+    layout_activations(m, &lay, m->act_n, m->act_h, m->act_w);
+    for (int i = 0; i < 6; i++)
+        m->grad_scratch[i] = be->alloc(be, m->act_largest * sizeof(float));
+}
+
+#define EVAL_BUFFERS 4
+
+static void ensure_eval_arena(resnext_t *m)
+{
+    if (m->eval_arena)
+        return;
+    size_t each = (m->act_largest * sizeof(float) + 63) / 64 * 64;
+    m->eval_arena = m->be->alloc(m->be, EVAL_BUFFERS * each);
+}
+
+static float *eval_buffer(resnext_t *m, int k)
+{
+    size_t each = (m->act_largest * sizeof(float) + 63) / 64 * 64;
+    return (float *)((char *)m->eval_arena + (size_t)k * each);
+}
+
 /* ---- forward ------------------------------------------------------------------------------- */
 
-static void convbn_forward(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x, int training,
-                           int relu)
+void resnext_set_precision(resnext_t *m, int precision)
+{
+    m->precision = precision;
+    rx_convbn_t *all[4];
+    for (int i = -1; i < m->n_blocks; i++) {
+        int count = 0;
+        if (i < 0) {
+            all[count++] = &m->stem;
+        } else {
+            rx_block_t *blk = &m->blocks[i];
+            all[count++] = &blk->c1;
+            all[count++] = &blk->c2;
+            all[count++] = &blk->c3;
+            if (blk->has_down)
+                all[count++] = &blk->down;
+        }
+        for (int k = 0; k < count; k++)
+            all[k]->conv.precision = nn_conv_precision(precision, &all[k]->conv);
+    }
+}
+
+static nn_tensor_t shaped(float *data, const nn_tensor_t *like)
+{
+    nn_tensor_t t = *like;
+    t.data = data;
+    return t;
+}
+
+static void convbn_forward_train(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x, int relu)
 {
     nn_backend_t *be = m->be;
     nn_paramset_t *ps = &m->ps;
@@ -263,16 +335,82 @@ static void convbn_forward(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x, 
     float *var = nn_params_value(ps, cb->running_var);
 
     be->conv_forward(be, &cb->conv, x, nn_params_value(ps, cb->w), &cb->conv_out);
-    if (training) {
+    if (relu)
+        be->bnorm_relu_forward_train(be, &cb->bn, &cb->conv_out, gamma, beta, mean, var,
+                                     cb->save_mean, cb->save_var, &cb->bn_out);
+    else
         be->bnorm_forward_train(be, &cb->bn, &cb->conv_out, gamma, beta, mean, var,
                                 cb->save_mean, cb->save_var, &cb->bn_out);
-        (*nn_params_counter(ps, cb->batches))++;
-    } else {
-        be->bnorm_forward_infer(be, &cb->bn, &cb->conv_out, gamma, beta, mean, var,
-                                &cb->bn_out);
+    (*nn_params_counter(ps, cb->batches))++;
+}
+
+/* Inference: conv, batch norm, residual and relu in one backend call, into y. */
+static void convbn_forward_infer(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x,
+                                 const nn_tensor_t *residual, int relu, nn_tensor_t *y)
+{
+    nn_backend_t *be = m->be;
+    nn_paramset_t *ps = &m->ps;
+    be->conv_bn_forward_infer(be, &cb->conv, &cb->bn, x, nn_params_value(ps, cb->w),
+                              nn_params_value(ps, cb->gamma), nn_params_value(ps, cb->beta),
+                              nn_params_value(ps, cb->running_mean),
+                              nn_params_value(ps, cb->running_var), residual, relu, y);
+}
+
+static void forward_train(resnext_t *m, const nn_tensor_t *x)
+{
+    nn_backend_t *be = m->be;
+    ensure_training_arena(m);
+    convbn_forward_train(m, &m->stem, x, 1);
+    be->maxpool_forward(be, &m->maxpool, &m->stem.bn_out, &m->pooled, 1);
+
+    for (int i = 0; i < m->n_blocks; i++) {
+        rx_block_t *blk = &m->blocks[i];
+        convbn_forward_train(m, &blk->c1, &blk->in, 1);
+        convbn_forward_train(m, &blk->c2, &blk->c1.bn_out, 1);
+        convbn_forward_train(m, &blk->c3, &blk->c2.bn_out, 0);
+        const nn_tensor_t *shortcut = &blk->in;
+        if (blk->has_down) {
+            convbn_forward_train(m, &blk->down, &blk->in, 0);
+            shortcut = &blk->down.bn_out;
+        }
+        be->add_relu(be, &blk->c3.bn_out, shortcut, &blk->out);
     }
-    if (relu)
-        be->relu_forward(be, &cb->relu, &cb->bn_out, &cb->bn_out);
+    be->avgpool_forward(be, &m->blocks[m->n_blocks - 1].out, &m->embedding);
+}
+
+/* Inference through four rotating buffers: a block's input, two inner results and the
+ * downsampled shortcut; the block's output overwrites its first inner result. */
+static void forward_infer(resnext_t *m, const nn_tensor_t *x)
+{
+    nn_backend_t *be = m->be;
+    ensure_eval_arena(m);
+    nn_tensor_t stem = shaped(eval_buffer(m, 0), &m->stem.bn_out);
+    convbn_forward_infer(m, &m->stem, x, NULL, 1, &stem);
+    nn_tensor_t cur = shaped(eval_buffer(m, 1), &m->pooled);
+    be->maxpool_forward(be, &m->maxpool, &stem, &cur, 0);
+    int cur_k = 1;
+
+    for (int i = 0; i < m->n_blocks; i++) {
+        rx_block_t *blk = &m->blocks[i];
+        int free_k[EVAL_BUFFERS - 1], nf = 0;
+        for (int k = 0; k < EVAL_BUFFERS; k++)
+            if (k != cur_k)
+                free_k[nf++] = k;
+        nn_tensor_t t1 = shaped(eval_buffer(m, free_k[0]), &blk->c1.bn_out);
+        nn_tensor_t t2 = shaped(eval_buffer(m, free_k[1]), &blk->c2.bn_out);
+        convbn_forward_infer(m, &blk->c1, &cur, NULL, 1, &t1);
+        convbn_forward_infer(m, &blk->c2, &t1, NULL, 1, &t2);
+        nn_tensor_t shortcut = cur;
+        if (blk->has_down) {
+            shortcut = shaped(eval_buffer(m, free_k[2]), &blk->down.bn_out);
+            convbn_forward_infer(m, &blk->down, &cur, NULL, 0, &shortcut);
+        }
+        nn_tensor_t out = shaped(eval_buffer(m, free_k[0]), &blk->out);
+        convbn_forward_infer(m, &blk->c3, &t2, &shortcut, 1, &out);
+        cur = out;
+        cur_k = free_k[0];
+    }
+    be->avgpool_forward(be, &cur, &m->embedding);
 }
 
 void resnext_forward(resnext_t *m, const nn_tensor_t *x, int training)
@@ -280,40 +418,18 @@ void resnext_forward(resnext_t *m, const nn_tensor_t *x, int training)
     nn_backend_t *be = m->be;
     if (x->c != 3)
         die(EXIT_INTERNAL, "model input has %d channels, expected 3", x->c);
-    ensure_activations(m, x->n, x->h, x->w);
+    ensure_shapes(m, x->n, x->h, x->w);
     m->input = *x;
     m->last_training = training;
-
-    convbn_forward(m, &m->stem, x, training, 1);
-    be->maxpool_forward(be, &m->maxpool, &m->stem.bn_out, &m->pooled, training);
-
-    for (int i = 0; i < m->n_blocks; i++) {
-        rx_block_t *blk = &m->blocks[i];
-        convbn_forward(m, &blk->c1, &blk->in, training, 1);
-        convbn_forward(m, &blk->c2, &blk->c1.bn_out, training, 1);
-        convbn_forward(m, &blk->c3, &blk->c2.bn_out, training, 0);
-        const nn_tensor_t *shortcut = &blk->in;
-        if (blk->has_down) {
-            convbn_forward(m, &blk->down, &blk->in, training, 0);
-            shortcut = &blk->down.bn_out;
-        }
-        be->add(be, &blk->c3.bn_out, shortcut, &blk->out);
-        be->relu_forward(be, &blk->relu_out, &blk->out, &blk->out);
-    }
-
-    be->avgpool_forward(be, &m->blocks[m->n_blocks - 1].out, &m->embedding);
+    if (training)
+        forward_train(m, x);
+    else
+        forward_infer(m, x);
     be->linear_forward(be, &m->fc, &m->embedding, nn_params_value(&m->ps, m->fc_w),
                        nn_params_value(&m->ps, m->fc_b), &m->logits);
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */
-
-static nn_tensor_t shaped(float *data, const nn_tensor_t *like)
-{
-    nn_tensor_t t = *like;
-    t.data = data;
-    return t;
-}
 
 /*
  * Backward of conv + bn (+ relu) whose output gradient is in dy (overwritten). tmp holds the
@@ -327,10 +443,14 @@ static void convbn_backward(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x,
     nn_tensor_t d_out = shaped(dy, &cb->bn_out), d_conv = shaped(tmp, &cb->conv_out);
 
     if (relu)
-        be->relu_backward(be, &cb->relu, &cb->bn_out, &d_out, &d_out);
-    be->bnorm_backward(be, &cb->bn, &cb->conv_out, &d_out, nn_params_value(ps, cb->gamma),
-                       cb->save_mean, cb->save_var, &d_conv, nn_params_grad(ps, cb->gamma),
-                       nn_params_grad(ps, cb->beta));
+        be->bnorm_relu_backward(be, &cb->bn, &cb->conv_out, &d_out,
+                                nn_params_value(ps, cb->gamma), cb->save_mean, cb->save_var,
+                                &d_conv, nn_params_grad(ps, cb->gamma),
+                                nn_params_grad(ps, cb->beta));
+    else
+        be->bnorm_backward(be, &cb->bn, &cb->conv_out, &d_out, nn_params_value(ps, cb->gamma),
+                           cb->save_mean, cb->save_var, &d_conv, nn_params_grad(ps, cb->gamma),
+                           nn_params_grad(ps, cb->beta));
     be->conv_backward_weights(be, &cb->conv, x, &d_conv, nn_params_grad(ps, cb->w));
     if (dx) {
         nn_tensor_t d_in = shaped(dx, x);

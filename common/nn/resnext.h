@@ -47,13 +47,17 @@ typedef struct {
     nn_linear_t fc;
     size_t fc_w, fc_b;
 
-    /* Activations for the current batch shape (allocated on the first forward). */
+    /* Activations for the current batch shape (allocated on the first forward of a mode). */
     int act_n, act_h, act_w;
-    void *act_arena;
+    size_t act_bytes, act_largest; /* training arena bytes; largest activation (values) */
+    void *act_arena;               /* training: every activation */
+    void *eval_arena;              /* inference: a few reused buffers */
+    void *out_arena;               /* embedding, logits, dlogits */
     nn_tensor_t input, pooled, embedding, logits;
     float *grad_scratch[6];
     nn_tensor_t dlogits;
     int last_training; /* the mode of the last forward */
+    int precision;     /* NN_PRECISION_* of resnext_set_precision */
 } resnext_t;
 
 /* The configuration for a name, or NULL. */
@@ -69,6 +73,13 @@ void resnext_free(resnext_t *m);
  * m->logits (N x num_outputs) and m->embedding (N x embed_dim), in backend memory.
  */
 void resnext_forward(resnext_t *m, const nn_tensor_t *x, int training);
+
+/*
+ * Arithmetic of the convolutions: NN_PRECISION_FP32 (default) or NN_PRECISION_BF16 (mixed:
+ * bf16 products with fp32 sums for the layer kinds where that was measured faster, fp32
+ * weights, batch norm, gradients and Adam). Takes effect from the next forward.
+ */
+void resnext_set_precision(resnext_t *m, int precision);
 
 /* Backward from dlogits (N x num_outputs, backend memory) after a training forward: fills
  * m->ps.grads (assigned, not accumulated). */

@@ -1,9 +1,11 @@
-"""dcm2jpg on edge cases: the odd files of the shared data and fixtures made here with DCMTK's
-tools (dcmconv, dcmodify, dcmcjpeg, dcmcjpls, dcmcrle) or by editing bytes.
+"""dcm2jpg on edge cases: fixtures made here from mkphantom slices with DCMTK's tools
+(dcmconv, dcmodify, dcmcjpeg, dcmcjpls, dcmcrle, img2dcm) or by editing bytes, and, when the
+shared data is there, its odd files.
 
 Every case is converted exactly like pydicom + numpy would (tests/ref/dicom_ref.py), or
 rejected with its documented status, message and exit code; nothing crashes, no partial
-output is left.
+output is left. The fixtures need no shared data; the groups on its files say when they are
+skipped.
 """
 import glob
 import os
@@ -15,22 +17,25 @@ import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "ref"))
+import testlib
+from testlib import BIN, DATA, WORK, passed
+
+sys.path.insert(0, testlib.REF_DIR)
 import dicom_ref  # noqa: E402
 
 warnings.filterwarnings("ignore", message="Invalid value for VR UI")
-BIN, DATA, WORK = dicom_ref.environment()
-for tool in ("dcmconv", "dcmodify", "dcmcjpeg", "dcmcjpls", "dcmcrle"):
-    if shutil.which(tool) is None:
-        print("skip: DCMTK tool %s is not installed (make deps)" % tool)
-        sys.exit(77)
+TOOLS = ("dcmconv", "dcmodify", "dcmcjpeg", "dcmcjpls", "dcmcrle", "img2dcm")
+MISSING_TOOLS = [tool for tool in TOOLS if shutil.which(tool) is None]
 
-# A signed 16-bit RSNA slice (intercept -1024) and a 12-bit unsigned one (implicit LE).
-S16 = os.path.join(DATA, "rsna_ich_app_series/dcm/ID_032d5f85e.dcm")
-U12 = os.path.join(DATA, "rsna_george091/ID_00008ce3c.dcm")
+# Fixtures are made from mkphantom slices of SIZE x SIZE pixels.
+SIZE = 128
 UID_ROOT = "1.2.826.0.1.3680043.10.1001."
 FX = os.path.join(WORK, "fixtures")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_2000 = "1.2.840.10008.1.2.4.90"
+# Pixel bytes kept by the short-pixel-data fixture.
+SHORT_KEEP = 10000
 
 
 def sh(*args):
@@ -72,38 +77,62 @@ def edit_pixels(path, transform):
         f.write(data[:start] + new.astype("<u2").tobytes())
 
 
-def make_good_fixtures():
-    """Files dcm2jpg must convert; name -> path."""
+def make_bases():
+    """Two base slices: s16 as mkphantom writes it (signed 16-bit, intercept -1024, explicit
+    little endian) and u12, 12-bit unsigned with intercept -1024 in implicit little endian, as
+    many RSNA slices are. u12 is the top slice: mostly air around a small head, so that the
+    12-bit wrap quirk changes most of its pixels."""
+    import pydicom
+    root = testlib.phantom(os.path.join(WORK, "phantom"), "--series", 1, "--slices", 3,
+                           "--size", SIZE, "--seed", 5, "--prevalence", 1)
+    slices = sorted(glob.glob(os.path.join(root, "*", "*.dcm")),
+                    key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True)
+                                      .InstanceNumber))
     os.makedirs(FX)
-    fx = {}
-    fx["s16"] = fixture("s16.dcm", S16, "1")
-    fx["big_endian"] = fixture("be.dcm", S16, "2", "dcmconv", "+tb")
-    fx["deflated"] = fixture("deflated.dcm", S16, "3", "dcmconv", "+td")
-    fx["implicit"] = fixture("implicit.dcm", S16, "4", "dcmconv", "+ti")
-    fx["jpeg_lossless"] = fixture("jll.dcm", S16, "5", "dcmcjpeg", "+e1")
-    fx["jpeg_ls"] = fixture("jls.dcm", S16, "6", "dcmcjpls")
-    fx["rle"] = fixture("rle.dcm", S16, "7", "dcmcrle")
-    fx["jpeg_baseline"] = fixture("jbase.dcm", S16, "8", "dcmcjpeg", "+eb")
-    fx["jpeg_extended12"] = fixture("jext.dcm", U12, "9", "dcmcjpeg", "+ee")
-    fx["jpeg_ls_near"] = fixture("jlsnear.dcm", U12, "10", "dcmcjpls", "+en")
+    u12 = os.path.join(FX, "u12.dcm")
+    shutil.copyfile(slices[-1], u12)
+    # The same stored values (HU + 1024) within 12 bits: -2000 outside the field of view
+    # becomes 0, i.e. -1024 HU.
+    edit_pixels(u12, lambda w: np.clip(w, 0, 4095))
+    sh("dcmodify", "-nb", "-m", "(0028,0103)=0", "-m", "(0028,0101)=12", "-m",
+       "(0028,0102)=11", u12)
+    os.rename(u12, u12 + ".in")
+    sh("dcmconv", "+ti", u12 + ".in", u12)
+    os.remove(u12 + ".in")
+    return slices[1], u12
 
-    fx["monochrome1"] = fixture("mono1.dcm", S16, "11")
+
+def make_good_fixtures(s16, u12):
+    """Files dcm2jpg must convert; name -> path."""
+    fx = {}
+    fx["s16"] = fixture("s16.dcm", s16, "1")
+    fx["big_endian"] = fixture("be.dcm", s16, "2", "dcmconv", "+tb")
+    fx["deflated"] = fixture("deflated.dcm", s16, "3", "dcmconv", "+td")
+    fx["implicit"] = fixture("implicit.dcm", s16, "4", "dcmconv", "+ti")
+    fx["jpeg_lossless"] = fixture("jll.dcm", s16, "5", "dcmcjpeg", "+e1")
+    fx["jpeg_ls"] = fixture("jls.dcm", s16, "6", "dcmcjpls")
+    fx["rle"] = fixture("rle.dcm", s16, "7", "dcmcrle")
+    fx["jpeg_baseline"] = fixture("jbase.dcm", s16, "8", "dcmcjpeg", "+eb")
+    fx["jpeg_extended12"] = fixture("jext.dcm", u12, "9", "dcmcjpeg", "+ee")
+    fx["jpeg_ls_near"] = fixture("jlsnear.dcm", u12, "10", "dcmcjpls", "+en")
+
+    fx["monochrome1"] = fixture("mono1.dcm", s16, "11")
     sh("dcmodify", "-nb", "-m", "(0028,0004)=MONOCHROME1", fx["monochrome1"])
-    fx["no_rescale"] = fixture("norescale.dcm", S16, "12")
+    fx["no_rescale"] = fixture("norescale.dcm", s16, "12")
     sh("dcmodify", "-nb", "-ea", "(0028,1052)", "-ea", "(0028,1053)", fx["no_rescale"])
 
     # No preamble and no .dcm extension: the meta header starts at byte 0.
-    with_uid = fixture("tmp.dcm", S16, "13")
+    with_uid = fixture("tmp.dcm", s16, "13")
     fx["no_preamble"] = os.path.join(FX, "no_preamble")
     with open(with_uid, "rb") as f, open(fx["no_preamble"], "wb") as out:
         out.write(f.read()[132:])
     os.remove(with_uid)
     # No meta header at all (a bare data set), explicit little endian.
-    fx["no_meta"] = fixture("no_meta.raw", S16, "14", "dcmconv", "-F", "+te")
+    fx["no_meta"] = fixture("no_meta.raw", s16, "14", "dcmconv", "-F", "+te")
 
     # Signed 12-bit data whose words are not sign-extended (0x0FFF, not 0xFFFF, for -1):
     # native, pydicom keeps the raw words; its JPEG decoder sign-extends, JPEG-LS does not.
-    fx["signed12_raw"] = fixture("s12raw.dcm", S16, "15")
+    fx["signed12_raw"] = fixture("s12raw.dcm", s16, "15")
     edit_pixels(fx["signed12_raw"], lambda w: w & 0x0FFF)
     sh("dcmodify", "-nb", "-m", "(0028,0101)=12", "-m", "(0028,0102)=11", fx["signed12_raw"])
     fx["signed12_raw_jpeg"] = fixture("s12raw_jll.dcm", fx["signed12_raw"], "16", "dcmcjpeg")
@@ -111,10 +140,12 @@ def make_good_fixtures():
 
     # The 12-bit wrap quirk: stored = (v - 1024) mod 4096 with intercept 0, so that the fix
     # (v + 1000 mod 4096, intercept -1000) gives back v - 1024 HU except below -1000 HU.
-    fx["wrap12"] = fixture("wrap12.dcm", U12, "18", "dcmconv", "+te")
+    fx["wrap12"] = fixture("wrap12.dcm", u12, "18", "dcmconv", "+te")
     edit_pixels(fx["wrap12"], lambda w: (w + 3072) % 4096)
     sh("dcmodify", "-nb", "-m", "(0028,1052)=0", fx["wrap12"])
-    fx["mr12"] = os.path.join(DATA, "dcm_qa_12bit/12bitUnsigned.dcm")
+    # MR: 12-bit unsigned with intercept 0, which would get the wrap fix if it were CT.
+    fx["mr12"] = fixture("mr12.dcm", u12, "19")
+    sh("dcmodify", "-nb", "-m", "(0008,0060)=MR", "-m", "(0028,1052)=0", fx["mr12"])
     return fx
 
 
@@ -130,17 +161,17 @@ def reference_dataset(name, path):
 
 def check_good(fx):
     out = os.path.join(WORK, "good")
-    code, err = dicom_ref.run_dcm2jpg(
-        BIN, ["-j", "2", "--any-modality", "--format", "ppm", "-o", out] + list(fx.values()),
-        expect=0)
-    rows, _ = dicom_ref.read_meta(os.path.join(out, "meta.h5"))
+    testlib.run_expect(
+        "dcm2jpg", ["-j", "2", "--any-modality", "--format", "ppm", "-o", out]
+        + list(fx.values()), expect=0)
+    rows, _ = testlib.read_meta(os.path.join(out, "meta.h5"))
     by_path = {r["path"]: r for r in rows}
     assert len(rows) == len(fx), "%d rows for %d fixtures" % (len(rows), len(fx))
     images = {}
     for name, path in fx.items():
         row = by_path[path]
         assert row["status"] == "ok", "%s: %s (%s)" % (name, row["status"], row["message"])
-        got = dicom_ref.load_image(os.path.join(out, row["id"] + ".ppm"))
+        got = testlib.load_image(os.path.join(out, row["id"] + ".ppm"))
         want = dicom_ref.window(reference_dataset(name, path))
         differ = int(np.count_nonzero(got != want))
         assert differ == 0, "%s: %d values differ from pydicom+numpy" % (name, differ)
@@ -160,8 +191,8 @@ def check_good(fx):
             else:
                 same = got_value == value
             assert same, "%s: meta %s = %r, pydicom %r" % (name, field, got_value, value)
-    print("good fixtures: %d converted, each equal to pydicom+numpy: %s"
-          % (len(fx), ", ".join(fx)))
+    passed("good fixtures: %d converted, each equal to pydicom+numpy: %s"
+           % (len(fx), ", ".join(fx)))
 
     # Lossless encodings, MONOCHROME1 and the missing preamble/meta change no pixel.
     for name in ("big_endian", "deflated", "implicit", "jpeg_lossless", "jpeg_ls", "rle",
@@ -174,81 +205,86 @@ def check_good(fx):
     assert row["wrap_fixed"] == 1 and row["intercept"] == 0.0, row
     assert by_path[fx["mr12"]]["wrap_fixed"] == 0, "MR must not get the CT wrap fix"
     assert by_path[fx["s16"]]["wrap_fixed"] == 0
-    return out, by_path, images
+    passed("lossless encodings, MONOCHROME1, no preamble and no meta header change no pixel; "
+           "missing rescale tags mean 1 and 0; the wrap fix on 12-bit CT only")
+    return images
 
 
-def check_wrap(fx, good_images):
+def check_wrap(fx, good_images, u12):
     """The fix recovers the clean slice; --no-fix-wrap reproduces the original method."""
     out = os.path.join(WORK, "nofix")
-    dicom_ref.run_dcm2jpg(BIN, ["--no-fix-wrap", "--format", "ppm", "-o", out, fx["wrap12"]],
-                          expect=0)
-    rows, attrs = dicom_ref.read_meta(os.path.join(out, "meta.h5"))
+    testlib.run_expect("dcm2jpg", ["--no-fix-wrap", "--format", "ppm", "-o", out, fx["wrap12"]],
+                       expect=0)
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
     assert attrs["fix_wrap"] == 0 and rows[0]["wrap_fixed"] == 0
-    unfixed = dicom_ref.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
+    unfixed = testlib.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
     want = dicom_ref.window(dicom_ref.read(fx["wrap12"]), fix_wrap=False)
     assert np.array_equal(unfixed, want), "--no-fix-wrap differs from the plain reference"
 
     clean_out = os.path.join(WORK, "clean")
-    dicom_ref.run_dcm2jpg(BIN, ["--format", "ppm", "-o", clean_out, U12], expect=0)
-    clean_rows, _ = dicom_ref.read_meta(os.path.join(clean_out, "meta.h5"))
-    clean = dicom_ref.load_image(os.path.join(clean_out, clean_rows[0]["id"] + ".ppm"))
+    testlib.run_expect("dcm2jpg", ["--format", "ppm", "-o", clean_out, u12], expect=0)
+    clean_rows, _ = testlib.read_meta(os.path.join(clean_out, "meta.h5"))
+    clean = testlib.load_image(os.path.join(clean_out, clean_rows[0]["id"] + ".ppm"))
     # Where the clean slice is at or above -1000 HU the fix must give it back exactly (below,
     # the known fix itself wraps: air outside the field of view turns bright).
-    stored, slope, intercept = dicom_ref.stored_values(dicom_ref.read(U12))
+    stored, slope, intercept = dicom_ref.stored_values(dicom_ref.read(u12))
     valid = stored * slope + intercept >= -1000
     fixed_same = float(np.mean(np.all(good_images["wrap12"] == clean, axis=-1)[valid]))
     unfixed_same = float(np.mean(np.all(unfixed == clean, axis=-1)[valid]))
-    print("12-bit wrap: on the %.1f%% of pixels >= -1000 HU the fixed output equals the clean "
-          "slice on %.2f%%, the unfixed one on %.2f%%"
-          % (100 * valid.mean(), 100 * fixed_same, 100 * unfixed_same))
-    assert fixed_same == 1.0 and unfixed_same < 0.5
+    assert fixed_same == 1.0 and unfixed_same < 0.5, (fixed_same, unfixed_same)
+    passed("12-bit wrap: on the %.1f%% of pixels >= -1000 HU the fixed output equals the clean "
+           "slice on %.2f%%, the unfixed one on %.2f%%"
+           % (100 * valid.mean(), 100 * fixed_same, 100 * unfixed_same))
 
 
 def check_resize_and_jpeg_options(fx):
     import cv2
+    half = SIZE // 2
     out = os.path.join(WORK, "small")
-    dicom_ref.run_dcm2jpg(BIN, ["--size", "256", "--format", "ppm", "-o", out, fx["s16"]],
-                          expect=0)
-    rows, attrs = dicom_ref.read_meta(os.path.join(out, "meta.h5"))
-    assert attrs["size"] == 256
-    small = dicom_ref.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
+    testlib.run_expect("dcm2jpg", ["--size", half, "--format", "ppm", "-o", out, fx["s16"]],
+                       expect=0)
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
+    assert attrs["size"] == half
+    small = testlib.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
     exact = dicom_ref.window(dicom_ref.read(fx["s16"]))
-    want = cv2.resize(exact, (256, 256), interpolation=cv2.INTER_LINEAR)
+    want = cv2.resize(exact, (half, half), interpolation=cv2.INTER_LINEAR)
     diff = np.abs(small.astype(int) - want.astype(int))
-    print("--size 256 vs OpenCV INTER_LINEAR: max difference %d, mean %.4f"
-          % (diff.max(), diff.mean()))
-    assert small.shape == (256, 256, 3) and diff.max() <= 1
+    assert small.shape == (half, half, 3) and diff.max() <= 1, (small.shape, diff.max())
+    passed("--size %d vs OpenCV INTER_LINEAR: max difference %d, mean %.4f"
+           % (half, diff.max(), diff.mean()))
 
     sizes, errors = {}, {}
     for label, extra in (("q95", []), ("q80", ["--quality", "80"]),
                          ("420", ["--subsample420"])):
         o = os.path.join(WORK, "jpeg-" + label)
-        dicom_ref.run_dcm2jpg(BIN, extra + ["-o", o, fx["s16"]], expect=0)
-        _, a = dicom_ref.read_meta(os.path.join(o, "meta.h5"))
+        testlib.run_expect("dcm2jpg", extra + ["-o", o, fx["s16"]], expect=0)
+        _, a = testlib.read_meta(os.path.join(o, "meta.h5"))
         path = os.path.join(o, rows[0]["id"] + ".jpg")
         sizes[label] = os.path.getsize(path)
-        errors[label] = float(np.abs(dicom_ref.load_image(path).astype(int) - exact).mean())
+        errors[label] = float(np.abs(testlib.load_image(path).astype(int) - exact).mean())
         if label == "420":
             assert a["subsampling"] == "4:2:0"
         if label == "q80":
             assert a["quality"] == 80
-    print("JPEG bytes %s, mean error %s" % (sizes, {k: round(v, 3) for k, v in errors.items()}))
-    assert sizes["q80"] < sizes["q95"] and errors["420"] > errors["q95"]
+    assert sizes["q80"] < sizes["q95"] and errors["420"] > errors["q95"], (sizes, errors)
+    passed("JPEG bytes %s, mean error %s"
+           % (sizes, {k: round(v, 3) for k, v in errors.items()}))
 
 
-def make_bad_fixtures():
+def make_bad_fixtures(s16):
+    """Files dcm2jpg must reject: name -> path."""
     bad = {}
-    source = fixture("src_bad.dcm", S16, "20")
+    source = fixture("src_bad.dcm", s16, "20")
     data = open(source, "rb").read()
     bad["truncated_file"] = os.path.join(FX, "truncated.dcm")
     with open(bad["truncated_file"], "wb") as f:
-        f.write(data[:len(data) - 100000])
+        f.write(data[:len(data) - SIZE * SIZE])
     # Short pixel data with a consistent length field: a valid file, too few pixels.
     bad["short_pixels"] = os.path.join(FX, "short_pixels.dcm")
-    start = pixel_value_offset(data, 512 * 512)
-    keep = 100000
+    start = pixel_value_offset(data, SIZE * SIZE)
     with open(bad["short_pixels"], "wb") as f:
-        f.write(data[:start - 4] + keep.to_bytes(4, "little") + data[start:start + keep])
+        f.write(data[:start - 4] + SHORT_KEEP.to_bytes(4, "little")
+                + data[start:start + SHORT_KEEP])
     bad["truncated_header"] = os.path.join(FX, "truncated_header.dcm")
     with open(bad["truncated_header"], "wb") as f:
         f.write(data[:600])
@@ -257,48 +293,120 @@ def make_bad_fixtures():
     with open(bad["garbage"], "wb") as f:
         f.write(bytes(128) + b"DICM" + rng.integers(0, 256, 20000, dtype=np.uint8).tobytes())
     os.remove(source)
-    bad["jpeg2000"] = os.path.join(DATA, "dcm_qa_ts/9.dcm")
-    bad["duplicate_a"] = fixture("dup_a.dcm", S16, "21")
-    bad["duplicate_b"] = fixture("dup_b.dcm", S16, "21", "dcmconv", "+ti")
+    # JPEG 2000, which DCMTK cannot decode: a JPEG lossless file whose meta header names
+    # JPEG 2000 instead (the two UIDs have the same length).
+    bad["jpeg2000"] = fixture("j2k.dcm", s16, "22", "dcmcjpeg", "+e1")
+    data = open(bad["jpeg2000"], "rb").read()
+    assert data.count(JPEG_LOSSLESS_SV1.encode()) == 1, "transfer syntax UID not found once"
+    with open(bad["jpeg2000"], "wb") as f:
+        f.write(data.replace(JPEG_LOSSLESS_SV1.encode(), JPEG_2000.encode()))
+    bad["duplicate_a"] = fixture("dup_a.dcm", s16, "21")
+    bad["duplicate_b"] = fixture("dup_b.dcm", s16, "21", "dcmconv", "+ti")
     return bad
 
 
+def make_skipped_fixtures(s16):
+    """Valid DICOM that dcm2jpg reports and skips: name -> path."""
+    from PIL import Image
+    skipped = {}
+    # Colour: a secondary capture made by img2dcm from an RGB JPEG.
+    rgb = os.path.join(FX, "colour.jpg")
+    gradient = np.linspace(0, 255, 48 * 64 * 3).astype(np.uint8).reshape(48, 64, 3)
+    Image.fromarray(gradient).save(rgb, quality=90)
+    skipped["colour"] = os.path.join(FX, "colour.dcm")
+    sh("img2dcm", rgb, skipped["colour"])
+    # Two frames: the pixel data twice, its length field and NumberOfFrames to match.
+    skipped["multi_frame"] = fixture("frames.dcm", s16, "30")
+    data = open(skipped["multi_frame"], "rb").read()
+    start = pixel_value_offset(data, SIZE * SIZE)
+    with open(skipped["multi_frame"], "wb") as f:
+        f.write(data[:start - 4] + (4 * SIZE * SIZE).to_bytes(4, "little") + data[start:]
+                + data[start:])
+    sh("dcmodify", "-nb", "-i", "(0028,0008)=2", skipped["multi_frame"])
+    # No pixel data: a structured report, and a CT header without its image.
+    skipped["sr"] = fixture("sr.dcm", s16, "31")
+    sh("dcmodify", "-nb", "-ea", "(7fe0,0010)", "-m", "(0008,0060)=SR", skipped["sr"])
+    skipped["no_pixels"] = fixture("no_pixels.dcm", s16, "32")
+    sh("dcmodify", "-nb", "-ea", "(7fe0,0010)", skipped["no_pixels"])
+    return skipped
+
+
+def make_not_dicom():
+    """A folder of files that are no DICOM at all (an image, a table, a text)."""
+    from PIL import Image
+    folder = os.path.join(FX, "not_dicom")
+    os.makedirs(folder)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(folder, "image.png"))
+    with open(os.path.join(folder, "table.csv"), "w") as f:
+        f.write("ID,Label\nID_0_any,0\n")
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write("# Notes\n" + "text " * 100 + "\n")
+    return folder
+
+
 SKIPPED = {
-    "colour": ("dcm_qa_ct/Philips/S21570/S4010/I50", r"colour image"),
-    "multi_frame": ("pydicom_data/emri_small.dcm", r"multi-frame image \(10 frames\)"),
-    "sr": ("pydicom_testfiles/test-SR.dcm", r"no image: Modality SR"),
-    "sr_cornerstone": ("cornerstone_testimages/no-pixel-data.dcm", r"no image"),
-    "rtplan": ("pydicom_testfiles/rtplan.dcm", r"no image: Modality RTPLAN"),
+    "colour": r"colour image",
+    "multi_frame": r"multi-frame image \(2 frames\)",
+    "sr": r"no image: Modality SR",
+    "no_pixels": r"no image",
 }
 ERRORS = {
     "truncated_file": r"truncated",
-    "short_pixels": r"pixel data too short: 100000 bytes",
+    "short_pixels": r"pixel data too short: %d bytes" % SHORT_KEEP,
     "truncated_header": r"truncated|corrupt",
     "garbage": r"truncated or corrupt|corrupt",
     "jpeg2000": r"transfer syntax 1\.2\.840\.10008\.1\.2\.4\.90 \(JPEG 2000",
 }
+# The shared data's own odd files (path, message), added to the same run when present.
+REAL_SKIPPED = {
+    "real_colour": ("dcm_qa_ct/Philips/S21570/S4010/I50", r"colour image"),
+    "real_multi_frame": ("pydicom_data/emri_small.dcm", r"multi-frame image \(10 frames\)"),
+    "real_sr": ("pydicom_testfiles/test-SR.dcm", r"no image: Modality SR"),
+    "real_sr_cornerstone": ("cornerstone_testimages/no-pixel-data.dcm", r"no image"),
+    "real_rtplan": ("pydicom_testfiles/rtplan.dcm", r"no image: Modality RTPLAN"),
+}
+REAL_ERRORS = {
+    "real_jpeg2000": ("dcm_qa_ts/9.dcm", ERRORS["jpeg2000"]),
+}
+REAL_NOT_DICOM = "head_ct_kitamura"
 
 
-def check_bad(good):
-    bad = make_bad_fixtures()
-    skipped = {k: os.path.join(DATA, v[0]) for k, v in SKIPPED.items()}
-    not_dicom_dir = os.path.join(DATA, "head_ct_kitamura")
-    not_dicom = len([p for p in glob.glob(not_dicom_dir + "/**", recursive=True)
-                     if os.path.isfile(p) and not os.path.basename(p).startswith(".")])
+def count_files(folder):
+    return len([p for p in glob.glob(folder + "/**", recursive=True)
+                if os.path.isfile(p) and not os.path.basename(p).startswith(".")])
+
+
+def check_bad(good, bad, skipped):
+    """Errors, skipped files and non-DICOM files in one run with a good slice: each reported
+    with its message, the summary counts them, only the good slice is written."""
+    skipped = dict(skipped)
+    errors = dict(ERRORS)
+    not_dicom_dirs = [make_not_dicom()]
+    expect_skipped = dict(SKIPPED)
+    if testlib.have_data("the shared data's colour, multi-frame, SR, RT plan, JPEG 2000 and "
+                         "PNG files in the bad-input run"):
+        for name, (path, pattern) in REAL_SKIPPED.items():
+            skipped[name] = os.path.join(DATA, path)
+            expect_skipped[name] = pattern
+        for name, (path, pattern) in REAL_ERRORS.items():
+            bad = dict(bad, **{name: os.path.join(DATA, path)})
+            errors[name] = pattern
+        not_dicom_dirs.append(os.path.join(DATA, REAL_NOT_DICOM))
+    not_dicom = sum(count_files(d) for d in not_dicom_dirs)
     out = os.path.join(WORK, "bad")
     os.makedirs(out)
-    args = ["-j", "2", "--any-modality", "-o", out, good, not_dicom_dir]
+    args = ["-j", "2", "--any-modality", "-o", out, good] + not_dicom_dirs
     args += list(bad.values()) + list(skipped.values())
-    code, err = dicom_ref.run_dcm2jpg(BIN, args, expect=4)
-    rows, attrs = dicom_ref.read_meta(os.path.join(out, "meta.h5"))
+    code, err = testlib.run_expect("dcm2jpg", args, expect=4)
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
     by_path = {r["path"]: r for r in rows}
     assert len(rows) == 1 + len(bad) + len(skipped), "%d rows" % len(rows)
 
     for name, path in skipped.items():
         row = by_path[path]
-        assert row["status"] == "skipped" and re.search(SKIPPED[name][1], row["message"]), (
+        assert row["status"] == "skipped" and re.search(expect_skipped[name], row["message"]), (
             "%s: %s %s" % (name, row["status"], row["message"]))
-    for name, pattern in ERRORS.items():
+    for name, pattern in errors.items():
         row = by_path[bad[name]]
         assert row["status"] == "error" and re.search(pattern, row["message"]), (
             "%s: %s %s" % (name, row["status"], row["message"]))
@@ -318,50 +426,74 @@ def check_bad(good):
     # Only the good slice's image and the table; no temporary files.
     files = sorted(os.listdir(out))
     assert files == sorted([by_path[good]["id"] + ".jpg", "meta.h5"]), files
-    print("bad inputs: %d errors and %d skipped with their messages, %d non-DICOM files "
-          "ignored, exit 4, no stray output" % (len(bad), len(skipped), not_dicom))
-    return bad
+    passed("bad inputs: %d errors and %d skipped with their messages (%s), %d non-DICOM files "
+           "ignored, exit 4, no stray output"
+           % (len(bad), len(skipped), ", ".join(sorted(errors) + sorted(skipped)), not_dicom))
+    return not_dicom_dirs[0]
 
 
-def check_exit_codes(good, bad):
-    def expect_nothing(name, args, code, pattern):
-        out = os.path.join(WORK, "exit-" + name)
-        _, err = dicom_ref.run_dcm2jpg(BIN, ["-o", out] + args, expect=code)
-        assert re.search(pattern, err), "%s: stderr lacks %r:\n%s" % (name, pattern, err)
-        left = os.listdir(out) if os.path.isdir(out) else []
-        assert left == [], "%s left %s" % (name, left)
+def expect_nothing(name, args, code, pattern):
+    """dcm2jpg exits with code, says pattern on stderr and leaves its output folder empty."""
+    out = os.path.join(WORK, "exit-" + name)
+    _, err = testlib.run_expect("dcm2jpg", ["-o", out] + args, expect=code)
+    assert re.search(pattern, err), "%s: stderr lacks %r:\n%s" % (name, pattern, err)
+    left = os.listdir(out) if os.path.isdir(out) else []
+    assert left == [], "%s left %s" % (name, left)
+    return err
 
-    readme = os.path.join(DATA, "README.md")
-    png = sorted(glob.glob(os.path.join(DATA, "head_ct_kitamura", "*.png")))[0]
-    expect_nothing("all-failed", [bad["truncated_file"]], 3, r"nothing converted")
-    expect_nothing("explicit-text", [good, readme], 3, re.escape(readme) + r": not a DICOM")
-    expect_nothing("explicit-png", [png, good], 3, re.escape(png) + r": not a DICOM")
-    expect_nothing("missing", [good, os.path.join(WORK, "absent.dcm")], 3, r"no such file")
-    expect_nothing("only-mr", [os.path.join(DATA, "dcm_qa_ts/1.dcm")], 3, r"not CT")
-    expect_nothing("only-png", [os.path.join(DATA, "head_ct_kitamura")], 3,
-                   r"nothing converted")
-    expect_nothing("bad-quality", ["--quality", "0", good], 2, r"out of range")
-    expect_nothing("unknown-option", ["--frobnicate", good], 2, r"unknown option")
-    # The four encodings of cornerstone's CTImage share one SOPInstanceUID: all rejected.
-    copies = sorted(glob.glob(os.path.join(DATA, "cornerstone_testimages", "CTImage.dcm*")))
-    expect_nothing("duplicates", copies, 3, r"nothing converted")
-    _, err = dicom_ref.run_dcm2jpg(BIN, ["-o", os.path.join(WORK, "dups")] + copies, expect=3)
+
+def check_duplicates(name, copies):
+    """Files sharing one SOPInstanceUID: all rejected, each naming another."""
+    err = expect_nothing(name, copies, 3, r"nothing converted")
     for path in copies:
         line = [l for l in err.splitlines() if l.startswith("dcm2jpg: error: " + path + ":")]
         assert line and "duplicate SOPInstanceUID" in line[0], "%s not reported" % path
         assert any(other in line[0] for other in copies if other != path), line[0]
 
-    code, err = dicom_ref.run_dcm2jpg(BIN, [good], expect=2)
+
+def check_exit_codes(good, bad, mr, not_dicom_dir):
+    text = os.path.join(not_dicom_dir, "README.md")
+    png = os.path.join(not_dicom_dir, "image.png")
+    expect_nothing("all-failed", [bad["truncated_file"]], 3, r"nothing converted")
+    expect_nothing("explicit-text", [good, text], 3, re.escape(text) + r": not a DICOM")
+    expect_nothing("explicit-png", [png, good], 3, re.escape(png) + r": not a DICOM")
+    expect_nothing("missing", [good, os.path.join(WORK, "absent.dcm")], 3, r"no such file")
+    expect_nothing("only-mr", [mr], 3, r"not CT")
+    expect_nothing("only-png", [not_dicom_dir], 3, r"nothing converted")
+    expect_nothing("bad-quality", ["--quality", "0", good], 2, r"out of range")
+    expect_nothing("unknown-option", ["--frobnicate", good], 2, r"unknown option")
+    # One SOPInstanceUID in three encodings: all rejected.
+    third = fixture("dup_c.dcm", bad["duplicate_a"], "21", "dcmcrle")
+    check_duplicates("duplicates", [bad["duplicate_a"], bad["duplicate_b"], third])
+
+    code, err = testlib.run_expect("dcm2jpg", [good], expect=2)
     assert "-o OUTDIR is required" in err
 
-    proc = subprocess.run([os.path.join(BIN, "dcm2jpg"), "--help"], stdout=subprocess.PIPE,
-                          text=True, check=True)
+    proc = testlib.run_plain("dcm2jpg", "--help")
+    assert proc.returncode == 0, proc.returncode
     for word in ("--out", "--list", "--threads", "--quality", "--subsample420", "--size",
                  "--format", "--force", "--no-fix-wrap", "--any-modality", "(default: 95)",
                  "Exit codes", "  4  "):
         assert word in proc.stdout, "--help lacks %r" % word
-    print("exit codes: 3 for failed/missing/non-DICOM/non-CT-only input (nothing written), "
-          "2 for usage errors, --help complete")
+    passed("exit codes: 3 for failed/missing/non-DICOM/non-CT-only input (nothing written), "
+           "2 for usage errors, --help complete")
+
+
+def check_exit_codes_real():
+    """The same on the shared data's own files."""
+    readme = os.path.join(DATA, "README.md")
+    png = sorted(glob.glob(os.path.join(DATA, REAL_NOT_DICOM, "*.png")))[0]
+    good = os.path.join(DATA, "rsna_ich_app_series/dcm/ID_032d5f85e.dcm")
+    expect_nothing("real-explicit-text", [good, readme], 3, re.escape(readme) + r": not a DICOM")
+    expect_nothing("real-explicit-png", [png, good], 3, re.escape(png) + r": not a DICOM")
+    expect_nothing("real-only-mr", [os.path.join(DATA, "dcm_qa_ts/1.dcm")], 3, r"not CT")
+    expect_nothing("real-only-png", [os.path.join(DATA, REAL_NOT_DICOM)], 3,
+                   r"nothing converted")
+    # The four encodings of cornerstone's CTImage share one SOPInstanceUID: all rejected.
+    copies = sorted(glob.glob(os.path.join(DATA, "cornerstone_testimages", "CTImage.dcm*")))
+    check_duplicates("real-duplicates", copies)
+    passed("exit codes on the shared data's README, PNGs, an MR slice and cornerstone's four "
+           "copies of one slice: 3, nothing written")
 
 
 # Covered slice by slice in test_dcm2jpg_real.py.
@@ -405,11 +537,11 @@ def check_inventory():
         expected = {p: expected_outcome(item) for p, item in zip(paths, run.values())}
         statuses = [e[0] for e in expected.values()]
         code = 4 if "error" in statuses and "ok" in statuses else 0 if "ok" in statuses else 3
-        dicom_ref.run_dcm2jpg(BIN, ["--any-modality", "--format", "ppm", "-o", out] + paths,
-                              expect=code)
+        testlib.run_expect("dcm2jpg", ["--any-modality", "--format", "ppm", "-o", out] + paths,
+                           expect=code)
         if code == 3:
             continue
-        rows, _ = dicom_ref.read_meta(os.path.join(out, "meta.h5"))
+        rows, _ = testlib.read_meta(os.path.join(out, "meta.h5"))
         for row in rows:
             status, pattern = expected[row["path"]]
             name = os.path.relpath(row["path"], DATA)
@@ -418,7 +550,7 @@ def check_inventory():
             tally[status] = tally.get(status, 0) + 1
             if status != "ok":
                 continue
-            got = dicom_ref.load_image(os.path.join(out, row["id"] + ".ppm"))
+            got = testlib.load_image(os.path.join(out, row["id"] + ".ppm"))
             want = dicom_ref.window(dicom_ref.read(row["path"]))
             assert np.array_equal(got, want), name + ": differs from pydicom+numpy"
             for field, value in dicom_ref.header(row["path"]).items():
@@ -428,18 +560,62 @@ def check_inventory():
                 else:
                     same = row[field] == value
                 assert same, "%s: meta %s = %r, pydicom %r" % (name, field, row[field], value)
-    print("inventory: %d other DICOM files in %d runs: %s; every converted one equals "
-          "pydicom+numpy" % (len(items), len(runs), tally))
+    passed("inventory: %d other DICOM files in %d runs: %s; every converted one equals "
+           "pydicom+numpy" % (len(items), len(runs), tally))
+
+
+def check_mutations(fx):
+    """Seeded random byte changes and cuts: each file converts or fails cleanly (exit 0 or 3),
+    never a crash, never a stray file. Run under make test-asan this is a small fuzz test."""
+    sources = [fx[k] for k in ("s16", "implicit", "jpeg_lossless", "rle", "deflated",
+                               "jpeg_ls")]
+    rng = np.random.default_rng(11)
+    out = os.path.join(WORK, "mutations")
+    outcomes = {}
+    for k in range(48):
+        data = bytearray(open(sources[k % len(sources)], "rb").read())
+        # Mostly in the header (where parsing decisions are), sometimes anywhere.
+        limit = min(len(data), 2000) if k % 3 else len(data)
+        for _ in range(int(rng.integers(1, 8))):
+            data[int(rng.integers(0, limit))] = int(rng.integers(0, 256))
+        if k % 5 == 0:
+            data = data[:int(rng.integers(100, len(data)))]
+        path = os.path.join(FX, "mutated%02d.dcm" % k)
+        with open(path, "wb") as f:
+            f.write(bytes(data))
+        proc = subprocess.run([os.path.join(BIN, "dcm2jpg"), "-q", "--force", "--any-modality",
+                               "-o", out, path], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        assert proc.returncode in (0, 3), "%s: exit %d\n%s" % (path, proc.returncode,
+                                                                proc.stderr[-2000:])
+        outcomes[proc.returncode] = outcomes.get(proc.returncode, 0) + 1
+        stray = [n for n in os.listdir(out) if ".tmp-" in n] if os.path.isdir(out) else []
+        assert not stray, "%s left %s" % (path, stray)
+    passed("mutated files: %d converted, %d rejected (exit 3), no crash, no stray file"
+           % (outcomes.get(0, 0), outcomes.get(3, 0)))
 
 
 def main():
-    fx = make_good_fixtures()
-    _, _, images = check_good(fx)
-    check_wrap(fx, images)
-    check_resize_and_jpeg_options(fx)
-    bad = check_bad(fx["s16"])
-    check_exit_codes(fx["s16"], bad)
-    check_inventory()
+    if MISSING_TOOLS:
+        testlib.skip("the checks on fixtures", "DCMTK tools %s are not installed: make deps"
+                     % ", ".join(MISSING_TOOLS))
+    else:
+        s16, u12 = make_bases()
+        fx = make_good_fixtures(s16, u12)
+        images = check_good(fx)
+        check_wrap(fx, images, u12)
+        check_resize_and_jpeg_options(fx)
+        bad = make_bad_fixtures(s16)
+        not_dicom_dir = check_bad(fx["s16"], bad, make_skipped_fixtures(s16))
+        check_exit_codes(fx["s16"], bad, fx["mr12"], not_dicom_dir)
+        check_mutations(fx)
+    if testlib.have_data("exit codes on the shared data's README, PNGs, MR and cornerstone "
+                         "files"):
+        check_exit_codes_real()
+    if testlib.have_data("every other DICOM file of the shared data (INVENTORY.tsv)",
+                         "INVENTORY.tsv"):
+        check_inventory()
+    testlib.finish("dcm2jpg edge-case")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@
 import math
 import os
 import sys
-
 import warnings
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "ref"))
+import testlib
+from testlib import DATA, WORK
+
+sys.path.insert(0, testlib.REF_DIR)
 import dicom_ref  # noqa: E402
 
 # JPEG q95 4:4:4 against the exact values. reference-method.md measured 0.03-0.9 mean and
@@ -28,7 +30,7 @@ APP_MEAN_MAX = 3.0
 
 # RSNA IDs are not valid UIDs; pydicom warns on every one.
 warnings.filterwarnings("ignore", message="Invalid value for VR UI")
-BIN, DATA, WORK = dicom_ref.environment()
+testlib.require_data("dcm2jpg on the real slices")
 
 # One folder per invocation group; the four cornerstone files share one SOPInstanceUID, so
 # each goes through its own run (together they are the duplicate-ID error case).
@@ -73,8 +75,8 @@ def check_meta_row(row, path):
 
 def convert(inputs, out, extra):
     args = ["-q", "-j", "2", "-o", out] + extra + [os.path.join(DATA, p) for p in inputs]
-    dicom_ref.run_dcm2jpg(BIN, args, expect=0)
-    rows, attrs = dicom_ref.read_meta(os.path.join(out, "meta.h5"))
+    testlib.run_expect("dcm2jpg", args, expect=0)
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
     return rows, attrs
 
 
@@ -100,14 +102,14 @@ def main():
             fields_checked += check_meta_row(row, path)
             expected = dicom_ref.window(dicom_ref.read(path))
 
-            got = dicom_ref.load_image(os.path.join(ppm_dir, row["id"] + ".ppm"))
+            got = testlib.load_image(os.path.join(ppm_dir, row["id"] + ".ppm"))
             assert got.shape == expected.shape, "%s: shape %s, expected %s" % (
                 path, got.shape, expected.shape)
             differ = int(np.count_nonzero(got != expected))
             assert differ == 0, "%s: %d channel values differ from the reference (max %d)" % (
                 path, differ, int(np.abs(got.astype(int) - expected).max()))
 
-            jpeg = dicom_ref.load_image(os.path.join(jpg_dir, row["id"] + ".jpg"))
+            jpeg = testlib.load_image(os.path.join(jpg_dir, row["id"] + ".jpg"))
             error = np.abs(jpeg.astype(int) - expected.astype(int))
             mean, p99 = float(error.mean()), float(np.percentile(error, 99))
             all_errors.append(error.ravel())
@@ -133,8 +135,8 @@ def main():
         dcm = os.path.join(DATA, "rsna_ich_app_series", "dcm", name[:-4] + ".dcm")
         if not os.path.exists(dcm):
             continue
-        ours = dicom_ref.load_image(os.path.join(WORK, "ppm0", name[:-4] + ".ppm"))
-        theirs = dicom_ref.load_image(os.path.join(app_dir, name))[:, :, ::-1]
+        ours = testlib.load_image(os.path.join(WORK, "ppm0", name[:-4] + ".ppm"))
+        theirs = testlib.load_image(os.path.join(app_dir, name))[:, :, ::-1]
         app_means.append(float(np.abs(ours.astype(int) - theirs.astype(int)).mean()))
     assert app_means, "no app reference JPEGs found in %s" % app_dir
     print("vs the app's own windowed JPEGs (%d): mean abs difference %.3f (max slice %.3f)"

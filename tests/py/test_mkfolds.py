@@ -1,72 +1,34 @@
 """mkfolds: folds and labels against an independent Python version of the original fold rule.
 
-Real data: the challenge labels in $DATA/rsna_labels with the metadata of the 90 RSNA slices
-(dcm2jpg's meta.h5, or the same columns read with pydicom when dcm2jpg is absent). Fixtures
-(h5py): duplicate and conflicting label rows, partial labels, labels without metadata, rows
-that failed conversion, a slice ID twice, and a larger set for the stratified method.
+Two datasets, each checked with k=5 and k=3 and with the label CSV's troubles (identical
+duplicate rows, a conflicting row, a bad value, an unknown subtype, a missing row, gzip,
+labels without metadata): a mkphantom dataset with a test split (metadata by dcm2jpg, or the
+same columns read with pydicom when dcm2jpg is absent), and, when the shared data is there,
+the challenge labels in $DATA/rsna_labels with the 90 RSNA slices. Fixtures (h5py): rows that
+failed conversion, a slice ID twice, and a larger set for the stratified method.
 """
 import csv
 import glob
 import gzip
 import os
 import random
-import subprocess
-import sys
 import warnings
 
-import h5py
-import numpy as np
-
 warnings.filterwarnings("ignore")
-import pydicom  # noqa: E402
 
-BIN = os.environ.get("BIN", "bin")
-WORK = os.environ.get("WORK") or __import__("tempfile").mkdtemp()
-DATA = os.environ.get("DATA", "")
-SUBTYPES = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
-failures = []
+import testlib  # noqa: E402
+from testlib import (DATA, SUBTYPES, WORK, check, read_folds, read_label_csv,  # noqa: E402
+                     run, write_meta)
 
 
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what)
-    if not ok:
-        failures.append(what)
-
-
-def mkfolds(*args):
-    cmd = [os.path.join(BIN, "mkfolds"), "-q"] + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True)
-
-
-def write_meta(path, rows):
-    """A meta.h5 with dcm2jpg's column names; rows are dicts."""
-    n = len(rows)
-
-    def strings(key, default=""):
-        return np.array([r.get(key, default).encode() for r in rows], dtype="S%d" % max(
-            1, max((len(r.get(key, default)) for r in rows), default=1)))
-
-    with h5py.File(path, "w") as f:
-        for key in ("id", "patient_id", "study_uid", "series_uid", "path", "message"):
-            f[key] = strings(key)
-        f["status"] = strings("status", "ok")
-        f["position"] = np.array([r.get("position", [np.nan] * 3) for r in rows],
-                                 dtype=np.float64).reshape(n, 3)
-        f["orientation"] = np.array([r.get("orientation", [np.nan] * 6) for r in rows],
-                                    dtype=np.float64).reshape(n, 6)
-
-
-def read_label_csv(path):
-    """id -> {subtype: 0/1}, exactly as the CSV says (rows may repeat)."""
-    opener = gzip.open if path.endswith(".gz") else open
-    out = {}
-    with opener(path, "rt", newline="") as f:
-        for row in csv.reader(f):
-            if row == ["ID", "Label"]:
-                continue
-            sid, sub = row[0].rsplit("_", 1)
-            out.setdefault(sid, {})[sub] = int(row[1])
-    return out
+def write_csv(path, body_rows, gz=False):
+    """A labels CSV in the challenge format."""
+    opener = gzip.open if gz else open
+    with opener(path, "wt", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["ID", "Label"])
+        w.writerows(body_rows)
+    return path
 
 
 def original_folds(labels, meta_rows, k):
@@ -78,20 +40,6 @@ def original_folds(labels, meta_rows, k):
     for position, sid in enumerate(joined):
         first.setdefault(patient[sid], position)
     return {sid: first[patient[sid]] % k for sid in joined}
-
-
-def read_folds(path):
-    with h5py.File(path, "r") as f:
-        ids = [s.decode() for s in f["id"][()]]
-        return {
-            "ids": ids,
-            "patient": [s.decode() for s in f["patient_id"][()]],
-            "fold": dict(zip(ids, f["fold"][()].tolist())),
-            "label": dict(zip(ids, f["label"][()].tolist())),
-            "attrs": dict(f.attrs),
-            "summary_slices": f["summary/slices"][()].tolist(),
-            "summary_pos": f["summary/positives"][()].tolist(),
-        }
 
 
 def verify(result, labels, meta_rows, k, name, reference=True):
@@ -131,212 +79,228 @@ def verify(result, labels, meta_rows, k, name, reference=True):
           % (name, counts, [p[5] for p in positives]))
 
 
-# ---- the real labels and slices ----
-if not DATA or not os.path.isdir(os.path.join(DATA, "rsna_labels")):
-    print("skip: the shared DICOM data ($DATA) is absent")
-    sys.exit(77)
-labels_csv = os.path.join(DATA, "rsna_labels", "stage_2_train_format_labels.csv")
-inputs = [os.path.join(DATA, "rsna_george091"), os.path.join(DATA, "rsna_ich_app_series", "dcm")]
-meta_path = os.path.join(WORK, "conv", "meta.h5")
-dcm2jpg = os.path.join(BIN, "dcm2jpg")
-if os.path.exists(dcm2jpg):
-    r = subprocess.run([dcm2jpg, "-q", "-j", "2", "--format", "ppm", "--size", "32", "-o",
-                        os.path.dirname(meta_path)] + inputs, capture_output=True, text=True)
-    if r.returncode != 0:
-        print(r.stderr)
-        sys.exit("dcm2jpg failed (exit %d)" % r.returncode)
-    source = "dcm2jpg"
-else:
-    rows = []
-    for folder in inputs:
-        for path in sorted(glob.glob(os.path.join(folder, "*.dcm"))):
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-            rows.append({"id": ds.SOPInstanceUID, "patient_id": ds.PatientID,
-                         "study_uid": ds.StudyInstanceUID, "series_uid": ds.SeriesInstanceUID,
-                         "path": path, "status": "ok",
-                         "position": [float(v) for v in ds.ImagePositionPatient],
-                         "orientation": [float(v) for v in ds.ImageOrientationPatient]})
-    os.makedirs(os.path.dirname(meta_path), exist_ok=True)
-    write_meta(meta_path, rows)
-    source = "pydicom fixture"
-with h5py.File(meta_path, "r") as f:
-    meta_rows = [{"id": i.decode(), "patient_id": p.decode(), "status": s.decode()}
-                 for i, p, s in zip(f["id"][()], f["patient_id"][()], f["status"][()])]
-print("metadata of %d slices from %s" % (len(meta_rows), source))
-labels = read_label_csv(labels_csv)
+def dataset_checks(name, labels_csv, meta_path):
+    """mkfolds on one labels CSV and meta.h5: k=5 and k=3 as the rule says, the summary on
+    stderr, then the CSV's troubles. Returns the k=5 result."""
+    work = os.path.join(WORK, name)
+    os.makedirs(work, exist_ok=True)
+    meta_rows = testlib.read_meta(meta_path)[0]
+    labels = read_label_csv(labels_csv)
+    out = os.path.join(work, "folds.h5")
+    r = run("mkfolds", "-o", out, labels_csv, meta_path)
+    check(r.returncode == 0, "%s: mkfolds exit %d %s" % (name, r.returncode, r.stderr))
+    base = read_folds(out)
+    verify(base, labels, meta_rows, 5, name + " k=5")
+    r = run("mkfolds", "-o", os.path.join(work, "k3.h5"), "-k", 3, labels_csv, meta_path)
+    verify(read_folds(os.path.join(work, "k3.h5")), labels, meta_rows, 3, name + " k=3")
 
-out = os.path.join(WORK, "folds.h5")
-r = mkfolds("-o", out, labels_csv, meta_path)
-check(r.returncode == 0, "mkfolds on the real labels: exit %d %s" % (r.returncode, r.stderr))
-base = read_folds(out)
-verify(base, labels, meta_rows, 5, "k=5")
-a = base["attrs"]
-check(a["labels_without_meta"] == 0 and a["test_slices"] == 12 and a["labelled_slices"] == 78
-      and a["folds"] == 5 and a["method"] == "original",
-      "attributes: %d labelled, %d test, %d labels without metadata"
-      % (a["labelled_slices"], a["test_slices"], a["labels_without_meta"]))
-r = mkfolds("-o", os.path.join(WORK, "k3.h5"), "-k", 3, labels_csv, meta_path)
-verify(read_folds(os.path.join(WORK, "k3.h5")), labels, meta_rows, 3, "k=3")
+    # Loud summary on stderr without -q.
+    r = testlib.run_plain("mkfolds", "-o", out, labels_csv, meta_path)
+    check("test" in r.stderr and "positives" not in r.stdout and "patients" in r.stderr,
+          "%s: summary table on stderr" % name)
+    print(r.stderr)
 
-# Loud summary on stderr without -q.
-r = subprocess.run([os.path.join(BIN, "mkfolds"), "-o", out, labels_csv, meta_path],
-                   capture_output=True, text=True)
-check("test" in r.stderr and "positives" not in r.stdout and "patients" in r.stderr,
-      "summary table on stderr")
-print(r.stderr)
+    with open(labels_csv, newline="") as f:
+        body = list(csv.reader(f))[1:]
+    shuffled = body + body[::7]
+    random.Random(4).shuffle(shuffled)
+    dup_csv = write_csv(os.path.join(work, "dups.csv"), shuffled)
+    r = run("mkfolds", "-o", os.path.join(work, "dups.h5"), dup_csv, meta_path)
+    dups = read_folds(os.path.join(work, "dups.h5"))
+    check(r.returncode == 0 and dups["fold"] == base["fold"] and dups["label"] == base["label"]
+          and dups["attrs"]["duplicate_label_rows"] == len(body[::7]),
+          "%s: shuffled CSV with %d identical duplicate rows: same folds and labels, %d "
+          "duplicates counted" % (name, len(body[::7]), dups["attrs"]["duplicate_label_rows"]))
 
-# ---- the label CSV's troubles ----
-with open(labels_csv, newline="") as f:
-    rows = list(csv.reader(f))
-header, body = rows[0], rows[1:]
+    victim = body[40]
+    flipped = [victim[0], "1" if victim[1] == "0" else "0"]
+    conflict_csv = write_csv(os.path.join(work, "conflict.csv"),
+                             body[:200] + [flipped] + body[200:])
+    r = run("mkfolds", "-o", os.path.join(work, "conflict.h5"), conflict_csv, meta_path)
+    check(r.returncode == 3 and victim[0] in r.stderr and not os.path.exists(
+          os.path.join(work, "conflict.h5")),
+          "%s: conflicting rows: exit %d, message names %s: %s"
+          % (name, r.returncode, victim[0], r.stderr.strip()))
+
+    bad_csv = write_csv(os.path.join(work, "bad.csv"),
+                        body[:10] + [[body[10][0], "2"]] + body[11:])
+    r = run("mkfolds", "-o", os.path.join(work, "bad.h5"), bad_csv, meta_path)
+    check(r.returncode == 3 and ":12:" in r.stderr, "%s: label '2': exit %d, names line 12: %s"
+          % (name, r.returncode, r.stderr.strip()))
+    unknown = body[3][0].rsplit("_", 1)[0] + "_sinus"
+    bad_csv = write_csv(os.path.join(work, "bad2.csv"), body[:3] + [[unknown, "0"]] + body[3:])
+    r = run("mkfolds", "-o", os.path.join(work, "bad2.h5"), bad_csv, meta_path)
+    check(r.returncode == 3 and unknown in r.stderr,
+          "%s: unknown subtype: exit %d: %s" % (name, r.returncode, r.stderr.strip()))
+
+    partial_id = body[60][0].rsplit("_", 1)[0]
+    partial = [row for row in body if row[0] != partial_id + "_subdural"]
+    ghosts = [["ID_ghost%04d_%s" % (g, t), "0"] for g in range(3) for t in SUBTYPES]
+    extra_csv = write_csv(os.path.join(work, "partial.csv.gz"), partial + ghosts, gz=True)
+    r = run("mkfolds", "-o", os.path.join(work, "partial.h5"), extra_csv, meta_path)
+    partial_result = read_folds(os.path.join(work, "partial.h5"))
+    partial_labels = read_label_csv(extra_csv)
+    verify(partial_result, partial_labels, meta_rows, 5,
+           "%s: gzip CSV, one missing row, 3 unknown IDs" % name)
+    check(partial_result["label"][partial_id][4] == -1
+          and partial_result["attrs"]["labels_without_meta"] == 3
+          and partial_result["fold"] == base["fold"],
+          "%s: missing subtype row -> -1; 3 labelled slices without metadata counted, folds "
+          "unchanged" % name)
+    return base
 
 
-def write_csv(name, body_rows, gz=False):
-    path = os.path.join(WORK, name)
-    opener = gzip.open if gz else open
-    with opener(path, "wt", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(body_rows)
-    return path
+def attributes_check(name, base, labelled, test):
+    a = base["attrs"]
+    check(a["labels_without_meta"] == 0 and a["test_slices"] == test
+          and a["labelled_slices"] == labelled and a["folds"] == 5 and a["method"] == "original",
+          "%s attributes: %d labelled, %d test, %d labels without metadata (expected %d, %d, 0)"
+          % (name, a["labelled_slices"], a["test_slices"], a["labels_without_meta"], labelled,
+             test))
 
 
-shuffled = body + body[::7]
-random.Random(4).shuffle(shuffled)
-dup_csv = write_csv("dups.csv", shuffled)
-r = mkfolds("-o", os.path.join(WORK, "dups.h5"), dup_csv, meta_path)
-dups = read_folds(os.path.join(WORK, "dups.h5"))
-check(r.returncode == 0 and dups["fold"] == base["fold"] and dups["label"] == base["label"]
-      and dups["attrs"]["duplicate_label_rows"] == len(body[::7]),
-      "shuffled CSV with %d identical duplicate rows: same folds and labels, %d duplicates "
-      "counted" % (len(body[::7]), dups["attrs"]["duplicate_label_rows"]))
+def phantom_group():
+    """A phantom dataset with a test split: returns its labels CSV and meta.h5."""
+    ph = testlib.phantom(os.path.join(WORK, "phantom"), "--series", 8, "--slices", "6-10",
+                         "--size", 32, "--seed", 3, "--test-fraction", 0.25)
+    files = sorted(glob.glob(os.path.join(ph, "*", "*.dcm")))
+    meta_path = os.path.join(WORK, "phantom_conv", "meta.h5")
+    source = testlib.make_meta([ph], meta_path, files)
+    print("phantom: metadata of %d slices from %s" % (len(files), source))
+    labels_csv = os.path.join(ph, "labels.csv")
+    base = dataset_checks("phantom", labels_csv, meta_path)
+    test = len(read_label_csv(os.path.join(ph, "test_labels.csv")))
+    attributes_check("phantom", base, len(files) - test, test)
+    check(test > 0 and all(base["fold"][sid] == -1
+                           for sid in read_label_csv(os.path.join(ph, "test_labels.csv"))),
+          "phantom: the %d slices of test_labels.csv are the test set (fold -1)" % test)
+    return labels_csv, meta_path
 
-victim = body[40]
-flipped = [victim[0], "1" if victim[1] == "0" else "0"]
-conflict_csv = write_csv("conflict.csv", body[:200] + [flipped] + body[200:])
-r = mkfolds("-o", os.path.join(WORK, "conflict.h5"), conflict_csv, meta_path)
-check(r.returncode == 3 and victim[0] in r.stderr and not os.path.exists(
-      os.path.join(WORK, "conflict.h5")),
-      "conflicting rows: exit %d, message names %s: %s" % (r.returncode, victim[0],
-                                                          r.stderr.strip()))
 
-bad_csv = write_csv("bad.csv", body[:10] + [[body[10][0], "2"]] + body[11:])
-r = mkfolds("-o", os.path.join(WORK, "bad.h5"), bad_csv, meta_path)
-check(r.returncode == 3 and ":12:" in r.stderr, "label '2': exit %d, names line 12: %s"
-      % (r.returncode, r.stderr.strip()))
-bad_csv = write_csv("bad2.csv", body[:3] + [["ID_000012eaf_sinus", "0"]] + body[3:])
-r = mkfolds("-o", os.path.join(WORK, "bad2.h5"), bad_csv, meta_path)
-check(r.returncode == 3 and "ID_000012eaf_sinus" in r.stderr,
-      "unknown subtype: exit %d: %s" % (r.returncode, r.stderr.strip()))
+def real_group():
+    """The challenge labels with the metadata of the 90 RSNA slices."""
+    labels_csv = os.path.join(DATA, "rsna_labels", "stage_2_train_format_labels.csv")
+    inputs = [os.path.join(DATA, "rsna_george091"),
+              os.path.join(DATA, "rsna_ich_app_series", "dcm")]
+    files = sorted(p for d in inputs for p in glob.glob(os.path.join(d, "*.dcm")))
+    meta_path = os.path.join(WORK, "conv", "meta.h5")
+    source = testlib.make_meta(inputs, meta_path, files)
+    print("real: metadata of %d slices from %s" % (len(files), source))
+    base = dataset_checks("real", labels_csv, meta_path)
+    attributes_check("real", base, 78, 12)
 
-partial_id = body[60][0].rsplit("_", 1)[0]
-partial = [row for row in body if row[0] != partial_id + "_subdural"]
-ghosts = [["ID_ghost%04d_%s" % (g, t), "0"] for g in range(3) for t in SUBTYPES]
-extra_csv = write_csv("partial.csv.gz", partial + ghosts, gz=True)
-r = mkfolds("-o", os.path.join(WORK, "partial.h5"), extra_csv, meta_path)
-partial_result = read_folds(os.path.join(WORK, "partial.h5"))
-partial_labels = read_label_csv(extra_csv)
-verify(partial_result, partial_labels, meta_rows, 5, "gzip CSV, one missing row, 3 unknown IDs")
-check(partial_result["label"][partial_id][4] == -1
-      and partial_result["attrs"]["labels_without_meta"] == 3
-      and partial_result["fold"] == base["fold"],
-      "missing subtype row -> -1; 3 labelled slices without metadata counted, folds unchanged")
 
-# ---- metadata troubles: failed rows and a slice ID twice ----
-fixture_rows = []
-for p in range(12):
-    for s in range(5):
-        fixture_rows.append({"id": "ID_%03d%02d" % (p * 7 % 12, s), "patient_id": "P%02d" % p,
-                             "path": "/x/%d_%d.dcm" % (p, s), "status": "ok"})
-fixture_rows[3]["status"] = "error"
-fixture_rows[8]["status"] = "skipped"
-fixture_rows[9]["status"] = "exists"
-fixture_labels = {r["id"]: {t: int(i % 9 == 0) for t in SUBTYPES}
-                  for i, r in enumerate(fixture_rows) if i % 5 != 4}
-fixture_csv = write_csv("fixture_labels.csv", [["%s_%s" % (sid, t), str(v)]
-                                               for sid, lab in fixture_labels.items()
-                                               for t, v in lab.items()])
-fixture_meta = os.path.join(WORK, "fixture_meta.h5")
-write_meta(fixture_meta, fixture_rows)
-r = mkfolds("-o", os.path.join(WORK, "fixture.h5"), fixture_csv, fixture_meta)
-verify(read_folds(os.path.join(WORK, "fixture.h5")), fixture_labels, fixture_rows, 5,
-       "fixture with rows in error/skipped/exists")
+def meta_troubles():
+    """Rows that failed conversion are left out; a slice ID twice in meta.h5 is an error."""
+    fixture_rows = []
+    for p in range(12):
+        for s in range(5):
+            fixture_rows.append({"id": "ID_%03d%02d" % (p * 7 % 12, s),
+                                 "patient_id": "P%02d" % p, "path": "/x/%d_%d.dcm" % (p, s),
+                                 "status": "ok"})
+    fixture_rows[3]["status"] = "error"
+    fixture_rows[8]["status"] = "skipped"
+    fixture_rows[9]["status"] = "exists"
+    fixture_labels = {r["id"]: {t: int(i % 9 == 0) for t in SUBTYPES}
+                      for i, r in enumerate(fixture_rows) if i % 5 != 4}
+    fixture_csv = write_csv(os.path.join(WORK, "fixture_labels.csv"),
+                            [["%s_%s" % (sid, t), str(v)] for sid, lab in fixture_labels.items()
+                             for t, v in lab.items()])
+    fixture_meta = os.path.join(WORK, "fixture_meta.h5")
+    write_meta(fixture_meta, fixture_rows)
+    r = run("mkfolds", "-o", os.path.join(WORK, "fixture.h5"), fixture_csv, fixture_meta)
+    verify(read_folds(os.path.join(WORK, "fixture.h5")), fixture_labels, fixture_rows, 5,
+           "fixture with rows in error/skipped/exists")
 
-twice = fixture_rows + [dict(fixture_rows[0], path="/elsewhere/copy.dcm")]
-write_meta(os.path.join(WORK, "twice.h5"), twice)
-r = mkfolds("-o", os.path.join(WORK, "twice_folds.h5"), fixture_csv,
-            os.path.join(WORK, "twice.h5"))
-check(r.returncode == 3 and "/elsewhere/copy.dcm" in r.stderr and "/x/0_0.dcm" in r.stderr,
-      "a slice ID twice in meta.h5: exit %d, both paths named" % r.returncode)
+    twice = fixture_rows + [dict(fixture_rows[0], path="/elsewhere/copy.dcm")]
+    write_meta(os.path.join(WORK, "twice.h5"), twice)
+    r = run("mkfolds", "-o", os.path.join(WORK, "twice_folds.h5"), fixture_csv,
+                os.path.join(WORK, "twice.h5"))
+    check(r.returncode == 3 and "/elsewhere/copy.dcm" in r.stderr and "/x/0_0.dcm" in r.stderr,
+          "a slice ID twice in meta.h5: exit %d, both paths named" % r.returncode)
 
-# ---- stratified: seeded, grouped, balanced ----
-rng = random.Random(7)
-big_rows, big_labels = [], {}
-for p in range(300):
-    sick = rng.random() < 0.3
-    n = rng.randint(10, 40)
-    start = rng.randint(0, n - 1)
-    length = rng.randint(3, 12) if sick else 0
-    for s in range(n):
-        sid = "ID_%09x" % rng.getrandbits(36)
-        big_rows.append({"id": sid, "patient_id": "ID_%08x" % p, "status": "ok",
-                         "path": "/b/%s.dcm" % sid})
-        if rng.random() < 0.9:
-            pos = int(start <= s < start + length)
-            big_labels[sid] = {t: pos if t in ("any", "subdural") else 0 for t in SUBTYPES}
-big_meta = os.path.join(WORK, "big_meta.h5")
-write_meta(big_meta, big_rows)
-big_csv = write_csv("big_labels.csv", [["%s_%s" % (sid, t), str(v)]
-                                       for sid, lab in big_labels.items()
-                                       for t, v in lab.items()])
-results = {}
-for name, extra in (("original", []), ("s1", ["--method", "stratified", "--seed", 1]),
-                    ("s1again", ["--method", "stratified", "--seed", 1]),
-                    ("s2", ["--method", "stratified", "--seed", 2])):
-    path = os.path.join(WORK, "big_%s.h5" % name)
-    r = mkfolds("-o", path, *extra, big_csv, big_meta)
-    check(r.returncode == 0, "big fixture %s: exit %d %s" % (name, r.returncode, r.stderr))
-    results[name] = read_folds(path)
-verify(results["original"], big_labels, big_rows, 5, "big fixture, original")
-check(results["s1"]["fold"] == results["s1again"]["fold"]
-      and results["s1"]["fold"] != results["s2"]["fold"],
-      "stratified: same seed same folds, another seed other folds")
-per_patient_pos = {}
-for row in big_rows:
-    if row["id"] in big_labels:
-        per_patient_pos[row["patient_id"]] = (per_patient_pos.get(row["patient_id"], 0)
-                                              + big_labels[row["id"]]["any"])
-largest = max(per_patient_pos.values())
-spreads = {}
-for name in ("original", "s1", "s2"):
-    res = results[name]
-    if name != "original":
-        verify(res, big_labels, big_rows, 5, "big fixture, stratified %s" % name,
-               reference=False)
-    pos = [p[5] for p in res["summary_pos"]]
-    spreads[name] = (max(pos) - min(pos), pos, res["summary_slices"][:5])
-print("'any' positives per fold (spread, positives, slices): %s" % spreads)
-sizes = {n: max(v[2]) / min(v[2]) for n, v in spreads.items()}
-check(sizes["s1"] < 1.1 and sizes["s2"] < 1.1,
-      "stratified: largest fold / smallest fold %.3f and %.3f (original %.3f)"
-      % (sizes["s1"], sizes["s2"], sizes["original"]))
-check(spreads["s1"][0] <= largest and spreads["s2"][0] <= largest
-      and spreads["s1"][0] < spreads["original"][0],
-      "stratified: positives per fold differ by at most the largest patient's %d "
-      "(s1 %d, s2 %d; original %d)" % (largest, spreads["s1"][0], spreads["s2"][0],
-                                       spreads["original"][0]))
 
-# ---- the command line ----
-r = subprocess.run([os.path.join(BIN, "mkfolds"), "--help"], capture_output=True, text=True)
-check(r.returncode == 0 and "--method" in r.stdout and "default: 5" in r.stdout
-      and "Exit codes" in r.stdout, "--help lists options, defaults and exit codes")
-r = mkfolds(labels_csv, meta_path)
-check(r.returncode == 2, "no -o: exit %d" % r.returncode)
-r = mkfolds("-o", os.path.join(WORK, "x.h5"), os.path.join(WORK, "missing.csv"), meta_path)
-check(r.returncode == 3 and "missing.csv" in r.stderr, "missing labels file: exit %d: %s"
-      % (r.returncode, r.stderr.strip()))
+def stratified():
+    """The stratified method on a larger set: seeded, grouped by patient, balanced."""
+    rng = random.Random(7)
+    big_rows, big_labels = [], {}
+    for p in range(300):
+        sick = rng.random() < 0.3
+        n = rng.randint(10, 40)
+        start = rng.randint(0, n - 1)
+        length = rng.randint(3, 12) if sick else 0
+        for s in range(n):
+            sid = "ID_%09x" % rng.getrandbits(36)
+            big_rows.append({"id": sid, "patient_id": "ID_%08x" % p, "status": "ok",
+                             "path": "/b/%s.dcm" % sid})
+            if rng.random() < 0.9:
+                pos = int(start <= s < start + length)
+                big_labels[sid] = {t: pos if t in ("any", "subdural") else 0 for t in SUBTYPES}
+    big_meta = os.path.join(WORK, "big_meta.h5")
+    write_meta(big_meta, big_rows)
+    big_csv = write_csv(os.path.join(WORK, "big_labels.csv"),
+                        [["%s_%s" % (sid, t), str(v)] for sid, lab in big_labels.items()
+                         for t, v in lab.items()])
+    results = {}
+    for name, extra in (("original", []), ("s1", ["--method", "stratified", "--seed", 1]),
+                        ("s1again", ["--method", "stratified", "--seed", 1]),
+                        ("s2", ["--method", "stratified", "--seed", 2])):
+        path = os.path.join(WORK, "big_%s.h5" % name)
+        r = run("mkfolds", "-o", path, *extra, big_csv, big_meta)
+        check(r.returncode == 0, "big fixture %s: exit %d %s" % (name, r.returncode, r.stderr))
+        results[name] = read_folds(path)
+    verify(results["original"], big_labels, big_rows, 5, "big fixture, original")
+    check(results["s1"]["fold"] == results["s1again"]["fold"]
+          and results["s1"]["fold"] != results["s2"]["fold"],
+          "stratified: same seed same folds, another seed other folds")
+    per_patient_pos = {}
+    for row in big_rows:
+        if row["id"] in big_labels:
+            per_patient_pos[row["patient_id"]] = (per_patient_pos.get(row["patient_id"], 0)
+                                                  + big_labels[row["id"]]["any"])
+    largest = max(per_patient_pos.values())
+    spreads = {}
+    for name in ("original", "s1", "s2"):
+        res = results[name]
+        if name != "original":
+            verify(res, big_labels, big_rows, 5, "big fixture, stratified %s" % name,
+                   reference=False)
+        pos = [p[5] for p in res["summary_pos"]]
+        spreads[name] = (max(pos) - min(pos), pos, res["summary_slices"][:5])
+    print("'any' positives per fold (spread, positives, slices): %s" % spreads)
+    sizes = {n: max(v[2]) / min(v[2]) for n, v in spreads.items()}
+    check(sizes["s1"] < 1.1 and sizes["s2"] < 1.1,
+          "stratified: largest fold / smallest fold %.3f and %.3f (original %.3f)"
+          % (sizes["s1"], sizes["s2"], sizes["original"]))
+    check(spreads["s1"][0] <= largest and spreads["s2"][0] <= largest
+          and spreads["s1"][0] < spreads["original"][0],
+          "stratified: positives per fold differ by at most the largest patient's %d "
+          "(s1 %d, s2 %d; original %d)" % (largest, spreads["s1"][0], spreads["s2"][0],
+                                           spreads["original"][0]))
 
-if failures:
-    print("%d checks failed" % len(failures))
-    sys.exit(1)
-print("all mkfolds checks passed")
+
+def command_line(labels_csv, meta_path):
+    r = testlib.run_plain("mkfolds", "--help")
+    check(r.returncode == 0 and "--method" in r.stdout and "default: 5" in r.stdout
+          and "Exit codes" in r.stdout, "--help lists options, defaults and exit codes")
+    r = run("mkfolds", labels_csv, meta_path)
+    check(r.returncode == 2, "no -o: exit %d" % r.returncode)
+    r = run("mkfolds", "-o", os.path.join(WORK, "x.h5"), os.path.join(WORK, "missing.csv"),
+            meta_path)
+    check(r.returncode == 3 and "missing.csv" in r.stderr, "missing labels file: exit %d: %s"
+          % (r.returncode, r.stderr.strip()))
+
+
+def main():
+    labels_csv, meta_path = phantom_group()
+    if testlib.have_data("mkfolds on the challenge labels and the 90 RSNA slices",
+                         "rsna_labels"):
+        real_group()
+    meta_troubles()
+    stratified()
+    command_line(labels_csv, meta_path)
+    testlib.finish("mkfolds")
+
+
+if __name__ == "__main__":
+    main()

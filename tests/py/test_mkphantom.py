@@ -11,7 +11,6 @@ import filecmp
 import glob
 import os
 import re
-import subprocess
 import sys
 import warnings
 
@@ -21,25 +20,17 @@ warnings.filterwarnings("ignore")  # challenge-style IDs are not valid DICOM UID
 import pydicom  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-BIN = os.environ.get("BIN", "bin")
-WORK = os.environ.get("WORK") or __import__("tempfile").mkdtemp()
-SUBTYPES = ["epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any"]
+import testlib  # noqa: E402
+from testlib import BIN, SUBTYPES, WORK, check  # noqa: E402
+
+sys.path.insert(0, testlib.REF_DIR)
+import dicom_ref  # noqa: E402
+
 SIZE = 128
-failures = []
-
-
-def check(ok, what):
-    print(("ok    " if ok else "FAIL  ") + what)
-    if not ok:
-        failures.append(what)
 
 
 def run(*args):
-    cmd = [os.path.join(BIN, "mkphantom"), "-q"] + [str(a) for a in args]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        print(r.stderr)
-        sys.exit("mkphantom failed: %s (exit %d)" % (" ".join(cmd), r.returncode))
+    testlib.run_ok("mkphantom", *args)
 
 
 def read_labels(path):
@@ -209,13 +200,8 @@ check(len(ventricle_csf) > 50 and 0 <= np.median(ventricle_csf) <= 15,
 # The mixed run above, and one run per subtype (its heads equal the healthy run's: lesions
 # are drawn after everything else), so that every subtype is seen alone.
 def all_labels(root):
-    out = {}
-    for name in ("labels.csv", "test_labels.csv"):
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            rows = read_labels(path)[1]
-            for i in range(0, len(rows), 6):
-                out[rows[i][0].rsplit("_", 1)[0]] = [int(r[1]) for r in rows[i:i + 6]]
+    out = testlib.label_lists(os.path.join(root, "labels.csv"))
+    out.update(testlib.label_lists(os.path.join(root, "test_labels.csv")))
     return out
 
 
@@ -333,45 +319,74 @@ dcm2jpg = os.path.join(BIN, "dcm2jpg")
 if os.path.exists(dcm2jpg):
     out = os.path.join(WORK, "ppm")
     folder = sorted(series)[0]
-    r = subprocess.run([dcm2jpg, "-q", "--format", "ppm", "-o", out,
-                        os.path.join(sick, folder)], capture_output=True, text=True)
+    r = testlib.run("dcm2jpg", "--format", "ppm", "-o", out, os.path.join(sick, folder))
     check(r.returncode == 0, "dcm2jpg on a phantom series: exit %d %s" % (r.returncode,
                                                                           r.stderr[-300:]))
     worst = 0
     for d in series[folder]:
-        img = hu(d)
-        want = []
-        for c, w in ((40, 80), (80, 200), (40, 380)):
-            x = np.clip(img, c - w // 2, c + w // 2)
-            want.append(((x - x.min()) / w * 255).astype(np.uint8))
-        want = np.stack(want, axis=-1)
-        with open(os.path.join(out, d.SOPInstanceUID + ".ppm"), "rb") as f:
-            data = f.read()
-        got = np.frombuffer(data[-SIZE * SIZE * 3:], np.uint8).reshape(SIZE, SIZE, 3)
+        want = dicom_ref.window(d)
+        got = testlib.load_image(os.path.join(out, d.SOPInstanceUID + ".ppm"))
         worst = max(worst, int(np.abs(got.astype(int) - want).max()))
     check(worst == 0, "dcm2jpg --format ppm equals the pydicom windowing of %d slices "
           "(max difference %d)" % (len(series[folder]), worst))
 else:
-    print("note: bin/dcm2jpg absent, its view of the phantom not checked")
+    testlib.skip("dcm2jpg's view of the phantom", "bin/dcm2jpg absent")
 
 # ---- the command line ----
-mk = os.path.join(BIN, "mkphantom")
-usage = [subprocess.run([mk] + args, capture_output=True, text=True).returncode
+usage = [testlib.run_plain("mkphantom", *args).returncode
          for args in (["--series", "1"], ["-o", WORK + "/u", "--slices", "0"],
                       ["-o", WORK + "/u", "--rates", "1,2"], ["-o", WORK + "/u", "--size", "8"])]
 check(usage == [2, 2, 2, 2], "bad command lines (no -o, --slices 0, --rates 1,2, --size 8): "
       "exits %s" % usage)
 blocker = os.path.join(WORK, "a_file")
 open(blocker, "w").close()
-r = subprocess.run([mk, "-o", os.path.join(blocker, "sub"), "--series", "1", "--size", "16"],
-                   capture_output=True, text=True)
+r = testlib.run_plain("mkphantom", "-o", os.path.join(blocker, "sub"), "--series", "1",
+                      "--size", "16")
 check(r.returncode == 5 and "a_file" in r.stderr, "output folder under a file: exit %d: %s"
       % (r.returncode, r.stderr.strip()))
-r = subprocess.run([mk, "--help"], capture_output=True, text=True)
-check(r.returncode == 0 and "--test-fraction" in r.stdout and "default: 512" in r.stdout,
-      "--help lists the options with defaults")
+r = testlib.run_plain("mkphantom", "--help")
+check(r.returncode == 0 and "--test-fraction" in r.stdout and "default: 512" in r.stdout
+      and "--force" in r.stdout, "--help lists the options with defaults")
 
-if failures:
-    print("%d checks failed" % len(failures))
-    sys.exit(1)
-print("all mkphantom checks passed")
+
+# ---- a second run into the same folder ----
+def tree(root):
+    return sorted(os.path.relpath(os.path.join(d, n), root)
+                  for d, _, names in os.walk(root) for n in names)
+
+
+rerun = os.path.join(WORK, "rerun")
+small = ["--slices", 2, "--size", 16, "--seed", 3]
+run("-o", rerun, "--series", 4, "--test-fraction", 0.5, *small)
+first = tree(rerun)
+r = testlib.run("mkphantom", "-o", rerun, "--series", 1, *small)
+check(r.returncode == 3 and rerun in r.stderr and "--force" in r.stderr and tree(rerun) == first,
+      "into a non-empty folder: exit %d, nothing touched: %s" % (r.returncode, r.stderr.strip()))
+
+# Someone else's files beside the run, and inside one of its series folders.
+series_dirs = sorted(d for d in os.listdir(rerun) if os.path.isdir(os.path.join(rerun, d)))
+others = ["notes.txt", os.path.join("extra", "keep.dcm"), os.path.join(series_dirs[-1], "x.png")]
+for name in others:
+    os.makedirs(os.path.dirname(os.path.join(rerun, name)), exist_ok=True)
+    open(os.path.join(rerun, name), "w").close()
+run("-o", rerun, "--series", 1, "--force", *small)
+fresh = os.path.join(WORK, "rerun_fresh")
+run("-o", fresh, "--series", 1, *small)
+same = tree(fresh) == sorted(set(tree(rerun)) - set(others)) and all(
+    filecmp.cmp(os.path.join(fresh, f), os.path.join(rerun, f), shallow=False)
+    for f in tree(fresh))
+check(same and all(os.path.exists(os.path.join(rerun, n)) for n in others),
+      "--force over a 4-series run with a test split: the files of a fresh 1-series run, no "
+      "stale series or test_labels.csv (%d files before, %d after), other files kept (%s)"
+      % (len(first), len(tree(rerun)), ", ".join(others)))
+
+foreign = os.path.join(WORK, "foreign")
+os.makedirs(foreign)
+with open(os.path.join(foreign, "series.csv"), "w") as f:
+    f.write("a,b\n1,2\n")
+r = testlib.run("mkphantom", "-o", foreign, "--series", 1, "--force", *small)
+check(r.returncode == 3 and "series.csv" in r.stderr and os.listdir(foreign) == ["series.csv"],
+      "--force on a series.csv mkphantom did not write: exit %d, kept: %s"
+      % (r.returncode, r.stderr.strip()))
+
+testlib.finish("mkphantom")

@@ -28,9 +28,16 @@ static void expect(int ok, const char *what, double err, double tol)
         failures++;
 }
 
+/* Every buffer the tests make, released at the end. */
+static void *owned[256];
+static int n_owned;
+
 static float *random_buf(size_t n, uint32_t seed)
 {
     float *p = be->alloc(be, n * sizeof(float));
+    if (n_owned == (int)(sizeof(owned) / sizeof(owned[0])))
+        die(1, "too many test buffers");
+    owned[n_owned++] = p;
     nn_fill_hashed(p, n, seed, 1.0f, 0.0f);
     return p;
 }
@@ -128,12 +135,6 @@ static void test_conv_exact(const conv_case_t *k)
     free(rdx);
     free(rdw);
     be->release_plan(be, &op.plan);
-    be->release(be, x.data);
-    be->release(be, dy.data);
-    be->release(be, y.data);
-    be->release(be, dx.data);
-    be->release(be, w);
-    be->release(be, dw);
 }
 
 /* ---- finite differences -------------------------------------------------------------- */
@@ -210,7 +211,6 @@ static void fd_check(fd_op_t *op)
     }
     free(dx);
     free(dw);
-    be->release(be, r.data);
 }
 
 static void conv_fwd(fd_op_t *op)
@@ -467,6 +467,8 @@ int main(void)
     test_bnorm_reference();
     test_loss();
     test_adam();
+    for (int i = 0; i < n_owned; i++)
+        be->release(be, owned[i]);
     be->destroy(be);
     if (failures) {
         printf("%d checks failed\n", failures);
