@@ -51,7 +51,7 @@ $(BUILD)/libichpipe.a: $(COMMON_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/%.o: %.c $(CONFIG) $(wildcard common/*.h common/nn/*.h)
+$(BUILD)/%.o: %.c $(CONFIG) $(wildcard common/*.h common/nn/*.h tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 

@@ -1,14 +1,16 @@
 /*
  * Speed and memory of the NN engine (common/nn/), the C side of bench/nn_bench.sh.
  *
- *   nn_bench model MODEL SIZE BATCH eval|train ITERS [fp32|bf16]
+ *   nn_bench model MODEL SIZE BATCH eval|train ITERS [fp32|bf16][+cache]
  *       one warm-up then ITERS timed iterations of a forward (eval) or a training step
  *       (forward, loss, backward, Adam); prints one "result" line with images/s and the
- *       process's peak resident memory.
+ *       process's peak resident memory. +cache: inference keeps reordered weights
+ *       (resnext_set_weight_cache ON; the default caches bf16 weights only).
  *   nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]
  *       every distinct convolution shape of the model at that input size: the forward, the
  *       backward data and the backward weights through the engine's backend, against the
  *       same oneDNN primitive run standalone (layouts of its own choice, no reorders timed).
+ *       The engine's times include its weight reorders (once per call, as in training).
  *       One "conv" line per shape and direction, best of ITERS.
  *
  * FLOPs count 2 per multiply-add. Threads: OMP_NUM_THREADS (set by nn_bench.sh).
@@ -32,11 +34,20 @@ static double peak_rss_mib(void)
     return ru.ru_maxrss / 1024.0; /* Linux reports KiB */
 }
 
-static int parse_precision(const char *s)
+/* "fp32" or "bf16", optionally with "+cache" (inference keeps reordered weights). */
+static int parse_precision(const char *s, int *cache)
 {
-    if (!s || strcmp(s, "fp32") == 0)
+    *cache = RESNEXT_WEIGHT_CACHE_AUTO;
+    if (!s)
         return NN_PRECISION_FP32;
-    if (strcmp(s, "bf16") == 0)
+    size_t len = strcspn(s, "+");
+    if (strcmp(s + len, "+cache") == 0)
+        *cache = RESNEXT_WEIGHT_CACHE_ON;
+    else if (s[len])
+        die(2, "unknown option %s (fp32, bf16, with +cache)", s + len);
+    if (len == 4 && strncmp(s, "fp32", 4) == 0)
+        return NN_PRECISION_FP32;
+    if (len == 4 && strncmp(s, "bf16", 4) == 0)
         return NN_PRECISION_BF16;
     die(2, "unknown precision %s (fp32 or bf16)", s);
 }
@@ -44,12 +55,14 @@ static int parse_precision(const char *s)
 /* ---- whole model ------------------------------------------------------------------------ */
 
 static int bench_model(const char *model, int size, int batch, const char *mode, int iters,
-                       int precision)
+                       const char *variant)
 {
+    int cache, precision = parse_precision(variant, &cache);
     int training = strcmp(mode, "train") == 0;
     nn_backend_t *be = nn_backend_create("cpu");
     resnext_t *m = resnext_create(be, model, 6);
     resnext_set_precision(m, precision);
+    resnext_set_weight_cache(m, cache);
     nn_params_fill_hashed(&m->ps);
     if (training)
         nn_params_alloc_adam(&m->ps);
@@ -83,7 +96,7 @@ static int bench_model(const char *model, int size, int batch, const char *mode,
     }
     printf("result side=ours model=%s size=%d batch=%d mode=%s precision=%s iters=%d "
            "mean_s=%.4f best_s=%.4f images_per_s=%.4f peak_rss_mib=%.0f\n",
-           model, size, batch, mode, precision == NN_PRECISION_BF16 ? "bf16" : "fp32", iters,
+           model, size, batch, mode, variant ? variant : "fp32", iters,
            total / iters, best, batch / best, peak_rss_mib());
     be->release(be, input);
     be->release(be, labels);
@@ -344,11 +357,14 @@ int main(int argc, char **argv)
 {
     if (argc >= 7 && strcmp(argv[1], "model") == 0)
         return bench_model(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], atoi(argv[6]),
-                           parse_precision(argc > 7 ? argv[7] : NULL));
-    if (argc >= 6 && strcmp(argv[1], "convs") == 0)
+                           argc > 7 ? argv[7] : NULL);
+    if (argc >= 6 && strcmp(argv[1], "convs") == 0) {
+        int cache;
         return bench_convs(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
-                           parse_precision(argc > 6 ? argv[6] : NULL));
-    fprintf(stderr, "usage: nn_bench model MODEL SIZE BATCH eval|train ITERS [fp32|bf16]\n"
+                           parse_precision(argc > 6 ? argv[6] : NULL, &cache));
+    }
+    fprintf(stderr, "usage: nn_bench model MODEL SIZE BATCH eval|train ITERS "
+                    "[fp32|bf16][+cache]\n"
                     "       nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]\n");
     return 2;
 }

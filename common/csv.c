@@ -12,6 +12,7 @@ struct csv_reader {
     char *path;
     long line;        /* lines consumed so far */
     long record_line; /* where the last record began */
+    int started;      /* a record was read: a byte-order mark can only come before it */
     char *buf;        /* the current record's text, unescaped in place */
     size_t cap;
     char **fields;
@@ -88,6 +89,13 @@ int csv_next(csv_reader_t *r, char ***fields, size_t *nfields, char *err, size_t
         }
         r->record_line = r->line;
     } while (len == 0); /* skip blank lines */
+
+    /* Spreadsheet programs start UTF-8 files with a byte-order mark; it is not data. */
+    if (!r->started && len >= 3 && memcmp(r->buf, "\xEF\xBB\xBF", 3) == 0) {
+        memmove(r->buf, r->buf + 3, len - 2);
+        len -= 3;
+    }
+    r->started = 1;
 
     /* A quoted field may span lines: keep reading until the quotes balance. */
     while (!quotes_balanced(r->buf)) {

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <pthread.h>
 #include <string>
 
@@ -182,6 +183,29 @@ void get_doubles(DcmDataset *ds, const DcmTagKey &tag, double *out, int count)
     }
 }
 
+/* Does a multi-valued code string hold word as one of its values (spaces trimmed)? */
+bool has_code_value(DcmDataset *ds, const DcmTagKey &tag, const char *word)
+{
+    OFString value;
+    if (ds->findAndGetOFStringArray(tag, value).bad())
+        return false;
+    size_t start = 0, wordlen = strlen(word);
+    while (start <= value.length()) {
+        size_t end = value.find('\\', start);
+        if (end == OFString_npos)
+            end = value.length();
+        size_t a = start, b = end;
+        while (a < b && value[a] == ' ')
+            a++;
+        while (b > a && value[b - 1] == ' ')
+            b--;
+        if (b - a == wordlen && value.compare(a, wordlen, word) == 0)
+            return true;
+        start = end + 1;
+    }
+    return false;
+}
+
 int get_int(DcmDataset *ds, const DcmTagKey &tag, int fallback)
 {
     Uint16 us;
@@ -206,6 +230,8 @@ void fill_header(DcmFileFormat &file, dicom_header_t *hdr)
     get_string(ds, DCM_SeriesInstanceUID, hdr->series_uid, sizeof hdr->series_uid);
     get_string(ds, DCM_Modality, hdr->modality, sizeof hdr->modality);
     get_string(ds, DCM_PhotometricInterpretation, hdr->photometric, sizeof hdr->photometric);
+    get_string(ds, DCM_ImageType, hdr->image_type, sizeof hdr->image_type);
+    hdr->is_localizer = has_code_value(ds, DCM_ImageType, "LOCALIZER");
 
     /* The transfer syntax the file was actually encoded in; the meta header's UID when it
      * has one (it also names syntaxes DCMTK does not know). */
@@ -228,14 +254,9 @@ void fill_header(DcmFileFormat &file, dicom_header_t *hdr)
     get_doubles(ds, DCM_ImageOrientationPatient, hdr->orientation, 6);
     get_doubles(ds, DCM_PixelSpacing, hdr->pixel_spacing, 2);
 
-    Float64 slope = 1.0, intercept = 0.0;
-    bool has_slope = ds->findAndGetFloat64(DCM_RescaleSlope, slope).good() &&
-                     std::isfinite(slope);
-    bool has_intercept = ds->findAndGetFloat64(DCM_RescaleIntercept, intercept).good() &&
-                         std::isfinite(intercept);
-    hdr->slope = has_slope ? slope : 1.0;
-    hdr->intercept = has_intercept ? intercept : 0.0;
-    hdr->has_rescale = has_slope || has_intercept;
+    /* Rescale values are parsed and checked by read_rescale. */
+    hdr->slope = 1.0;
+    hdr->intercept = 0.0;
 
     Float64 value;
     hdr->window_center = ds->findAndGetFloat64(DCM_WindowCenter, value).good() ? value
@@ -254,6 +275,126 @@ void fill_header(DcmFileFormat &file, dicom_header_t *hdr)
     if (hdr->frames < 1)
         hdr->frames = 1;
     hdr->has_pixel_data = ds->tagExists(DCM_PixelData);
+    hdr->is_image = dcmIsImageStorageSOPClassUID(hdr->sop_class) || ds->tagExists(DCM_Rows) ||
+                    ds->tagExists(DCM_Columns);
+}
+
+/*
+ * A decimal string as pydicom's float() of it takes it: optional spaces around one number
+ * ([sign] digits [. digits] [e [sign] digits]), finite. No hex, no NaN, no trailing text.
+ */
+bool parse_decimal(const char *text, double *out)
+{
+    const char *p = text;
+    while (*p == ' ')
+        p++;
+    const char *start = p;
+    if (*p == '+' || *p == '-')
+        p++;
+    int digits = 0;
+    while (*p >= '0' && *p <= '9')
+        p++, digits++;
+    if (*p == '.') {
+        p++;
+        while (*p >= '0' && *p <= '9')
+            p++, digits++;
+    }
+    if (digits == 0)
+        return false;
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-')
+            p++;
+        if (!(*p >= '0' && *p <= '9'))
+            return false;
+        while (*p >= '0' && *p <= '9')
+            p++;
+    }
+    const char *end = p;
+    while (*p == ' ')
+        p++;
+    if (*p != '\0')
+        return false;
+    std::string number(start, (size_t)(end - start));
+    double value = strtod(number.c_str(), NULL);
+    if (!std::isfinite(value))
+        return false;
+    *out = value;
+    return true;
+}
+
+/*
+ * RescaleSlope and RescaleIntercept. Absent (or empty) they are 1 and 0, as for the
+ * reference; present, each must be one finite number and the slope not 0 (a slope of 0 makes
+ * every pixel one value: a black image rather than an error).
+ */
+bool read_rescale(DcmDataset *ds, dicom_header_t *hdr, char *err, size_t errlen)
+{
+    static const struct {
+        DcmTagKey tag;
+        const char *name;
+    } tags[2] = {{DCM_RescaleSlope, "RescaleSlope"}, {DCM_RescaleIntercept, "RescaleIntercept"}};
+    double *targets[2] = {&hdr->slope, &hdr->intercept};
+    for (int k = 0; k < 2; k++) {
+        OFString raw;
+        if (ds->findAndGetOFStringArray(tags[k].tag, raw).bad() || raw.empty())
+            continue;
+        char shown[64];
+        get_string(ds, tags[k].tag, shown, sizeof shown);
+        if (!parse_decimal(raw.c_str(), targets[k])) {
+            set_error(err, errlen, "invalid %s '%s': not one finite decimal number",
+                      tags[k].name, shown);
+            return false;
+        }
+        hdr->has_rescale = 1;
+    }
+    if (hdr->slope == 0.0) {
+        set_error(err, errlen, "invalid RescaleSlope 0: every pixel would get the same value");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Native pixel data must hold exactly the image the header describes: a mismatch means a
+ * wrong Rows/Columns/BitsAllocated or a cut file, and decoding it would give a scrambled
+ * image. One padding byte to an even length is allowed. Compressed data is checked by its
+ * decoder.
+ */
+bool check_pixel_length(DcmDataset *ds, const dicom_header_t *hdr, char *err, size_t errlen)
+{
+    if (!hdr->has_pixel_data || DcmXfer(ds->getOriginalXfer()).isEncapsulated())
+        return true;
+    if (hdr->rows <= 0 || hdr->columns <= 0 || hdr->bits_allocated <= 0)
+        return true; /* reported by check_pixel_format */
+    DcmElement *element = NULL;
+    if (ds->findAndGetElement(DCM_PixelData, element).bad() || element == NULL)
+        return true;
+
+    unsigned long long samples = hdr->samples_per_pixel > 0 ? hdr->samples_per_pixel : 1;
+    unsigned long long values = (unsigned long long)hdr->rows * (unsigned long long)hdr->columns *
+                                (unsigned long long)hdr->frames;
+    /* 4:2:2 colour stores two samples per pixel in place of three. */
+    size_t plen = strlen(hdr->photometric);
+    if (samples == 3 && strncmp(hdr->photometric, "YBR_", 4) == 0 && plen > 4 &&
+        strcmp(hdr->photometric + plen - 4, "_422") == 0)
+        samples = 2;
+    unsigned long long need;
+    if (hdr->bits_allocated % 8 == 0)
+        need = values * samples * (unsigned long long)(hdr->bits_allocated / 8);
+    else if (hdr->bits_allocated == 1)
+        need = (values * samples + 7) / 8;
+    else
+        return true; /* reported by check_pixel_format */
+
+    unsigned long long have = element->getLength();
+    if (have == need || (need % 2 == 1 && have == need + 1))
+        return true;
+    set_error(err, errlen,
+              "pixel data is %llu bytes, but Rows %d x Columns %d x %d frame(s) x %llu "
+              "sample(s) x %d bits = %llu bytes (truncated, or wrong Rows/Columns?)",
+              have, hdr->rows, hdr->columns, hdr->frames, samples, hdr->bits_allocated, need);
+    return false;
 }
 
 /* Is the two-letter code at p one of the value representations of the standard? */
@@ -446,15 +587,11 @@ extern "C" int dicom_sniff(const char *path)
     return sniff_file(path) == 1;
 }
 
-extern "C" dicom_status_t dicom_read(const char *path, dicom_header_t *hdr, int32_t **pixels,
-                                     char *err, size_t errlen)
-{
-    ensure_setup();
-    memset(hdr, 0, sizeof *hdr);
-    if (pixels != NULL)
-        *pixels = NULL;
-    set_error(err, errlen, "ok");
+namespace {
 
+dicom_status_t read_file(const char *path, dicom_header_t *hdr, int32_t **pixels, char *err,
+                         size_t errlen)
+{
     int sniffed = sniff_file(path);
     if (sniffed < 0) {
         set_error(err, errlen, "cannot open: %s", strerror(errno));
@@ -482,6 +619,9 @@ extern "C" dicom_status_t dicom_read(const char *path, dicom_header_t *hdr, int3
         return DICOM_READ_ERROR;
     }
     fill_header(file, hdr);
+    if (!read_rescale(file.getDataset(), hdr, err, errlen) ||
+        !check_pixel_length(file.getDataset(), hdr, err, errlen))
+        return DICOM_READ_ERROR;
     if (pixels == NULL)
         return DICOM_OK;
 
@@ -508,6 +648,30 @@ extern "C" dicom_status_t dicom_read(const char *path, dicom_header_t *hdr, int3
             sign_bits = hdr->bits_stored;
     }
     return copy_first_frame(ds, hdr, sign_bits, pixels, err, errlen);
+}
+
+} // namespace
+
+extern "C" dicom_status_t dicom_read(const char *path, dicom_header_t *hdr, int32_t **pixels,
+                                     char *err, size_t errlen)
+{
+    ensure_setup();
+    memset(hdr, 0, sizeof *hdr);
+    if (pixels != NULL)
+        *pixels = NULL;
+    set_error(err, errlen, "ok");
+
+    /* A file that needs more memory than there is fails alone, not the whole program. */
+    try {
+        return read_file(path, hdr, pixels, err, errlen);
+    } catch (const std::bad_alloc &) {
+        if (pixels != NULL) {
+            free(*pixels);
+            *pixels = NULL;
+        }
+        set_error(err, errlen, "out of memory while reading it");
+        return DICOM_READ_ERROR;
+    }
 }
 
 extern "C" int dicom_write_ct(const char *path, const dicom_ct_slice_t *s, const int16_t *pixels,

@@ -25,6 +25,9 @@ typedef struct {
     char photometric[DICOM_CS_MAX];      /* PhotometricInterpretation */
     char transfer_syntax[DICOM_CS_MAX];  /* UID of the file's transfer syntax */
     char transfer_syntax_name[DICOM_CS_MAX * 2];
+    char image_type[DICOM_CS_MAX * 2];   /* ImageType, values joined by backslashes */
+    int is_localizer;                    /* ImageType holds LOCALIZER (a scout image) */
+    int is_image;                        /* an image SOP class, or Rows/Columns present */
     int instance_number;                 /* 0 when absent */
 
     double position[3];      /* ImagePositionPatient, NaN when absent */
@@ -44,7 +47,7 @@ typedef struct {
 typedef enum {
     DICOM_OK = 0,
     DICOM_NOT_DICOM,     /* not a DICOM file at all */
-    DICOM_READ_ERROR,    /* cannot open, truncated, or corrupt */
+    DICOM_READ_ERROR,    /* cannot open, truncated, corrupt, or inconsistent values */
     DICOM_UNSUPPORTED,   /* valid, but a transfer syntax or pixel format we cannot decode */
     DICOM_NO_PIXELS,     /* a non-image object (SR, RTPLAN, ...) */
 } dicom_status_t;
@@ -57,6 +60,9 @@ int dicom_sniff(const char *path);
  * (rows*columns, decompressed, interpreted with BitsStored and PixelRepresentation exactly as
  * pydicom's pixel_array), in a new malloc'd int32 buffer. On failure returns the status with a
  * one-line reason in err (the transfer syntax is named when it cannot be decoded).
+ * Also a read error, even for the header alone: a RescaleSlope or RescaleIntercept that is
+ * not one finite decimal number (or a slope of 0), and native pixel data whose length is not
+ * Rows x Columns x frames x samples x bytes (one padding byte to an even length allowed).
  */
 dicom_status_t dicom_read(const char *path, dicom_header_t *hdr, int32_t **pixels, char *err,
                           size_t errlen);

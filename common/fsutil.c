@@ -85,11 +85,30 @@ static int compare_strings(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void walk_into(const char *dir, strlist_t *out)
+/* The folders from the walk's root down to the one being read, to recognise loops. */
+typedef struct walk_level {
+    dev_t dev;
+    ino_t ino;
+    const struct walk_level *parent;
+} walk_level_t;
+
+typedef struct {
+    strlist_t *files, *problem_paths, *problem_reasons;
+} walk_t;
+
+static void walk_problem(walk_t *w, const char *path, const char *reason)
+{
+    strlist_push(w->problem_paths, path);
+    strlist_push(w->problem_reasons, reason);
+}
+
+static void walk_into(walk_t *w, const char *dir, const walk_level_t *level)
 {
     DIR *d = opendir(dir);
     if (!d) {
-        log_warn("cannot read folder %s: %s", dir, strerror(errno));
+        char *reason = xasprintf("cannot read folder: %s", strerror(errno));
+        walk_problem(w, dir, reason);
+        free(reason);
         return;
     }
     struct dirent *e;
@@ -98,22 +117,57 @@ static void walk_into(const char *dir, strlist_t *out)
             continue;
         char *path = path_join(dir, e->d_name);
         struct stat st;
-        if (stat(path, &st) == 0) {
-            if (S_ISDIR(st.st_mode))
-                walk_into(path, out);
-            else if (S_ISREG(st.st_mode))
-                strlist_push(out, path);
+        if (stat(path, &st) != 0) {
+            int saved = errno;
+            struct stat link;
+            int dangling = saved == ENOENT && lstat(path, &link) == 0 && S_ISLNK(link.st_mode);
+            char *reason = dangling ? xasprintf("broken symbolic link (its target is missing)")
+                                    : xasprintf("cannot read: %s", strerror(saved));
+            walk_problem(w, path, reason);
+            free(reason);
+        } else if (S_ISDIR(st.st_mode)) {
+            const walk_level_t *up = level;
+            while (up && !(up->dev == st.st_dev && up->ino == st.st_ino))
+                up = up->parent;
+            if (up)
+                log_info("%s: leads back to a folder being walked (a link loop); not followed",
+                         path);
+            else {
+                walk_level_t next = {st.st_dev, st.st_ino, level};
+                walk_into(w, path, &next);
+            }
+        } else if (S_ISREG(st.st_mode)) {
+            strlist_push(w->files, path);
         }
         free(path);
     }
     closedir(d);
 }
 
-void walk_files(const char *dir, strlist_t *out)
+void walk_files_report(const char *dir, strlist_t *out, strlist_t *problem_paths,
+                       strlist_t *problem_reasons)
 {
     size_t first = out->count;
-    walk_into(dir, out);
+    walk_t w = {out, problem_paths, problem_reasons};
+    struct stat st;
+    walk_level_t root = {0, 0, NULL};
+    int have_root = stat(dir, &st) == 0;
+    if (have_root) {
+        root.dev = st.st_dev;
+        root.ino = st.st_ino;
+    }
+    walk_into(&w, dir, have_root ? &root : NULL);
     qsort(out->items + first, out->count - first, sizeof *out->items, compare_strings);
+}
+
+void walk_files(const char *dir, strlist_t *out)
+{
+    strlist_t paths = {0}, reasons = {0};
+    walk_files_report(dir, out, &paths, &reasons);
+    for (size_t i = 0; i < paths.count; i++)
+        log_warn("%s: %s", paths.items[i], reasons.items[i]);
+    strlist_free(&paths);
+    strlist_free(&reasons);
 }
 
 void read_list_file(const char *path, strlist_t *out)

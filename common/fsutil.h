@@ -16,8 +16,16 @@ char *path_stem(const char *path);
 /* Does the name end with ext (case-insensitive, ext with its dot: ".dcm")? */
 int path_has_ext(const char *path, const char *ext);
 
-/* All regular files below dir, recursively, sorted by path; hidden entries are skipped. */
+/*
+ * All regular files below dir, recursively, sorted by path; hidden entries are skipped.
+ * Symbolic links are followed, except one leading back to a folder being walked (a loop).
+ * walk_files warns about what it cannot follow; walk_files_report instead appends each such
+ * path (an unreadable folder, a broken link, an entry it cannot stat) to problem_paths and
+ * the reason to problem_reasons, in the same order.
+ */
 void walk_files(const char *dir, strlist_t *out);
+void walk_files_report(const char *dir, strlist_t *out, strlist_t *problem_paths,
+                       strlist_t *problem_reasons);
 /* One path per line; blank lines and lines starting with '#' ignored. Dies if unreadable. */
 void read_list_file(const char *path, strlist_t *out);
 

@@ -16,9 +16,17 @@
 #define ICH_VERSION "unknown"
 #endif
 
-/* HDF5's own error stack printing is replaced by our messages naming file and object. */
+/*
+ * HDF5's own error stack printing is replaced by our messages naming file and object. Its
+ * exit handler is turned off: every file is closed explicitly, and after a failed close (a full
+ * disk) the handler would touch the broken file again and crash instead of letting die() exit.
+ */
 static pthread_once_t h5_once = PTHREAD_ONCE_INIT;
-static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+static void h5_quiet(void)
+{
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
 static void h5_init(void) { pthread_once(&h5_once, h5_quiet); }
 
 const char *h5_filename(hid_t obj)

@@ -103,6 +103,17 @@ static int reflect_index(int i, int n)
     return i < n ? i : period - 1 - i;
 }
 
+/* A line mirrored into ext: size / 2 values before it, size - size / 2 - 1 after. */
+static void mirror_line(const uint8_t *line, int n, int size, uint8_t *ext)
+{
+    int before = size / 2, after = size - before - 1;
+    for (int j = 0; j < before; j++)
+        ext[j] = line[reflect_index(j - before, n)];
+    memcpy(ext + before, line, (size_t)n);
+    for (int j = 0; j < after; j++)
+        ext[before + n + j] = line[reflect_index(n + j, n)];
+}
+
 /*
  * van Herk / Gil-Werman on one line already mirrored into ext (n + size - 1 values): the
  * minimum of ext[i .. i + size - 1] for i < n. Within blocks of size values, fwd holds the
@@ -124,17 +135,6 @@ static void running_min_line(const uint8_t *ext, int n, int size, uint8_t *fwd, 
     }
     for (int i = 0; i < n; i++)
         out[i] = min_u8(back[i], fwd[i + size - 1]);
-}
-
-/* A line mirrored into ext: size / 2 values before it, size - size / 2 - 1 after. */
-static void mirror_line(const uint8_t *line, int n, int size, uint8_t *ext)
-{
-    int before = size / 2, after = size - before - 1;
-    for (int j = 0; j < before; j++)
-        ext[j] = line[reflect_index(j - before, n)];
-    memcpy(ext + before, line, (size_t)n);
-    for (int j = 0; j < after; j++)
-        ext[before + n + j] = line[reflect_index(n + j, n)];
 }
 
 /* The same down the columns, whole rows at a time so that the inner loops run along memory. */

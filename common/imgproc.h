@@ -12,7 +12,8 @@
  * ShiftScaleRotate calls them, the normalisation albumentations' Normalize (float32).
  * notes/imgproc.md has the details and the measured agreement.
  *
- * Thread safety: no global state. Each worker thread owns its img_workspace_t and img_rng_t.
+ * Images are at least 1x1 (callers check decoded sizes). Thread safety: no global state; each
+ * worker thread owns its img_workspace_t and img_rng_t.
  */
 #ifndef ICH_IMGPROC_H
 #define ICH_IMGPROC_H

@@ -150,7 +150,8 @@ static int compare_records(const void *a, const void *b, void *arena_ptr)
 /* Sort the records and fold records of the same ID (rows of one slice far apart) into one. */
 static int merge_records(label_reader_t *rd, label_table_t *table, char *err, size_t errlen)
 {
-    qsort_r(rd->records, rd->count, sizeof *rd->records, compare_records, rd->arena);
+    if (rd->count) /* an empty file has no records array at all */
+        qsort_r(rd->records, rd->count, sizeof *rd->records, compare_records, rd->arena);
 
     table->slices = xcalloc(rd->count ? rd->count : 1, sizeof *table->slices);
     table->count = 0;

@@ -47,6 +47,12 @@ static const char *COMMON_EXIT_CODES =
 
 static void format_default(const opt_t *o, char *buf, size_t len)
 {
+    char range[64] = "";
+    if (o->min <= o->max && (o->type == OPT_INT || o->type == OPT_INT64))
+        snprintf(range, sizeof range, "; %.0f..%.0f", o->min, o->max);
+    else if (o->min <= o->max && o->type == OPT_DOUBLE)
+        snprintf(range, sizeof range, "; %g..%g", o->min, o->max);
+
     buf[0] = 0;
     switch (o->type) {
     case OPT_FLAG:
@@ -56,13 +62,13 @@ static void format_default(const opt_t *o, char *buf, size_t len)
     case OPT_UNSET:
         break;
     case OPT_INT:
-        snprintf(buf, len, " (default: %d)", *(int *)o->target);
+        snprintf(buf, len, " (default: %d%s)", *(int *)o->target, range);
         break;
     case OPT_INT64:
-        snprintf(buf, len, " (default: %lld)", *(long long *)o->target);
+        snprintf(buf, len, " (default: %lld%s)", *(long long *)o->target, range);
         break;
     case OPT_DOUBLE:
-        snprintf(buf, len, " (default: %g)", *(double *)o->target);
+        snprintf(buf, len, " (default: %g%s)", *(double *)o->target, range);
         break;
     case OPT_STRING:
     case OPT_CHOICE: {

@@ -67,11 +67,14 @@ void phantom_head_random(phantom_head_t *head, const double center[3], uint64_t 
     head->ventricle_scale = phantom_rng_uniform(rng, 0.85, 1.25) * head->axes[0] / 74.0;
 }
 
+static int place_blob(const phantom_head_t *head, phantom_lesion_t *l, uint64_t *rng);
+
 int phantom_add_lesion(phantom_head_t *head, int subtype, uint64_t *rng)
 {
     if (head->nlesions >= PHANTOM_MAX_LESIONS)
         return -1;
-    phantom_lesion_t *l = &head->lesions[head->nlesions++];
+    /* Counted only once placed, so that placement sees the head without it. */
+    phantom_lesion_t *l = &head->lesions[head->nlesions];
     memset(l, 0, sizeof *l);
     l->subtype = subtype;
     l->azimuth = phantom_rng_uniform(rng, -PI, PI);
@@ -97,28 +100,20 @@ int phantom_add_lesion(phantom_head_t *head, int subtype, uint64_t *rng)
         l->half_elevation = phantom_rng_uniform(rng, 0.25, 0.45);
         l->thickness = 16; /* deepest sulcus it may fill, for the bounds */
         break;
-    case PH_INTRAPARENCHYMAL: { /* an irregular blob in the tissue, above the skull base */
+    case PH_INTRAPARENCHYMAL: /* an irregular blob in the tissue, above the skull base */
         l->hu = phantom_rng_uniform(rng, 60, 85);
-        double r = phantom_rng_uniform(rng, 0.1, 0.5);
-        double el = phantom_rng_uniform(rng, -0.15, 0.75);
-        l->center[0] = r * cos(el) * cos(l->azimuth) * (head->axes[0] - 18);
-        l->center[1] = r * cos(el) * sin(l->azimuth) * (head->axes[1] - 18);
-        l->center[2] = (0.05 + r * sin(el)) * (head->axes[2] - 18);
-        for (int k = 0; k < 3; k++) {
-            l->radius[k] = phantom_rng_uniform(rng, 5, 15);
-            l->lumps[k] = phantom_rng_uniform(rng, -0.2, 0.2);
-        }
+        if (place_blob(head, l, rng) != 0)
+            return -1;
         break;
-    }
     case PH_INTRAVENTRICULAR:
         l->hu = phantom_rng_uniform(rng, 50, 75);
         l->side = (int)(phantom_rng_next(rng) % 3) - 1;
         l->fill = phantom_rng_uniform(rng, 0.3, 1.0);
         break;
     default:
-        head->nlesions--;
         return -1;
     }
+    head->nlesions++;
     return 0;
 }
 
@@ -204,6 +199,23 @@ static void set_ellipsoid(ellipsoid_t *e, float s, float cx, float cy, float cz,
     e->side = side;
 }
 
+/* Ventricles (lateral bodies, occipital and temporal horns, third) and deep nuclei (mm). */
+static void deep_structures_init(ellipsoid_t ventricles[N_VENTRICLES],
+                                 ellipsoid_t nuclei[N_NUCLEI], const phantom_head_t *h)
+{
+    float s = (float)h->ventricle_scale, zc = 0.17f * (float)h->axes[2];
+    for (int side = -1, i = 0; side <= 1; side += 2, i++) {
+        set_ellipsoid(&ventricles[3 * i], s, 8.0f * side, -2, zc, 5.5f, 25, 9, 0.12f * side,
+                      side);
+        set_ellipsoid(&ventricles[3 * i + 1], s, 15.0f * side, 26, zc - 4 * s, 4, 12, 5,
+                      0.2f * side, side);
+        set_ellipsoid(&ventricles[3 * i + 2], s, 25.0f * side, -5, -0.15f * h->axes[2], 2.5f,
+                      10, 3.5f, 0, side);
+        set_ellipsoid(&nuclei[i], s, 19.0f * side, 2, 0.05f * h->axes[2], 8, 15, 10, 0, side);
+    }
+    set_ellipsoid(&ventricles[6], s, 0, 4, 0.02f * h->axes[2], 1.6f, 11, 8, 0, 0);
+}
+
 static void ctx_init(slice_ctx_t *ctx, const phantom_head_t *h, double px)
 {
     memset(ctx, 0, sizeof *ctx);
@@ -215,20 +227,7 @@ static void ctx_init(slice_ctx_t *ctx, const phantom_head_t *h, double px)
     }
     ctx->cos_yaw = (float)cos(h->yaw);
     ctx->sin_yaw = (float)sin(h->yaw);
-
-    /* Ventricles: lateral bodies, occipital and temporal horns, third ventricle (mm). */
-    float s = (float)h->ventricle_scale, zc = 0.17f * (float)h->axes[2];
-    for (int side = -1, i = 0; side <= 1; side += 2, i++) {
-        set_ellipsoid(&ctx->ventricles[3 * i], s, 8.0f * side, -2, zc, 5.5f, 25, 9,
-                      0.12f * side, side);
-        set_ellipsoid(&ctx->ventricles[3 * i + 1], s, 15.0f * side, 26, zc - 4 * s, 4, 12, 5,
-                      0.2f * side, side);
-        set_ellipsoid(&ctx->ventricles[3 * i + 2], s, 25.0f * side, -5, -0.15f * h->axes[2],
-                      2.5f, 10, 3.5f, 0, side);
-        set_ellipsoid(&ctx->nuclei[i], s, 19.0f * side, 2, 0.05f * h->axes[2], 8, 15, 10, 0,
-                      side);
-    }
-    set_ellipsoid(&ctx->ventricles[6], s, 0, 4, 0.02f * h->axes[2], 1.6f, 11, 8, 0, 0);
+    deep_structures_init(ctx->ventricles, ctx->nuclei, h);
     for (int k = 0; k < 3; k++) {
         ctx->ventricle_box_lo[k] = 1e9f;
         ctx->ventricle_box_hi[k] = -1e9f;
@@ -291,6 +290,93 @@ static void pixel_geometry(const slice_ctx_t *ctx, const float *p, pixel_geo_t *
     g->rxy = sqrtf(p[0] * p[0] + p[1] * p[1]);
     g->theta = g->brain > -ctx->px ? atan2f(p[1], p[0]) : 0; /* only the brain needs it */
     g->has_angles = 0;
+}
+
+/* How far the blob's reach extends from its centre: nothing beyond is shaded. */
+static inline float blob_reach(const phantom_lesion_t *l, float px)
+{
+    float big = max2(max2((float)l->radius[0], (float)l->radius[1]), (float)l->radius[2]);
+    return 1.3f * big + 8 + px;
+}
+
+/* Signed distance (mm, > 0 inside) to the irregular surface of an intraparenchymal blob. */
+static inline float blob_inside(const ellipsoid_t *e, const phantom_lesion_t *l, const float *p)
+{
+    float qx = p[0] - e->c[0], qy = p[1] - e->c[1], qz = p[2] - e->c[2];
+    float len = sqrtf(qx * qx + qy * qy + qz * qz) + 1e-6f;
+    float ux = qx / len, uy = qy / len, uz = qz / len;
+    float lumpy = 1.0f + (float)l->lumps[0] * (ux * ux - uy * uy) +
+                  (float)l->lumps[1] * 2 * ux * uy + (float)l->lumps[2] * 2 * ux * uz;
+    float nx = qx * e->inv_axes[0], ny = qy * e->inv_axes[1], nz = qz * e->inv_axes[2];
+    float rho = sqrtf(nx * nx + ny * ny + nz * nz) / lumpy;
+    float big = max2(max2((float)l->radius[0], (float)l->radius[1]), (float)l->radius[2]);
+    return rho > 1e-6f ? len * (1.0f / rho - 1.0f) : big;
+}
+
+#define BLOB_RIM_MM 5.0f            /* the oedema around the blood */
+#define BLOB_VENTRICLE_GAP_MM 2.0f  /* blood stays this far from the ventricles */
+#define BLOB_SURFACE_DEPTH_MM 4.0f  /* blood stays this deep below the inner table */
+#define BLOB_GRID_MM 1.5f
+#define BLOB_PLACEMENT_TRIES 400
+
+/*
+ * Does a blob's blood lie in the parenchyma: clear of the ventricles (blood there would be
+ * intraventricular, not intraparenchymal), of the brain's surface and of the skull? Checked
+ * on a grid over the blood's whole extent. (Its oedema rim may touch a ventricle: the
+ * renderer stops it at the wall.)
+ */
+static int blob_fits(const slice_ctx_t *ctx, const ellipsoid_t *e, const phantom_lesion_t *l)
+{
+    /* The lumps reach at most 1.6 times the largest semi-axis. */
+    float big = max2(max2((float)l->radius[0], (float)l->radius[1]), (float)l->radius[2]);
+    float reach = 1.6f * big, step = BLOB_GRID_MM;
+    int n = (int)ceilf(reach / step);
+    for (int i = -n; i <= n; i++)
+        for (int j = -n; j <= n; j++)
+            for (int k = -n; k <= n; k++) {
+                float p[3] = {e->c[0] + i * step, e->c[1] + j * step, e->c[2] + k * step};
+                if (blob_inside(e, l, p) < -step)
+                    continue;
+                for (int v = 0; v < N_VENTRICLES; v++)
+                    if (ellipsoid_inside(&ctx->ventricles[v], p, BLOB_VENTRICLE_GAP_MM + step) >
+                        -BLOB_VENTRICLE_GAP_MM - step)
+                        return 0;
+                pixel_geo_t g;
+                pixel_geometry(ctx, p, &g);
+                if (g.brain < BLOB_SURFACE_DEPTH_MM + step)
+                    return 0;
+            }
+    return 1;
+}
+
+/*
+ * Centre, size and shape of an intraparenchymal blob, drawn until it fits (blob_fits);
+ * later tries draw smaller blobs. Returns -1 when none fits (the lesion is then left out).
+ */
+static int place_blob(const phantom_head_t *head, phantom_lesion_t *l, uint64_t *rng)
+{
+    slice_ctx_t ctx;
+    ctx_init(&ctx, head, 1.0);
+    for (int attempt = 0; attempt < BLOB_PLACEMENT_TRIES; attempt++) {
+        double shrink = 1.0 - 0.5 * attempt / BLOB_PLACEMENT_TRIES;
+        double azimuth = attempt ? phantom_rng_uniform(rng, -PI, PI) : l->azimuth;
+        double r = phantom_rng_uniform(rng, 0.1, 0.6);
+        double el = phantom_rng_uniform(rng, -0.15, 0.75);
+        l->azimuth = azimuth;
+        l->center[0] = r * cos(el) * cos(azimuth) * (head->axes[0] - 18);
+        l->center[1] = r * cos(el) * sin(azimuth) * (head->axes[1] - 18);
+        l->center[2] = (0.05 + r * sin(el)) * (head->axes[2] - 18);
+        for (int k = 0; k < 3; k++) {
+            l->radius[k] = phantom_rng_uniform(rng, 5, 15) * shrink;
+            l->lumps[k] = phantom_rng_uniform(rng, -0.2, 0.2);
+        }
+        ellipsoid_t e;
+        set_ellipsoid(&e, 1, (float)l->center[0], (float)l->center[1], (float)l->center[2],
+                      (float)l->radius[0], (float)l->radius[1], (float)l->radius[2], 0, 0);
+        if (blob_fits(&ctx, &e, l))
+            return 0;
+    }
+    return -1;
 }
 
 static void surface_angles(pixel_geo_t *g)
@@ -399,6 +485,7 @@ static float shade_brain(const slice_ctx_t *ctx, pixel_geo_t *g, unsigned mask,
     v = mixf(v, fluid, fluid_w);
 
     /* Ventricles, with intraventricular blood settling at their posterior ends. */
+    float ventricle_w = 0;
     int in_box = 1;
     for (int k = 0; k < 3; k++)
         in_box &= g->p[k] >= ctx->ventricle_box_lo[k] && g->p[k] <= ctx->ventricle_box_hi[k];
@@ -425,29 +512,24 @@ static float shade_brain(const slice_ctx_t *ctx, pixel_geo_t *g, unsigned mask,
                     *touched |= 1u << ivh_index;
             }
             v = mixf(v, value, w);
+            ventricle_w = max2(ventricle_w, w);
         }
     }
 
-    /* Intraparenchymal blood: an irregular blob with a faint rim of oedema. */
+    /* Intraparenchymal blood: an irregular blob with a faint rim of oedema, never inside a
+     * ventricle (placement keeps it clear; this holds at the edges too). */
     for (int i = 0; i < h->nlesions; i++) {
         const phantom_lesion_t *l = &h->lesions[i];
         if (l->subtype != PH_INTRAPARENCHYMAL || !(mask & (1u << i)))
             continue;
         const ellipsoid_t *e = &ctx->blob[i];
         float qx = g->p[0] - e->c[0], qy = g->p[1] - e->c[1], qz = g->p[2] - e->c[2];
-        float len2 = qx * qx + qy * qy + qz * qz;
-        float big = max2(max2((float)l->radius[0], (float)l->radius[1]), (float)l->radius[2]);
-        if (len2 > (1.3f * big + 8 + px) * (1.3f * big + 8 + px))
+        float reach = blob_reach(l, px);
+        if (qx * qx + qy * qy + qz * qz > reach * reach)
             continue;
-        float len = sqrtf(len2) + 1e-6f;
-        float ux = qx / len, uy = qy / len, uz = qz / len;
-        float lumpy = 1.0f + (float)l->lumps[0] * (ux * ux - uy * uy) +
-                      (float)l->lumps[1] * 2 * ux * uy + (float)l->lumps[2] * 2 * ux * uz;
-        float nx = qx * e->inv_axes[0], ny = qy * e->inv_axes[1], nz = qz * e->inv_axes[2];
-        float rho = sqrtf(nx * nx + ny * ny + nz * nz) / lumpy;
-        float in = rho > 1e-6f ? len * (1.0f / rho - 1.0f) : big;
-        v = mixf(v, v - 9, cover(in + 5, px) * (1 - cover(in, px)));
-        float w = cover(in, px) * end_fade(qz * e->inv_axes[2]);
+        float in = blob_inside(e, l, g->p), parenchyma = 1 - ventricle_w;
+        v = mixf(v, v - 9, cover(in + BLOB_RIM_MM, px) * (1 - cover(in, px)) * parenchyma);
+        float w = cover(in, px) * end_fade(qz * e->inv_axes[2]) * parenchyma;
         v = mixf(v, (float)l->hu, w);
         *touched |= 1u << i;
     }

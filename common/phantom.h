@@ -69,7 +69,11 @@ uint64_t phantom_hash(uint64_t seed, uint64_t a, uint64_t b, uint64_t c);
 
 /* A random healthy head centred near center (patient mm); deterministic for the state. */
 void phantom_head_random(phantom_head_t *head, const double center[3], uint64_t *rng);
-/* Add a random lesion of a subtype; returns 0, or -1 when the head is full. */
+/*
+ * Add a random lesion of a subtype; returns 0, or -1 when the head is full or (very rarely) no
+ * place was found. Intraparenchymal blood is placed in the parenchyma only: at least 2 mm from
+ * every ventricle and 4 mm below the brain's surface.
+ */
 int phantom_add_lesion(phantom_head_t *head, int subtype, uint64_t *rng);
 
 /*

@@ -7,6 +7,7 @@
 #include "check.h"
 #include "exitcodes.h"
 #include "h5io.h"
+#include "pool.h"
 
 /* ---- meta.h5 ---- */
 
@@ -51,6 +52,54 @@ int meta_usable(const meta_table_t *meta, size_t row)
 {
     const char *s = meta->status[row];
     return strcmp(s, "ok") == 0 || strcmp(s, "exists") == 0;
+}
+
+int meta_blank(const char *text)
+{
+    while (*text == ' ' || *text == '\t')
+        text++;
+    return *text == 0;
+}
+
+/* "3 error, 1 skipped": the rows of each status, in order of first appearance (a few). */
+static void describe_statuses(const meta_table_t *meta, char *out, size_t outlen)
+{
+    enum { MAX_KINDS = 6 };
+    const char *kinds[MAX_KINDS];
+    size_t counts[MAX_KINDS] = {0}, nkinds = 0, other = 0;
+    for (size_t i = 0; i < meta->count; i++) {
+        size_t k = 0;
+        while (k < nkinds && strcmp(kinds[k], meta->status[i]) != 0)
+            k++;
+        if (k == nkinds && nkinds < MAX_KINDS)
+            kinds[nkinds++] = meta->status[i];
+        if (k < nkinds)
+            counts[k]++;
+        else
+            other++;
+    }
+    size_t len = 0;
+    out[0] = 0;
+    for (size_t k = 0; k < nkinds && len < outlen; k++)
+        len += (size_t)snprintf(out + len, outlen - len, "%s%zu '%s'", k ? ", " : "",
+                                counts[k], kinds[k]);
+    if (other && len < outlen)
+        snprintf(out + len, outlen - len, ", %zu other", other);
+}
+
+size_t meta_require_usable(const meta_table_t *meta)
+{
+    size_t usable = 0;
+    for (size_t i = 0; i < meta->count; i++)
+        usable += (size_t)meta_usable(meta, i);
+    if (usable)
+        return usable;
+    if (!meta->count)
+        die(EXIT_BAD_INPUT, "%s: no rows at all: nothing was converted into it", meta->file);
+    char statuses[256];
+    describe_statuses(meta, statuses, sizeof statuses);
+    die(EXIT_BAD_INPUT, "%s: no usable rows (status ok or exists) among its %zu: %s",
+        meta->file, meta->count, statuses);
 }
 
 static int compare_rows_by_id(const void *a, const void *b, void *ctx)
@@ -281,7 +330,22 @@ static void order_series(const meta_table_t *m, const size_t *rows, series_set_t
     free(keys);
 }
 
-void series_build(const meta_table_t *meta, series_set_t *set)
+typedef struct {
+    const meta_table_t *meta;
+    const size_t *rows; /* usable rows in series order */
+    series_set_t *set;
+} order_job_t;
+
+/* Each series writes only its own range of the set's arrays: no locking needed. */
+static void order_one_series(size_t index, int thread, void *ctx)
+{
+    (void)thread;
+    order_job_t *job = ctx;
+    series_t *s = &job->set->series[index];
+    order_series(job->meta, &job->rows[s->start], job->set, s);
+}
+
+void series_build(const meta_table_t *meta, series_set_t *set, int nthreads)
 {
     memset(set, 0, sizeof *set);
     size_t *rows = xmalloc((meta->count ? meta->count : 1) * sizeof *rows);
@@ -305,9 +369,10 @@ void series_build(const meta_table_t *meta, series_set_t *set)
         memset(s, 0, sizeof *s);
         s->start = i;
         s->length = j - i;
-        order_series(meta, &rows[i], set, s);
         i = j;
     }
+    order_job_t job = {.meta = meta, .rows = rows, .set = set};
+    parallel_for(nthreads, set->nseries, order_one_series, &job);
     free(rows);
 }
 

@@ -21,6 +21,10 @@ typedef struct {
 void meta_load(const char *path, meta_table_t *meta);
 /* A row that describes a converted slice (status "ok" or "exists"). */
 int meta_usable(const meta_table_t *meta, size_t row);
+/* Number of usable rows; dies with EXIT_BAD_INPUT, counting the rows by status, when none. */
+size_t meta_require_usable(const meta_table_t *meta);
+/* An empty or all-blank text field (a PatientID or UID that tells nothing apart). */
+int meta_blank(const char *text);
 /* Two usable rows with the same slice ID: returns 1 and their rows (by ID order), else 0. */
 int meta_find_duplicate(const meta_table_t *meta, size_t *first, size_t *second);
 void meta_free(meta_table_t *meta);
@@ -52,8 +56,11 @@ typedef struct {
     double *spacing;    /* per slice: position minus the previous slice's; NaN for the first */
 } series_set_t;
 
-/* Group the usable rows of meta into series and order each along its slice normal. */
-void series_build(const meta_table_t *meta, series_set_t *set);
+/*
+ * Group the usable rows of meta into series and order each along its slice normal, the series
+ * on nthreads threads (the result does not depend on nthreads).
+ */
+void series_build(const meta_table_t *meta, series_set_t *set, int nthreads);
 void series_free(series_set_t *set);
 
 #endif

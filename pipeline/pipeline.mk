@@ -33,6 +33,20 @@ PHANTOM_ARGS ?= --series 16 --slices 24-32 --size 256 --seed 1 --test-fraction 0
 JPEG_DIR = $(OUT)/jpeg
 META = $(JPEG_DIR)/meta.h5
 
+DCM2JPG_OPTIONS = --quality $(JPEG_QUALITY) $(if $(filter-out 0,$(JPEG_SIZE)),--size $(JPEG_SIZE)) \
+    $(if $(filter 0,$(FIX_WRAP)),--no-fix-wrap)
+MKFOLDS_ARGS = -k $(FOLDS) --method $(FOLD_METHOD) --seed $(FOLD_SEED)
+
+# Each stage's settings live in a file that is rewritten only when they change, and the stage
+# depends on it: changing a setting on the command line or in a config redoes that stage and
+# what follows, and nothing else. (-j does not change outputs and is left out.)
+SETTINGS = $(OUT)/.settings
+settings_file = $(shell mkdir -p $(SETTINGS) && f=$(SETTINGS)/$(1) && \
+    printf '%s\n' '$(strip $(2))' >$$f.new && \
+    { cmp -s $$f.new $$f && rm -f $$f.new || mv $$f.new $$f; } && echo $$f)
+DCM2JPG_SETTINGS := $(call settings_file,dcm2jpg,$(DCM2JPG_OPTIONS))
+MKFOLDS_SETTINGS := $(call settings_file,mkfolds,$(MKFOLDS_ARGS))
+
 .PHONY: all prepare
 .DELETE_ON_ERROR:
 
@@ -43,7 +57,8 @@ ifeq ($(PHANTOM),1)
 DICOM = $(OUT)/phantom
 LABELS = $(OUT)/phantom/labels.csv
 # Written into a scratch folder and renamed, so a killed run never leaves half a dataset.
-$(LABELS):
+PHANTOM_SETTINGS := $(call settings_file,mkphantom,$(PHANTOM_ARGS))
+$(LABELS): $(PHANTOM_SETTINGS)
 	@rm -rf $(OUT)/.phantom.partial
 	$(BIN)/mkphantom -j $(THREADS) $(PHANTOM_ARGS) -o $(OUT)/.phantom.partial
 	@rm -rf $(OUT)/phantom && mv $(OUT)/.phantom.partial $(OUT)/phantom
@@ -54,15 +69,12 @@ endif
 
 # dcm2jpg exits 4 when some files were skipped as failures (listed with their reason in
 # meta.h5); the rest of the pipeline goes on with the slices that converted.
-$(META): $(META_INPUTS)
+$(META): $(META_INPUTS) $(DCM2JPG_SETTINGS)
 	@mkdir -p $(JPEG_DIR)
-	$(BIN)/dcm2jpg -j $(THREADS) --quality $(JPEG_QUALITY) \
-	    $(if $(filter-out 0,$(JPEG_SIZE)),--size $(JPEG_SIZE)) \
-	    $(if $(filter 0,$(FIX_WRAP)),--no-fix-wrap) -o $(JPEG_DIR) $(DICOM) || [ $$? -eq 4 ]
+	$(BIN)/dcm2jpg -j $(THREADS) $(DCM2JPG_OPTIONS) -o $(JPEG_DIR) $(DICOM) || [ $$? -eq 4 ]
 
-$(OUT)/folds.h5: $(META) $(LABELS)
-	$(BIN)/mkfolds -k $(FOLDS) --method $(FOLD_METHOD) --seed $(FOLD_SEED) -o $@ \
-	    $(LABELS) $(META)
+$(OUT)/folds.h5: $(META) $(LABELS) $(MKFOLDS_SETTINGS)
+	$(BIN)/mkfolds $(MKFOLDS_ARGS) -o $@ $(LABELS) $(META)
 
 $(OUT)/sequences.h5: $(META)
 	$(BIN)/seqbuild -o $@ $(META)

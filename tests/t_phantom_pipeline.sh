@@ -17,9 +17,9 @@ ph=$WORK/phantom
 "$BIN/mkphantom" -q -o "$ph" --series 8 --slices 6-10 --size 64 --seed 21 \
     --test-fraction 0.25 -j 2 || fail "mkphantom: exit $?"
 "$BIN/dcm2jpg" -q -j 2 -o "$WORK/jpg" "$ph" || fail "dcm2jpg: exit $?"
-"$BIN/mkfolds" -q -o "$WORK/folds.h5" "$ph/labels.csv" "$WORK/jpg/meta.h5" ||
+"$BIN/mkfolds" -q -j 2 -o "$WORK/folds.h5" "$ph/labels.csv" "$WORK/jpg/meta.h5" ||
     fail "mkfolds: exit $?"
-"$BIN/seqbuild" -q -o "$WORK/sequences.h5" "$WORK/jpg/meta.h5" || fail "seqbuild: exit $?"
+"$BIN/seqbuild" -q -j 2 -o "$WORK/sequences.h5" "$WORK/jpg/meta.h5" || fail "seqbuild: exit $?"
 
 "$PY" - "$ph" "$WORK" "$(dirname "$0")/py" <<'EOF' || fail "checks above"
 import glob, os, sys, warnings

@@ -34,6 +34,20 @@ eval "$mk $args" >"$WORK/rerun.log" 2>&1 || fail "rerun failed"
 grep -q dcm2jpg "$WORK/rerun.log" && fail "dcm2jpg ran again"
 echo "ok    a deleted folds.h5 is remade alone"
 
+# A changed setting redoes its stage and what depends on it, nothing else.
+seq_before=$(stat -c %Y "$out/sequences.h5")
+sleep 1
+eval "$mk $args FOLDS=3" >"$WORK/folds3.log" 2>&1 || fail "FOLDS=3 run failed"
+grep -q "mkfolds -k 3" "$WORK/folds3.log" || fail "FOLDS=3 did not redo mkfolds"
+grep -q dcm2jpg "$WORK/folds3.log" && fail "FOLDS=3 redid dcm2jpg"
+[ "$(stat -c %Y "$out/sequences.h5")" = "$seq_before" ] || fail "FOLDS=3 redid seqbuild"
+eval "$mk $args FOLDS=3 -q" || fail "FOLDS=3 is not up to date after its run"
+eval "$mk $args FOLDS=3 JPEG_SIZE=64" >"$WORK/size64.log" 2>&1 || fail "JPEG_SIZE run failed"
+for step in "dcm2jpg.*--size 64" mkfolds seqbuild; do
+    grep -q "$step" "$WORK/size64.log" || fail "JPEG_SIZE=64 did not redo $step"
+done
+echo "ok    FOLDS=3 redoes mkfolds alone; JPEG_SIZE=64 redoes dcm2jpg and what follows"
+
 # No temporary leftovers anywhere.
 left=$(find "$out" -name '.*tmp-*' -o -name '.phantom.partial' | head -n 3)
 [ -z "$left" ] || fail "temporary files left: $left"

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "check.h"
 #include "exitcodes.h"
@@ -12,6 +13,7 @@
 #include "labels.h"
 #include "log.h"
 #include "opt.h"
+#include "pool.h"
 #include "series.h"
 
 #define MAX_FOLDS 100
@@ -20,7 +22,7 @@
 typedef struct {
     const char *out;
     const char *method;
-    int folds;
+    int folds, threads;
     long long seed;
 } mkfolds_options_t;
 
@@ -203,7 +205,7 @@ static void print_summary(const fold_summary_t *sum, int k)
 static void write_folds(const mkfolds_options_t *o, const char *labels_path,
                         const meta_table_t *meta, const fold_slice_t *slices, size_t n,
                         const fold_summary_t *sum, int64_t labels_without_meta,
-                        const label_table_t *labels)
+                        int64_t partial_label_slices, const label_table_t *labels)
 {
     const char **ids = xmalloc((n ? n : 1) * sizeof *ids);
     const char **patients = xmalloc((n ? n : 1) * sizeof *patients);
@@ -253,6 +255,7 @@ static void write_folds(const mkfolds_options_t *o, const char *labels_path,
     h5_attr_i64(out.file, "labelled_slices", (int64_t)n - sum->slices[k]);
     h5_attr_i64(out.file, "labels_without_meta", labels_without_meta);
     h5_attr_i64(out.file, "duplicate_label_rows", (int64_t)labels->duplicate_rows);
+    h5_attr_i64(out.file, "partial_label_slices", partial_label_slices);
     h5_attr_provenance(out.file);
     h5out_commit(&out);
 
@@ -282,10 +285,104 @@ static int64_t count_labels_without_meta(const label_table_t *labels, const fold
     return missing;
 }
 
+/* Are two paths one file (a link, another spelling)? Only existing files can be. */
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+typedef struct {
+    fold_slice_t *slices;
+    const label_table_t *labels;
+} join_job_t;
+
+static void join_one_slice(size_t index, int thread, void *ctx)
+{
+    (void)thread;
+    join_job_t *job = ctx;
+    job->slices[index].labels = labels_find(job->labels, job->slices[index].id);
+}
+
+/* Append ", ID" to a short list that shows what a file's IDs look like. */
+static void append_id(char *list, size_t len, const char *id)
+{
+    size_t used = strlen(list);
+    snprintf(list + used, len - used, "%s%s", used ? ", " : "", id);
+}
+
+/* No labelled slice has metadata: almost always labels and images of different datasets. */
+static void die_no_match(const char *labels_path, const label_table_t *labels,
+                         const char *meta_path, const fold_slice_t *slices, size_t n)
+{
+    char label_ids[256] = "", meta_ids[256] = "";
+    for (size_t i = 0; i < 3 && i < labels->count; i++)
+        append_id(label_ids, sizeof label_ids, labels->slices[i].id);
+    for (size_t i = 0; i < 3 && i < n; i++)
+        append_id(meta_ids, sizeof meta_ids, slices[i].id);
+    die(EXIT_BAD_INPUT, "none of the %zu labelled slices of %s is among the %zu usable slices "
+        "of %s: are they from the same dataset? Labels: %s%s; metadata: %s%s",
+        labels->count, labels_path, n, meta_path, label_ids, labels->count > 3 ? ", ..." : "",
+        meta_ids, n > 3 ? ", ..." : "");
+}
+
+/*
+ * Every labelled slice needs a PatientID: an empty one would make all such slices one
+ * "patient", putting different patients in one fold. Test slices only carry it along.
+ */
+static void check_patient_ids(const char *meta_path, const meta_table_t *meta,
+                              const fold_slice_t *slices, size_t n)
+{
+    size_t blank_test = 0, first_test = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!meta_blank(slices[i].patient))
+            continue;
+        if (slices[i].labels)
+            die(EXIT_BAD_INPUT, "%s: labelled slice %s (%s) has no PatientID: its patient "
+                "cannot be kept in one fold", meta_path, slices[i].id,
+                meta->path[slices[i].meta_row]);
+        if (blank_test++ == 0)
+            first_test = i;
+    }
+    if (blank_test)
+        log_warn("%s: %zu test slices (no labels) have no PatientID (first: %s)", meta_path,
+                 blank_test, slices[first_test].id);
+}
+
+/* The first subtype without a CSV row, or -1 when the slice has all six. */
+static int first_missing_subtype(const slice_labels_t *labels)
+{
+    for (int t = 0; t < N_SUBTYPES; t++)
+        if (labels->label[t] < 0)
+            return t;
+    return -1;
+}
+
+/* Labelled slices with fewer than six subtype rows: kept, -1 where a row is missing. */
+static int64_t count_partial_labels(const char *labels_path, const fold_slice_t *slices,
+                                    size_t n)
+{
+    int64_t partial = 0;
+    const fold_slice_t *first = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (!slices[i].labels || first_missing_subtype(slices[i].labels) < 0)
+            continue;
+        if (partial++ == 0)
+            first = &slices[i];
+    }
+    if (partial)
+        log_warn("%s: %lld labelled slices lack some of the six subtype rows (first: %s, no "
+                 "%s row); their missing labels are -1", labels_path, (long long)partial,
+                 first->id, SUBTYPE_NAMES[first_missing_subtype(first->labels)]);
+    return partial;
+}
+
 int main(int argc, char **argv)
 {
     log_init("mkfolds", LOG_INFO);
-    mkfolds_options_t o = {.out = NULL, .method = "original", .folds = 5, .seed = 0};
+    mkfolds_options_t o = {.out = NULL, .method = "original", .folds = 5, .threads = 1,
+                           .seed = 0};
     const opt_t options[] = {
         {'o', "out", OPT_STRING, &o.out, "FILE", "folds file to write (required)", 1, 0, NULL},
         {'k', "folds", OPT_INT, &o.folds, "K", "number of folds", 2, MAX_FOLDS, NULL},
@@ -293,6 +390,9 @@ int main(int argc, char **argv)
          "original: the reference rule; stratified: seeded, balances 'any' positives", 1, 0,
          "original|stratified"},
         {0, "seed", OPT_INT64, &o.seed, "S", "seed of --method stratified", 1, 0, NULL},
+        {'j', "threads", OPT_INT, &o.threads, "N",
+         "worker threads joining slices with their labels (same output for any N)", 1, 256,
+         NULL},
         {0},
     };
     const opt_spec_t spec = {
@@ -311,8 +411,15 @@ int main(int argc, char **argv)
             "--method stratified: patients in a seeded random order, most positive slices\n"
             "first; each with positives to the fold with the fewest 'any' positives so far,\n"
             "each without to the fold with the fewest slices.\n"
+            "Useless inputs stop the run (exit 3): a labels CSV without rows, a META.h5\n"
+            "without usable rows, labels that match none of its slices, fewer labelled\n"
+            "patients than K (or than 2), a labelled slice without PatientID. Labelled\n"
+            "slices lacking some of the six subtype rows are kept (-1 there), with a\n"
+            "warning.\n"
             "Layout of the output: data-layout.md.",
-        .exit_codes = NULL,
+        .exit_codes =
+            "  mkfolds: 2 also when -o names one of the inputs (it would be overwritten);\n"
+            "           3 also for the useless inputs above.\n",
         .options = options,
         .min_positional = 2,
         .max_positional = 2,
@@ -325,16 +432,28 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *labels_path = inputs[0], *meta_path = inputs[1];
+    for (int i = 0; i < 2; i++)
+        if (same_file(o.out, inputs[i])) {
+            fprintf(stderr, "mkfolds: error: -o %s is the input %s (%s): it would be "
+                            "overwritten; give another output file\n", o.out,
+                    i ? "META.h5" : "LABELS.csv", inputs[i]);
+            free(inputs);
+            return EXIT_USAGE;
+        }
 
     double t0 = time_now();
     label_table_t labels;
     char err[1024];
     if (labels_read(labels_path, &labels, err, sizeof err) != 0)
         die(EXIT_BAD_INPUT, "%s", err);
+    if (!labels.count)
+        die(EXIT_BAD_INPUT, "%s: no label rows (the file is empty or holds only its header)",
+            labels_path);
     if (labels.duplicate_rows)
         log_info("%s: %zu identical duplicate rows dropped", labels_path, labels.duplicate_rows);
     meta_table_t meta;
     meta_load(meta_path, &meta);
+    meta_require_usable(&meta);
     size_t dup_a, dup_b;
     if (meta_find_duplicate(&meta, &dup_a, &dup_b))
         die(EXIT_BAD_INPUT, "%s: slice ID %s appears twice: %s and %s", meta_path,
@@ -348,8 +467,15 @@ int main(int argc, char **argv)
             slices[n++] = (fold_slice_t){.meta_row = i, .id = meta.id[i],
                                          .patient = meta.patient_id[i], .fold = -1};
     qsort(slices, n, sizeof *slices, compare_slices_by_id);
+    join_job_t join = {.slices = slices, .labels = &labels};
+    parallel_for(o.threads, n, join_one_slice, &join);
+    size_t labelled = 0;
     for (size_t i = 0; i < n; i++)
-        slices[i].labels = labels_find(&labels, slices[i].id);
+        labelled += slices[i].labels != NULL;
+    if (!labelled)
+        die_no_match(labels_path, &labels, meta_path, slices, n);
+    check_patient_ids(meta_path, &meta, slices, n);
+    int64_t partial = count_partial_labels(labels_path, slices, n);
     int64_t without_meta = count_labels_without_meta(&labels, slices, n);
     if (without_meta)
         log_warn("%lld labelled slices of %s have no usable metadata in %s (ignored)",
@@ -357,6 +483,12 @@ int main(int argc, char **argv)
 
     size_t np;
     patient_t *patients = collect_patients(slices, n, &np);
+    if (np < 2)
+        die(EXIT_BAD_INPUT, "%s and %s have only %zu labelled patient: cross-validation needs "
+            "at least 2", labels_path, meta_path, np);
+    if ((size_t)o.folds > np)
+        die(EXIT_BAD_INPUT, "-k %d: %s and %s have only %zu labelled patients, so some folds "
+            "would be empty; give -k %zu or fewer", o.folds, labels_path, meta_path, np, np);
     if (strcmp(o.method, "stratified") == 0)
         assign_stratified(patients, np, o.folds, (uint64_t)o.seed);
     else
@@ -371,7 +503,7 @@ int main(int argc, char **argv)
 
     fold_summary_t sum;
     summarise(slices, n, patients, np, o.folds, &sum);
-    write_folds(&o, labels_path, &meta, slices, n, &sum, without_meta, &labels);
+    write_folds(&o, labels_path, &meta, slices, n, &sum, without_meta, partial, &labels);
     print_summary(&sum, o.folds);
     log_info("%zu slices (%lld labelled, %lld test), %zu patients in %d folds (%s) -> %s "
              "(%.2f s)",

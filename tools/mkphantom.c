@@ -30,9 +30,11 @@
 
 /* First lines of the CSVs written here: also how an earlier run's files are recognised. */
 #define LABELS_HEADER "ID,Label"
-#define MANIFEST_HEADER                                                                      \
+#define MANIFEST_HEADER_V1                                                                   \
     "series_uid,patient_id,study_uid,folder,slices,split,tilt_deg,pixel_spacing,"             \
     "slice_spacing,lesions,positive_slices"
+/* The slice IDs in InstanceNumber order, ';'-separated: the files --force may remove. */
+#define MANIFEST_HEADER MANIFEST_HEADER_V1 ",slice_ids"
 #define LABELS_NAME "labels.csv"
 #define MANIFEST_NAME "series.csv"
 #define TEST_LABELS_NAME "test_labels.csv"
@@ -120,6 +122,28 @@ static void make_id(char *out, id_set_t *used, uint64_t seed, int kind, uint64_t
         out[len] = 0;
         return;
     }
+}
+
+/*
+ * The seed of every ID: a hash of the seed and of each option that changes what is generated,
+ * written out canonically (numbers as parsed). Two runs that differ in any of them therefore
+ * never reuse an ID for other pixels or labels; the output paths, -j and --force change
+ * nothing generated and are left out, so the same options still give the same bytes.
+ */
+static uint64_t ids_seed(const options_t *o, int slices_lo, int slices_hi,
+                         const double rates[N_LESION_KINDS])
+{
+    char canonical[512];
+    snprintf(canonical, sizeof canonical,
+             "mkphantom ids 1; seed %lld; series %d; slices %d-%d; size %d; prevalence %.17g; "
+             "rates %.17g,%.17g,%.17g,%.17g,%.17g; test-fraction %.17g; uids %s",
+             o->seed, o->series, slices_lo, slices_hi, o->size, o->prevalence, rates[0],
+             rates[1], rates[2], rates[3], rates[4], o->test_fraction, o->uids);
+    uint64_t fnv = 0xcbf29ce484222325ULL; /* FNV-1a over the text, then mixed further */
+    for (const unsigned char *c = (const unsigned char *)canonical; *c; c++)
+        fnv = (fnv ^ *c) * 0x100000001b3ULL;
+    log_debug("IDs derive from \"%s\"", canonical);
+    return phantom_hash(fnv, (uint64_t)o->seed, STREAM_ID, 0);
 }
 
 /* ---- planning: every random choice, made in one thread in a fixed order ---- */
@@ -270,7 +294,7 @@ static slice_plan_t *plan(series_plan_t *series, const options_t *o, int slices_
     used.slots = xcalloc(used.cap, sizeof *used.slots);
     char patient_id[DICOM_UID_MAX] = "";
     slice_plan_t *slices = xcalloc(total, sizeof *slices);
-    uint64_t seed = (uint64_t)o->seed;
+    uint64_t seed = ids_seed(o, slices_lo, slices_hi, rates);
     for (int i = 0; i < o->series; i++) {
         series_plan_t *s = &series[i];
         if (i == 0 || s->patient != series[i - 1].patient)
@@ -423,9 +447,12 @@ static void write_manifest(const char *path, const series_plan_t *series, int ns
         int positive = 0;
         for (int k = 0; k < s->nslices; k++)
             positive += slices[s->first_slice + k].label[N_SUBTYPES - 1];
-        fprintf(f, "%s,%s,%s,%s,%d,%s,%.2f,%.6f,%.4f,%s,%d\n", s->series_uid, s->patient_id,
+        fprintf(f, "%s,%s,%s,%s,%d,%s,%.2f,%.6f,%.4f,%s,%d,", s->series_uid, s->patient_id,
                 s->study_uid, path_basename(s->folder), s->nslices, s->test ? "test" : "train",
                 s->tilt * 180 / PI, s->pixel_spacing, s->slice_spacing, lesions, positive);
+        for (int k = 0; k < s->nslices; k++)
+            fprintf(f, "%s%s", k ? ";" : "", slices[s->first_slice + k].id);
+        fputc('\n', f);
     }
     commit_output(f, path, tmp);
 }
@@ -460,18 +487,121 @@ static int starts_with_line(const char *path, const char *line)
     return same;
 }
 
+static int is_our_manifest(const char *path)
+{
+    return starts_with_line(path, MANIFEST_HEADER) || starts_with_line(path, MANIFEST_HEADER_V1);
+}
+
 static void remove_file(const char *path)
 {
     if (unlink(path) != 0)
         die(EXIT_IO, "cannot remove %s: %s", path, strerror(errno));
 }
 
+/* What an earlier run wrote, as its series.csv and labels CSVs tell it. */
+typedef struct {
+    strlist_t folders; /* series folder names */
+    strlist_t ids;     /* slice IDs, sorted: their files are FOLDER/ID.dcm */
+    size_t kept;       /* files in those folders that it did not write */
+    strlist_t some_kept; /* the first few of them, for the warning */
+} earlier_run_t;
+
+#define KEPT_NAMED 3
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void add_ids(strlist_t *ids, const char *joined)
+{
+    const char *s = joined;
+    while (*s) {
+        size_t len = strcspn(s, ";");
+        if (len) {
+            char *id = xmalloc(len + 1);
+            memcpy(id, s, len);
+            id[len] = 0;
+            strlist_push(ids, id);
+            free(id);
+        }
+        s += len + (s[len] == ';');
+    }
+}
+
+/* The folders and slice IDs of an earlier series.csv (IDs only from this version on). */
+static void read_earlier_manifest(const char *manifest, earlier_run_t *run)
+{
+    char err[512];
+    csv_reader_t *r = csv_open(manifest, err, sizeof err);
+    if (!r)
+        die(EXIT_BAD_INPUT, "%s", err);
+    char **fields;
+    size_t nfields;
+    long folder_column = -1, ids_column = -1;
+    int status, header = 1;
+    while ((status = csv_next(r, &fields, &nfields, err, sizeof err)) == 1) {
+        if (header) {
+            for (size_t k = 0; k < nfields; k++) {
+                if (strcmp(fields[k], "folder") == 0)
+                    folder_column = (long)k;
+                if (strcmp(fields[k], "slice_ids") == 0)
+                    ids_column = (long)k;
+            }
+            header = 0;
+            continue;
+        }
+        const char *folder = (size_t)folder_column < nfields ? fields[folder_column] : "";
+        /* A plain name inside OUTDIR, whatever an edited series.csv says. */
+        if (!folder[0] || folder[0] == '.' || strchr(folder, '/'))
+            die(EXIT_BAD_INPUT, "%s:%ld: folder '%s' is not a series folder name", manifest,
+                csv_line(r), folder);
+        strlist_push(&run->folders, folder);
+        if (ids_column >= 0 && (size_t)ids_column < nfields)
+            add_ids(&run->ids, fields[ids_column]);
+    }
+    if (status < 0)
+        die(EXIT_BAD_INPUT, "%s", err);
+    csv_close(r);
+}
+
+/* The slice IDs of an earlier labels CSV in OUTDIR (for a series.csv without slice_ids). */
+static void read_earlier_labels(const char *path, earlier_run_t *run)
+{
+    if (!starts_with_line(path, LABELS_HEADER))
+        return;
+    label_table_t labels;
+    char err[512];
+    if (labels_read(path, &labels, err, sizeof err) != 0) {
+        log_warn("%s", err);
+        return;
+    }
+    for (size_t i = 0; i < labels.count; i++)
+        strlist_push(&run->ids, labels.slices[i].id);
+    labels_free(&labels);
+}
+
+/* Did the earlier run write this file of a series folder: one of its slices, or one of its
+ * unfinished temporaries (".NAME.tmp-PID-N")? */
+static int written_earlier(const earlier_run_t *run, const char *name)
+{
+    if (name[0] == '.')
+        return strstr(name, ".tmp-") != NULL;
+    if (!path_has_ext(name, ".dcm") || !run->ids.count)
+        return 0;
+    char *id = path_stem(name);
+    int found = bsearch(&id, run->ids.items, run->ids.count, sizeof *run->ids.items,
+                        compare_strings) != NULL;
+    free(id);
+    return found;
+}
+
 /*
- * One series folder of an earlier run: its slice files (*.dcm) and unfinished temporaries,
- * then the folder when nothing else is left in it. Symbolic links are never followed.
+ * One series folder of an earlier run: the files it wrote, then the folder when nothing else
+ * is left in it. Other files are kept and counted. Symbolic links are never followed.
  * Returns the number of files removed.
  */
-static int remove_series_folder(const char *dir)
+static int remove_series_files(const char *dir, earlier_run_t *run)
 {
     struct stat st;
     if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
@@ -483,69 +613,35 @@ static int remove_series_folder(const char *dir)
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         const char *name = e->d_name;
-        int temporary = name[0] == '.' && strstr(name, ".tmp-") != NULL;
-        if (temporary || (name[0] != '.' && path_has_ext(name, ".dcm")))
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+            continue;
+        char *path = path_join(dir, name);
+        if (written_earlier(run, name) && lstat(path, &st) == 0 && S_ISREG(st.st_mode))
             strlist_push(&ours, name);
+        else if (run->kept++ < KEPT_NAMED)
+            strlist_push(&run->some_kept, path);
+        free(path);
     }
     closedir(d);
 
-    int removed = 0;
     for (size_t i = 0; i < ours.count; i++) {
         char *path = path_join(dir, ours.items[i]);
-        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode)) {
-            remove_file(path);
-            removed++;
-        }
+        remove_file(path);
         free(path);
     }
+    int removed = (int)ours.count;
     strlist_free(&ours);
-    if (rmdir(dir) != 0) {
-        if (errno != ENOTEMPTY && errno != EEXIST)
-            die(EXIT_IO, "cannot remove folder %s: %s", dir, strerror(errno));
-        log_warn("kept %s: it holds files that mkphantom did not write", dir);
-    }
-    return removed;
-}
-
-/* The series folders listed in an earlier series.csv; returns how many files went. */
-static int remove_listed_series(const char *out, const char *manifest, int *nfolders)
-{
-    char err[512];
-    csv_reader_t *r = csv_open(manifest, err, sizeof err);
-    if (!r)
-        die(EXIT_BAD_INPUT, "%s", err);
-    char **fields;
-    size_t nfields;
-    long folder_column = -1;
-    int removed = 0, status;
-    while ((status = csv_next(r, &fields, &nfields, err, sizeof err)) == 1) {
-        if (folder_column < 0) {
-            for (size_t k = 0; k < nfields; k++)
-                if (strcmp(fields[k], "folder") == 0)
-                    folder_column = (long)k;
-            continue;
-        }
-        const char *folder = (size_t)folder_column < nfields ? fields[folder_column] : "";
-        /* A plain name inside OUTDIR, whatever an edited series.csv says. */
-        if (!folder[0] || folder[0] == '.' || strchr(folder, '/'))
-            die(EXIT_BAD_INPUT, "%s:%ld: folder '%s' is not a series folder name", manifest,
-                csv_line(r), folder);
-        char *dir = path_join(out, folder);
-        removed += remove_series_folder(dir);
-        free(dir);
-        (*nfolders)++;
-    }
-    if (status < 0)
-        die(EXIT_BAD_INPUT, "%s", err);
-    csv_close(r);
+    if (rmdir(dir) != 0 && errno != ENOTEMPTY && errno != EEXIST)
+        die(EXIT_IO, "cannot remove folder %s: %s", dir, strerror(errno));
     return removed;
 }
 
 /*
  * A non-empty OUTDIR would mix an earlier run's files with this one's (more series, a test
  * split that is no longer made), so it is refused unless --force. --force removes what the
- * earlier run wrote, as its series.csv lists it, and nothing else; a file of someone else's
- * at one of this run's output names stops the run rather than being overwritten.
+ * earlier run wrote, as its series.csv (folders and slice IDs) and labels CSVs list it, and
+ * nothing else; a file of someone else's at one of this run's CSV names stops the run before
+ * anything is removed.
  */
 static void prepare_outdir(const options_t *o)
 {
@@ -557,24 +653,51 @@ static void prepare_outdir(const options_t *o)
 
     char *manifest = path_join(o->out, MANIFEST_NAME);
     int earlier = path_exists(manifest);
-    if (earlier && !starts_with_line(manifest, MANIFEST_HEADER))
+    if (earlier && !is_our_manifest(manifest))
         die(EXIT_BAD_INPUT, "%s was not written by mkphantom: not replacing it", manifest);
-    int nfolders = 0, nfiles = 0;
-    if (earlier)
-        nfiles = remove_listed_series(o->out, manifest, &nfolders);
-
     const char *csv_names[] = {LABELS_NAME, TEST_LABELS_NAME};
-    for (size_t i = 0; i < sizeof csv_names / sizeof *csv_names; i++) {
-        char *path = path_join(o->out, csv_names[i]);
+    char *csv_paths[2];
+    int earlier_csv[2];
+    for (size_t i = 0; i < 2; i++) {
+        csv_paths[i] = path_join(o->out, csv_names[i]);
+        earlier_csv[i] = earlier && starts_with_line(csv_paths[i], LABELS_HEADER);
         int written_now = i == 0 ? o->labels == NULL : o->test_fraction > 0;
-        if (earlier && starts_with_line(path, LABELS_HEADER)) {
-            remove_file(path);
-            nfiles++;
-        } else if (written_now && path_exists(path)) {
+        if (written_now && !earlier_csv[i] && path_exists(csv_paths[i]))
             die(EXIT_BAD_INPUT, "%s was not written by an earlier mkphantom run: not "
-                                "replacing it", path);
+                                "replacing it", csv_paths[i]);
+    }
+
+    int nfiles = 0;
+    earlier_run_t run = {0};
+    if (earlier) {
+        read_earlier_manifest(manifest, &run);
+        for (size_t i = 0; i < 2; i++)
+            if (earlier_csv[i])
+                read_earlier_labels(csv_paths[i], &run);
+        if (run.ids.count)
+            qsort(run.ids.items, run.ids.count, sizeof *run.ids.items, compare_strings);
+        for (size_t f = 0; f < run.folders.count; f++) {
+            char *dir = path_join(o->out, run.folders.items[f]);
+            nfiles += remove_series_files(dir, &run);
+            free(dir);
         }
-        free(path);
+        if (run.kept) {
+            char named[1024] = "";
+            for (size_t i = 0; i < run.some_kept.count; i++) {
+                size_t len = strlen(named);
+                snprintf(named + len, sizeof named - len, "%s%s", i ? ", " : "",
+                         run.some_kept.items[i]);
+            }
+            log_warn("kept %zu files in the earlier run's series folders that mkphantom did "
+                     "not write: %s%s", run.kept, named, run.kept > KEPT_NAMED ? ", ..." : "");
+        }
+    }
+    for (size_t i = 0; i < 2; i++) {
+        if (earlier_csv[i]) {
+            remove_file(csv_paths[i]);
+            nfiles++;
+        }
+        free(csv_paths[i]);
     }
     if (earlier) {
         remove_file(manifest);
@@ -582,12 +705,108 @@ static void prepare_outdir(const options_t *o)
     }
     nfiles += tmp_sweep(o->out);
     if (earlier)
-        log_info("replaced the earlier run in %s: removed %d series folders' files and its "
-                 "CSVs (%d files)", o->out, nfolders, nfiles);
+        log_info("replaced the earlier run in %s: removed the files of its %zu series "
+                 "folders and its CSVs (%d files)", o->out, run.folders.count, nfiles);
     else
         log_warn("%s holds no %s of an earlier run: writing beside its files", o->out,
                  MANIFEST_NAME);
+    strlist_free(&run.folders);
+    strlist_free(&run.ids);
+    strlist_free(&run.some_kept);
     free(manifest);
+}
+
+/* ---- --labels: a path that clashes with nothing ---- */
+
+/* "a/./b//../c" -> "a/c" for an absolute path, in place. */
+static void normalise_lexically(char *path)
+{
+    char *out = path;
+    const char *in = path;
+    while (*in) {
+        while (*in == '/')
+            in++;
+        size_t len = strcspn(in, "/");
+        if (len == 1 && in[0] == '.') {
+            /* nothing */
+        } else if (len == 2 && in[0] == '.' && in[1] == '.') {
+            while (out > path && *--out != '/')
+                ;
+        } else if (len) {
+            *out++ = '/';
+            memmove(out, in, len);
+            out += len;
+        }
+        in += len;
+    }
+    if (out == path)
+        *out++ = '/';
+    *out = 0;
+}
+
+/*
+ * One spelling per file, whether it exists or not: absolute, lexically normalised, and with
+ * symbolic links resolved in the longest part of it that exists.
+ */
+static char *canonical_path(const char *path)
+{
+    char cwd[4096];
+    if (path[0] != '/' && !getcwd(cwd, sizeof cwd))
+        die(EXIT_IO, "cannot get the current folder: %s", strerror(errno));
+    char *full = path[0] == '/' ? xstrdup(path) : xasprintf("%s/%s", cwd, path);
+    normalise_lexically(full);
+    size_t cut = strlen(full);
+    for (;;) {
+        char saved = full[cut];
+        full[cut] = 0;
+        char *resolved = realpath(cut ? full : "/", NULL);
+        full[cut] = saved;
+        if (resolved) {
+            char *result = xasprintf("%s%s", strcmp(resolved, "/") ? resolved : "", full + cut);
+            free(resolved);
+            free(full);
+            return result;
+        }
+        while (cut > 0 && full[--cut] != '/')
+            ;
+    }
+}
+
+/*
+ * --labels must not be one of the files mkphantom writes in OUTDIR (it would lose one of
+ * them) and must not replace a file it did not write: an existing one needs --force, and
+ * then must be a labels CSV (first line "ID,Label").
+ */
+static void check_labels_path(const options_t *o)
+{
+    if (!o->labels)
+        return;
+    char *labels = canonical_path(o->labels), *out = canonical_path(o->out);
+    const char *own[] = {MANIFEST_NAME, TEST_LABELS_NAME};
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
+        char *path = path_join(out, own[i]);
+        int clash = strcmp(path, labels) == 0;
+        free(path);
+        if (clash) {
+            fprintf(stderr, "mkphantom: error: --labels %s is OUTDIR/%s, which mkphantom "
+                            "writes itself; give another file\n", o->labels, own[i]);
+            exit(EXIT_USAGE);
+        }
+    }
+    if (strcmp(labels, out) == 0 || path_is_dir(o->labels)) {
+        fprintf(stderr, "mkphantom: error: --labels %s is a folder, not a file\n", o->labels);
+        exit(EXIT_USAGE);
+    }
+    free(labels);
+    free(out);
+    if (!path_exists(o->labels))
+        return;
+    if (!o->force)
+        die(EXIT_BAD_INPUT, "--labels %s exists: not overwriting it (--force replaces a labels "
+                            "CSV an earlier mkphantom run wrote)", o->labels);
+    if (!starts_with_line(o->labels, LABELS_HEADER))
+        die(EXIT_BAD_INPUT, "--labels %s is not a labels CSV ('%s' first line): not replacing "
+                            "it, even with --force", o->labels, LABELS_HEADER);
 }
 
 int main(int argc, char **argv)
@@ -620,7 +839,8 @@ int main(int argc, char **argv)
          "rsna|dicom"},
         {'j', "threads", OPT_INT, &o.threads, "N", "worker threads", 1, 256, NULL},
         {0, "force", OPT_FLAG, &o.force, NULL,
-         "replace an earlier mkphantom run in OUTDIR (only the files it wrote)",
+         "replace an earlier mkphantom run in OUTDIR (only the files it wrote) and an "
+         "earlier labels CSV at --labels",
          0, 0, NULL},
         {0},
     };
@@ -640,13 +860,20 @@ int main(int argc, char **argv)
             "  labels CSV     ID,Label rows ID_<slice>_<subtype> (six per slice) for the\n"
             "                 training series\n"
             "  OUTDIR/test_labels.csv  the same for the test series (with --test-fraction)\n"
-            "  OUTDIR/series.csv       one row per series: IDs, split, tilt, lesions\n"
+            "  OUTDIR/series.csv       one row per series: IDs, split, tilt, lesions, slices\n"
             "OUTDIR must be absent or empty (exit 3 otherwise), so that no file of an earlier\n"
             "run passes for one of this run's. --force replaces an earlier mkphantom run there:\n"
-            "the .dcm files of the series folders its series.csv lists, and its CSVs, are\n"
-            "removed first. Files mkphantom did not write are kept; one at an output name\n"
-            "stops the run (exit 3).\n"
-            "The same options give byte-identical files, whatever -j.",
+            "the slices its series.csv (or its labels CSVs in OUTDIR) lists, its CSVs and\n"
+            "unfinished temporaries are removed first. Files mkphantom did not write are kept\n"
+            "(a warning lists those in series folders); one at an output CSV name stops the\n"
+            "run (exit 3).\n"
+            "--labels may not name OUTDIR/series.csv or OUTDIR/test_labels.csv (exit 2), nor\n"
+            "an existing file unless --force, and then only a labels CSV ('ID,Label' first\n"
+            "line; exit 3 otherwise).\n"
+            "IDs derive from --seed and every option that changes what is generated (--series,\n"
+            "--slices, --size, --prevalence, --rates, --test-fraction, --uids), so datasets\n"
+            "made with different options share no IDs. The same options give byte-identical\n"
+            "files, whatever -j or OUTDIR.",
         .exit_codes = NULL,
         .options = options,
         .min_positional = 0,
@@ -672,6 +899,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
+    check_labels_path(&o);
     prepare_outdir(&o);
 
     double t0 = time_now();

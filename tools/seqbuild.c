@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "check.h"
 #include "exitcodes.h"
@@ -18,7 +19,42 @@
 
 typedef struct {
     const char *out;
+    int threads;
 } seqbuild_options_t;
+
+/* Are two paths one file (a link, another spelling)? Only existing files can be. */
+static int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/*
+ * Rows that would be grouped wrongly: without a study or series UID, slices of different
+ * series would merge into one and be ordered as one (exit 3). A blank PatientID only loses
+ * the patient's name, as the UIDs still keep series apart: a warning.
+ */
+static void check_identities(const meta_table_t *meta)
+{
+    size_t blank_patients = 0, first_blank = 0;
+    for (size_t i = 0; i < meta->count; i++) {
+        if (!meta_usable(meta, i))
+            continue;
+        const char *missing = meta_blank(meta->series_uid[i])  ? "SeriesInstanceUID"
+                              : meta_blank(meta->study_uid[i]) ? "StudyInstanceUID"
+                                                               : NULL;
+        if (missing)
+            die(EXIT_BAD_INPUT, "%s: slice %s (%s) has no %s: it cannot be told apart from "
+                "other series", meta->file, meta->id[i], meta->path[i], missing);
+        if (meta_blank(meta->patient_id[i]) && blank_patients++ == 0)
+            first_blank = i;
+    }
+    if (blank_patients)
+        log_warn("%s: %zu usable slices have no PatientID (first: %s, %s); their series keep "
+                 "an empty patient_id", meta->file, blank_patients, meta->id[first_blank],
+                 meta->path[first_blank]);
+}
 
 static void write_sequences(const char *out_path, const meta_table_t *meta,
                             const series_set_t *set)
@@ -126,10 +162,12 @@ static void report_flags(const meta_table_t *meta, const series_set_t *set)
 int main(int argc, char **argv)
 {
     log_init("seqbuild", LOG_INFO);
-    seqbuild_options_t o = {.out = NULL};
+    seqbuild_options_t o = {.out = NULL, .threads = 1};
     const opt_t options[] = {
         {'o', "out", OPT_STRING, &o.out, "FILE", "sequences file to write (required)", 1, 0,
          NULL},
+        {'j', "threads", OPT_INT, &o.threads, "N",
+         "worker threads ordering the series (the output is the same for any N)", 1, 256, NULL},
         {0},
     };
     const opt_spec_t spec = {
@@ -147,8 +185,14 @@ int main(int argc, char **argv)
                    "  mixed_orientation   orientations differ: the majority's normal is used\n"
                    "  no_position         a slice lacks a position: placed last, by ID\n"
                    "  uneven_spacing      a step over 1.5x or under 0.5x the median step\n"
+                   "A slice without a StudyInstanceUID or SeriesInstanceUID stops the run\n"
+                   "(exit 3), as does a META.h5 without usable rows; a slice without a\n"
+                   "PatientID is a warning.\n"
                    "Layout of the output: data-layout.md.",
-        .exit_codes = NULL,
+        .exit_codes =
+            "  seqbuild: 2 also when -o names the input META.h5 (it would be overwritten);\n"
+            "            3 also when META.h5 has no usable row, or a usable row has no\n"
+            "            StudyInstanceUID or SeriesInstanceUID.\n",
         .options = options,
         .min_positional = 1,
         .max_positional = 1,
@@ -160,17 +204,25 @@ int main(int argc, char **argv)
         free(inputs);
         return EXIT_USAGE;
     }
+    if (same_file(o.out, inputs[0])) {
+        fprintf(stderr, "seqbuild: error: -o %s is the input META.h5 (%s): it would be "
+                        "overwritten; give another output file\n", o.out, inputs[0]);
+        free(inputs);
+        return EXIT_USAGE;
+    }
 
     double t0 = time_now();
     meta_table_t meta;
     meta_load(inputs[0], &meta);
+    meta_require_usable(&meta);
     size_t dup_a, dup_b;
     if (meta_find_duplicate(&meta, &dup_a, &dup_b))
         die(EXIT_BAD_INPUT, "%s: slice ID %s appears twice: %s and %s", meta.file,
             meta.id[dup_a], meta.path[dup_a], meta.path[dup_b]);
+    check_identities(&meta);
 
     series_set_t set;
-    series_build(&meta, &set);
+    series_build(&meta, &set, o.threads);
     report_flags(&meta, &set);
     write_sequences(o.out, &meta, &set);
 

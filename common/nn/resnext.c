@@ -39,7 +39,7 @@ static void declare_convbn(nn_paramset_t *ps, rx_convbn_t *cb, const char *conv_
                            int groups)
 {
     char name[NN_NAME_MAX];
-    cb->conv = (nn_conv_t){in, out, kernel, stride, kernel / 2, groups, NULL, 1, 0};
+    cb->conv = (nn_conv_t){in, out, kernel, stride, kernel / 2, groups, NULL, 0, 0};
     cb->bn = (nn_bnorm_t){out, 1e-5f, 0.1f, NULL};
 
     int64_t wdims[4] = {out, in / groups, kernel, kernel}, vdims[1] = {out};
@@ -298,9 +298,9 @@ static float *eval_buffer(resnext_t *m, int k)
 
 /* ---- forward ------------------------------------------------------------------------------- */
 
-void resnext_set_precision(resnext_t *m, int precision)
+/* Apply the precision and the weight cache choices to every convolution. */
+static void configure_convs(resnext_t *m)
 {
-    m->precision = precision;
     rx_convbn_t *all[4];
     for (int i = -1; i < m->n_blocks; i++) {
         int count = 0;
@@ -314,9 +314,26 @@ void resnext_set_precision(resnext_t *m, int precision)
             if (blk->has_down)
                 all[count++] = &blk->down;
         }
-        for (int k = 0; k < count; k++)
-            all[k]->conv.precision = nn_conv_precision(precision, &all[k]->conv);
+        for (int k = 0; k < count; k++) {
+            nn_conv_t *conv = &all[k]->conv;
+            conv->precision = nn_conv_precision(m->precision, conv);
+            conv->cache_weights = m->weight_cache == RESNEXT_WEIGHT_CACHE_ON ||
+                                  (m->weight_cache == RESNEXT_WEIGHT_CACHE_AUTO &&
+                                   conv->precision == NN_PRECISION_BF16);
+        }
     }
+}
+
+void resnext_set_precision(resnext_t *m, int precision)
+{
+    m->precision = precision;
+    configure_convs(m);
+}
+
+void resnext_set_weight_cache(resnext_t *m, int mode)
+{
+    m->weight_cache = mode;
+    configure_convs(m);
 }
 
 static nn_tensor_t shaped(float *data, const nn_tensor_t *like)

@@ -146,7 +146,28 @@ def make_good_fixtures(s16, u12):
     # MR: 12-bit unsigned with intercept 0, which would get the wrap fix if it were CT.
     fx["mr12"] = fixture("mr12.dcm", u12, "19")
     sh("dcmodify", "-nb", "-m", "(0008,0060)=MR", "-m", "(0028,1052)=0", fx["mr12"])
+    fx["odd8"] = make_odd8(s16)
     return fx
+
+
+def make_odd8(s16):
+    """8-bit unsigned, 13 x 15 pixels: 195 bytes of pixel data stored with the one padding
+    byte the standard asks for (196), which is no length mismatch."""
+    import pydicom
+    ds = pydicom.dcmread(s16)
+    hu = ds.pixel_array[50:63, 40:55].astype(np.int64) - 1024
+    stored = np.clip(hu + 60, 0, 255).astype(np.uint8)
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -60, 1
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OB"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID_ROOT + "40"
+    path = os.path.join(FX, "odd8.dcm")
+    ds.save_as(path)
+    stored_length = len(pydicom.dcmread(path)["PixelData"].value)
+    assert stored_length == 196, "odd8 fixture: pixel data %d bytes" % stored_length
+    return path
 
 
 def reference_dataset(name, path):
@@ -239,19 +260,20 @@ def check_wrap(fx, good_images, u12):
 
 def check_resize_and_jpeg_options(fx):
     import cv2
-    half = SIZE // 2
-    out = os.path.join(WORK, "small")
-    testlib.run_expect("dcm2jpg", ["--size", half, "--format", "ppm", "-o", out, fx["s16"]],
-                       expect=0)
-    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
-    assert attrs["size"] == half
-    small = testlib.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
+    # OpenCV's fixed-point INTER_LINEAR is reproduced exactly (common/imgproc.c), for an
+    # exact 2x reduction and for a ratio that is not a whole number.
     exact = dicom_ref.window(dicom_ref.read(fx["s16"]))
-    want = cv2.resize(exact, (half, half), interpolation=cv2.INTER_LINEAR)
-    diff = np.abs(small.astype(int) - want.astype(int))
-    assert small.shape == (half, half, 3) and diff.max() <= 1, (small.shape, diff.max())
-    passed("--size %d vs OpenCV INTER_LINEAR: max difference %d, mean %.4f"
-           % (half, diff.max(), diff.mean()))
+    for side in (SIZE // 2, SIZE * 3 // 4 + 1):
+        out = os.path.join(WORK, "small%d" % side)
+        testlib.run_expect("dcm2jpg", ["--size", side, "--format", "ppm", "-o", out,
+                                       fx["s16"]], expect=0)
+        rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
+        assert attrs["size"] == side
+        small = testlib.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
+        want = cv2.resize(exact, (side, side), interpolation=cv2.INTER_LINEAR)
+        diff = np.abs(small.astype(int) - want.astype(int))
+        assert small.shape == (side, side, 3) and diff.max() == 0, (small.shape, diff.max())
+        passed("--size %d vs OpenCV INTER_LINEAR: max difference %d" % (side, diff.max()))
 
     sizes, errors = {}, {}
     for label, extra in (("q95", []), ("q80", ["--quality", "80"]),
@@ -270,6 +292,66 @@ def check_resize_and_jpeg_options(fx):
     passed("JPEG bytes %s, mean error %s"
            % (sizes, {k: round(v, 3) for k, v in errors.items()}))
 
+    # --bgr: the original method's byte order (OpenCV wrote array channel 0, brain, as B).
+    out = os.path.join(WORK, "bgr")
+    testlib.run_expect("dcm2jpg", ["--bgr", "--format", "ppm", "-o", out, fx["s16"]], expect=0)
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
+    got = testlib.load_image(os.path.join(out, rows[0]["id"] + ".ppm"))
+    assert attrs["channel_order"] == "bgr" and np.array_equal(got, exact[:, :, ::-1])
+    assert not np.array_equal(got, exact)
+    passed("--bgr: R holds the bone window and B the brain window, exactly; channel_order "
+           "'bgr' in meta.h5")
+
+    # --size is limited to 8192: larger ones are a usage error, not an allocation failure.
+    expect_nothing("size-over-limit", ["--size", "8193", fx["s16"]], 2, r"out of range")
+    check_out_of_memory(fx["s16"])
+
+
+def binary_has_asan():
+    with open(os.path.join(BIN, "dcm2jpg"), "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def run_limited(limit, args):
+    """dcm2jpg args with its address space limited to limit bytes."""
+    import resource
+
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return subprocess.run([os.path.join(BIN, "dcm2jpg")] + [str(a) for a in args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=set_limit)
+
+
+def check_out_of_memory(s16):
+    """An image too big for the memory there is fails that file (exit 3 here, with no other
+    slice), instead of ending the program as an internal error (exit 1)."""
+    if binary_has_asan():
+        testlib.skip("an allocation failure under a memory limit", "AddressSanitizer build")
+        return
+    out = os.path.join(WORK, "oom")
+    small = ["-q", "--force", "--size", 64, "-o", out, s16]
+    # The least address space a small conversion needs (within 4 MiB), plus 32 MiB: far less
+    # than the 192 MiB of one 8192 x 8192 RGB image.
+    low, high = 16 << 20, 4 << 30
+    if run_limited(high, small).returncode != 0:
+        testlib.skip("an allocation failure under a memory limit", "fails even with 4 GiB")
+        return
+    while high - low > 4 << 20:
+        mid = (low + high) // 2
+        if run_limited(mid, small).returncode == 0:
+            high = mid
+        else:
+            low = mid
+    limit = high + (32 << 20)
+    proc = run_limited(limit, ["--size", 8192, "-o", out + "-big", s16])
+    assert proc.returncode == 3, "exit %d\n%s" % (proc.returncode, proc.stderr[-2000:])
+    assert re.search(r"out of memory for a 8192x8192 image", proc.stderr), proc.stderr
+    assert run_limited(limit, small).returncode == 0
+    passed("--size 8192 under a %d MiB address-space limit (a 64-pixel conversion needs %d "
+           "MiB): 'out of memory for a 8192x8192 image' for the file, exit 3; --size 8193 is "
+           "a usage error" % (limit >> 20, high >> 20))
+
 
 def make_bad_fixtures(s16):
     """Files dcm2jpg must reject: name -> path."""
@@ -285,6 +367,10 @@ def make_bad_fixtures(s16):
     with open(bad["short_pixels"], "wb") as f:
         f.write(data[:start - 4] + SHORT_KEEP.to_bytes(4, "little")
                 + data[start:start + SHORT_KEEP])
+    # Cut just before the pixel data element: a complete-looking CT header, no image.
+    bad["cut_before_pixels"] = os.path.join(FX, "cut_before_pixels.dcm")
+    with open(bad["cut_before_pixels"], "wb") as f:
+        f.write(data[:start - 12])
     bad["truncated_header"] = os.path.join(FX, "truncated_header.dcm")
     with open(bad["truncated_header"], "wb") as f:
         f.write(data[:600])
@@ -302,7 +388,33 @@ def make_bad_fixtures(s16):
         f.write(data.replace(JPEG_LOSSLESS_SV1.encode(), JPEG_2000.encode()))
     bad["duplicate_a"] = fixture("dup_a.dcm", s16, "21")
     bad["duplicate_b"] = fixture("dup_b.dcm", s16, "21", "dcmconv", "+ti")
+
+    # Rows x Columns a quarter of the pixel data: decoded, it would be a scrambled image.
+    bad["rows_mismatch"] = fixture("rows_mismatch.dcm", s16, "23")
+    sh("dcmodify", "-nb", "-m", "(0028,0010)=%d" % (SIZE // 2), "-m",
+       "(0028,0011)=%d" % (SIZE // 2), bad["rows_mismatch"])
+    # Rescale values that are no finite number, or a slope of 0. dcmodify writes a valid
+    # placeholder of the same length, replaced byte for byte.
+    for k, (name, tag, bad_text) in enumerate(RESCALE_CASES):
+        path = fixture(name + ".dcm", s16, str(24 + k))
+        placeholder = b"-9.87654" if tag == "(0028,1052)" else b"9.876543"
+        sh("dcmodify", "-nb", "-m", "%s=%s" % (tag, placeholder.decode()), path)
+        raw = open(path, "rb").read()
+        assert raw.count(placeholder) == 1, name
+        with open(path, "wb") as f:
+            f.write(raw.replace(placeholder, bad_text.ljust(len(placeholder)).encode()))
+        bad[name] = path
     return bad
+
+
+# name, tag, value: each a per-file error naming the tag and the value.
+RESCALE_CASES = [
+    ("slope_text", "(0028,1053)", "abc"),
+    ("slope_nan", "(0028,1053)", "NaN"),
+    ("slope_overflow", "(0028,1053)", "1e400"),
+    ("slope_zero", "(0028,1053)", "0"),
+    ("intercept_text", "(0028,1052)", "-1024abc"),
+]
 
 
 def make_skipped_fixtures(s16):
@@ -323,11 +435,15 @@ def make_skipped_fixtures(s16):
         f.write(data[:start - 4] + (4 * SIZE * SIZE).to_bytes(4, "little") + data[start:]
                 + data[start:])
     sh("dcmodify", "-nb", "-i", "(0028,0008)=2", skipped["multi_frame"])
-    # No pixel data: a structured report, and a CT header without its image.
+    # No pixel data and no image: a structured report (SR class, no Rows/Columns).
     skipped["sr"] = fixture("sr.dcm", s16, "31")
-    sh("dcmodify", "-nb", "-ea", "(7fe0,0010)", "-m", "(0008,0060)=SR", skipped["sr"])
-    skipped["no_pixels"] = fixture("no_pixels.dcm", s16, "32")
-    sh("dcmodify", "-nb", "-ea", "(7fe0,0010)", skipped["no_pixels"])
+    sh("dcmodify", "-nb", "-ea", "(7fe0,0010)", "-ea", "(0028,0010)", "-ea", "(0028,0011)",
+       "-m", "(0008,0016)=1.2.840.10008.5.1.4.1.1.88.11", "-m", "(0008,0060)=SR",
+       skipped["sr"])
+    # A scout image.
+    skipped["localizer"] = fixture("localizer.dcm", s16, "32")
+    sh("dcmodify", "-nb", "-m", "(0008,0008)=ORIGINAL\\PRIMARY\\LOCALIZER",
+       skipped["localizer"])
     return skipped
 
 
@@ -348,11 +464,20 @@ SKIPPED = {
     "colour": r"colour image",
     "multi_frame": r"multi-frame image \(2 frames\)",
     "sr": r"no image: Modality SR",
-    "no_pixels": r"no image",
+    "localizer": r"localizer \(scout\) image: ImageType ORIGINAL\\PRIMARY\\LOCALIZER",
 }
 ERRORS = {
+    "cut_before_pixels": r"no pixel data: truncated\?",
+    "rows_mismatch": r"pixel data is %d bytes, but Rows %d x Columns %d .* = %d bytes"
+                     % (2 * SIZE * SIZE, SIZE // 2, SIZE // 2, SIZE * SIZE // 2),
+    "slope_text": r"invalid RescaleSlope 'abc'",
+    "slope_nan": r"invalid RescaleSlope 'NaN'",
+    "slope_overflow": r"invalid RescaleSlope '1e400'",
+    "slope_zero": r"invalid RescaleSlope 0",
+    "intercept_text": r"invalid RescaleIntercept '-1024abc'",
     "truncated_file": r"truncated",
-    "short_pixels": r"pixel data too short: %d bytes" % SHORT_KEEP,
+    "short_pixels": r"pixel data is %d bytes, but Rows %d x Columns %d .* = %d bytes"
+                    % (SHORT_KEEP, SIZE, SIZE, 2 * SIZE * SIZE),
     "truncated_header": r"truncated|corrupt",
     "garbage": r"truncated or corrupt|corrupt",
     "jpeg2000": r"transfer syntax 1\.2\.840\.10008\.1\.2\.4\.90 \(JPEG 2000",
@@ -411,6 +536,15 @@ def check_bad(good, bad, skipped):
         assert row["status"] == "error" and re.search(pattern, row["message"]), (
             "%s: %s %s" % (name, row["status"], row["message"]))
         assert bad[name] in err, "%s is not named on stderr" % name
+    # The independent reader refuses the same rescale values: an exception, or a value that
+    # is not finite or a slope of 0.
+    for name, _, _ in RESCALE_CASES:
+        try:
+            slope, intercept = dicom_ref.rescale(dicom_ref.read(bad[name]))
+            refused = not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0)
+        except (ValueError, TypeError, OverflowError):
+            refused = True
+        assert refused, "%s: pydicom reads a usable slope and intercept" % name
     for mine, other in (("duplicate_a", "duplicate_b"), ("duplicate_b", "duplicate_a")):
         row = by_path[bad[mine]]
         assert row["status"] == "error" and "duplicate SOPInstanceUID" in row["message"]
@@ -423,9 +557,9 @@ def check_bad(good, bad, skipped):
     assert want in summary, "summary %r, expected %r" % (summary, want)
     assert (attrs["converted"], attrs["failed"], attrs["non_dicom"]) == (1, len(bad), not_dicom)
 
-    # Only the good slice's image and the table; no temporary files.
+    # Only the good slice's image, the table and the settings record; no temporary files.
     files = sorted(os.listdir(out))
-    assert files == sorted([by_path[good]["id"] + ".jpg", "meta.h5"]), files
+    assert files == sorted([by_path[good]["id"] + ".jpg", "meta.h5", ".dcm2jpg-settings"]), files
     passed("bad inputs: %d errors and %d skipped with their messages (%s), %d non-DICOM files "
            "ignored, exit 4, no stray output"
            % (len(bad), len(skipped), ", ".join(sorted(errors) + sorted(skipped)), not_dicom))
@@ -472,11 +606,119 @@ def check_exit_codes(good, bad, mr, not_dicom_dir):
     proc = testlib.run_plain("dcm2jpg", "--help")
     assert proc.returncode == 0, proc.returncode
     for word in ("--out", "--list", "--threads", "--quality", "--subsample420", "--size",
-                 "--format", "--force", "--no-fix-wrap", "--any-modality", "(default: 95)",
-                 "Exit codes", "  4  "):
+                 "--format", "--force", "--no-fix-wrap", "--any-modality", "(default: 95",
+                 "--bgr", "--keep-localizers", "0..8192", "Exit codes", "  4  "):
         assert word in proc.stdout, "--help lacks %r" % word
     passed("exit codes: 3 for failed/missing/non-DICOM/non-CT-only input (nothing written), "
            "2 for usage errors, --help complete")
+
+
+def check_localizer_kept(path):
+    """--keep-localizers converts a scout like any slice; meta.h5 has its ImageType."""
+    out = os.path.join(WORK, "localizer")
+    testlib.run_expect("dcm2jpg", ["--keep-localizers", "--format", "ppm", "-o", out, path],
+                       expect=0)
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
+    row = rows[0]
+    assert row["status"] == "ok" and row["image_type"] == "ORIGINAL\\PRIMARY\\LOCALIZER", row
+    assert attrs["keep_localizers"] == 1
+    got = testlib.load_image(os.path.join(out, row["id"] + ".ppm"))
+    assert np.array_equal(got, dicom_ref.window(dicom_ref.read(path)))
+    passed("localizer: skipped by default, converted (equal to pydicom+numpy) with "
+           "--keep-localizers; image_type %r in meta.h5" % row["image_type"])
+
+
+def unprivileged_prefix():
+    """A command prefix under which file permissions hold: as root, setpriv drops every
+    capability (the uid stays 0); others need none. None when that is not possible."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        return None
+    prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    probe = os.path.join(WORK, "probe")
+    open(probe, "w").close()
+    os.chmod(probe, 0)
+    proc = subprocess.run(prefix + ["cat", probe], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    os.chmod(probe, 0o600)
+    return prefix if proc.returncode != 0 else None
+
+
+def run_prefixed(prefix, args):
+    cmd = (prefix or []) + [os.path.join(BIN, "dcm2jpg")] + [str(a) for a in args]
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_walk(s16, prefix):
+    """In a folder walk, what cannot be read is an error row (exit 4), never lost in silence:
+    an empty or cut *.dcm, a broken link, an unreadable subfolder. A file reached twice (the
+    folder given twice, a file in it given again, a link to a file, a link loop) is converted
+    once, with no duplicate-ID error."""
+    top = os.path.join(FX, "walk")
+    series = os.path.join(top, "series")
+    locked = os.path.join(top, "locked")
+    os.makedirs(series)
+    os.makedirs(locked)
+    first = fixture("walk/series/a.dcm", s16, "50")
+    fixture("walk/series/b.dcm", s16, "51")
+    fixture("walk/locked/c.dcm", s16, "52")
+    open(os.path.join(series, "empty.dcm"), "wb").close()
+    with open(first, "rb") as f, open(os.path.join(series, "cut.dcm"), "wb") as out:
+        out.write(f.read()[:100])
+    with open(os.path.join(series, "notes.txt"), "w") as f:
+        f.write("not an image\n")
+    os.symlink(os.path.join(FX, "absent.dcm"), os.path.join(series, "gone.dcm"))
+    os.symlink("a.dcm", os.path.join(series, "link_to_a.dcm"))
+    os.symlink("..", os.path.join(series, "loop"))
+    errors = {os.path.join(series, "empty.dcm"): r"empty file \(0 bytes\)",
+              os.path.join(series, "cut.dcm"): r"named like a DICOM file, but not a DICOM",
+              os.path.join(series, "gone.dcm"): r"broken symbolic link"}
+    if prefix is not None:
+        os.chmod(locked, 0)
+        errors[locked] = r"cannot read folder: Permission denied"
+    else:
+        testlib.skip("an unreadable subfolder in a walk", "cannot drop root's capabilities")
+
+    out = os.path.join(WORK, "walk-out")
+    proc = run_prefixed(prefix, ["-j", 2, "-o", out, top, top, first])
+    os.chmod(locked, 0o755)
+    assert proc.returncode == 4, "exit %d\n%s" % (proc.returncode, proc.stderr[-3000:])
+    rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
+    by_path = {r["path"]: r for r in rows}
+    ok = sorted(os.path.basename(r["path"]) for r in rows if r["status"] == "ok")
+    want_ok = ["a.dcm", "b.dcm"] + ([] if prefix is not None else ["c.dcm"])
+    assert ok == want_ok, ok
+    assert not any("duplicate" in r["message"] for r in rows), [r["message"] for r in rows]
+    for path, pattern in errors.items():
+        row = by_path.get(path)
+        assert row and row["status"] == "error" and re.search(pattern, row["message"]), (
+            path, row)
+        assert path in proc.stderr, "%s not named on stderr" % path
+    assert len(rows) == len(want_ok) + len(errors) and attrs["non_dicom"] == 1, (
+        len(rows), attrs["non_dicom"])
+    assert "link loop" in proc.stderr and "converted once" in proc.stderr, proc.stderr
+    passed("folder walk: %d errors (%s), 1 non-DICOM file ignored, exit 4; the folder given "
+           "twice, a file given again, a link to it and a link loop: each slice converted "
+           "once" % (len(errors), ", ".join(os.path.basename(p) for p in errors)))
+
+
+def check_unreadable_explicit(s16, prefix):
+    """A file named explicitly that cannot be opened: the system's reason, not 'not DICOM'."""
+    if prefix is None:
+        testlib.skip("an unreadable file named explicitly", "cannot drop root's capabilities")
+        return
+    path = fixture("unreadable.dcm", s16, "53")
+    os.chmod(path, 0)
+    out = os.path.join(WORK, "unreadable-out")
+    proc = run_prefixed(prefix, ["-o", out, path])
+    os.chmod(path, 0o644)
+    assert proc.returncode == 3, "exit %d\n%s" % (proc.returncode, proc.stderr)
+    want = re.escape(path) + r": cannot read: Permission denied"
+    assert re.search(want, proc.stderr), proc.stderr
+    assert not os.path.exists(out) or os.listdir(out) == []
+    passed("an unreadable file named explicitly: '%s', exit 3, nothing written"
+           % proc.stderr.strip().splitlines()[-1].split(": ", 2)[-1])
 
 
 def check_exit_codes_real():
@@ -487,13 +729,15 @@ def check_exit_codes_real():
     expect_nothing("real-explicit-text", [good, readme], 3, re.escape(readme) + r": not a DICOM")
     expect_nothing("real-explicit-png", [png, good], 3, re.escape(png) + r": not a DICOM")
     expect_nothing("real-only-mr", [os.path.join(DATA, "dcm_qa_ts/1.dcm")], 3, r"not CT")
+    expect_nothing("real-localizer", [os.path.join(DATA, "dcm_qa_ct/Philips/S21610/S1000/I10")],
+                   3, r"localizer \(scout\) image")
     expect_nothing("real-only-png", [os.path.join(DATA, REAL_NOT_DICOM)], 3,
                    r"nothing converted")
     # The four encodings of cornerstone's CTImage share one SOPInstanceUID: all rejected.
     copies = sorted(glob.glob(os.path.join(DATA, "cornerstone_testimages", "CTImage.dcm*")))
     check_duplicates("real-duplicates", copies)
-    passed("exit codes on the shared data's README, PNGs, an MR slice and cornerstone's four "
-           "copies of one slice: 3, nothing written")
+    passed("exit codes on the shared data's README, PNGs, an MR slice, a localizer and "
+           "cornerstone's four copies of one slice: 3, nothing written")
 
 
 # Covered slice by slice in test_dcm2jpg_real.py.
@@ -501,14 +745,25 @@ REAL_SLICES = ("rsna_ich_app_series/", "rsna_george091/", "dcm_qa_ct/GE/")
 NO_DECODER = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 
 
+def is_localizer(path):
+    """ImageType holds LOCALIZER, as pydicom reads it."""
+    import pydicom
+    image_type = pydicom.dcmread(path, stop_before_pixels=True, force=True).get("ImageType")
+    values = [image_type] if isinstance(image_type, str) else list(image_type or [])
+    return "LOCALIZER" in [str(v).strip() for v in values]
+
+
 def expected_outcome(item):
-    """Status and message pattern for one INVENTORY.tsv row, from the inventory's columns."""
+    """Status and message pattern for one INVENTORY.tsv row, from the inventory's columns
+    (and ImageType, which it lacks)."""
     if item["pixel_decodes"] == "no_pixel_data":
         return "skipped", r"no image"
     if int(item["SamplesPerPixel"] or 1) != 1:
         return "skipped", r"colour image"
     if int(item["NumberOfFrames"] or 1) > 1:
         return "skipped", r"multi-frame"
+    if is_localizer(os.path.join(DATA, item["path"])):
+        return "skipped", r"localizer \(scout\) image"
     if item["TransferSyntaxUID"] in NO_DECODER:
         return "error", re.escape(item["TransferSyntaxUID"])
     return "ok", r"converted"
@@ -560,8 +815,11 @@ def check_inventory():
                 else:
                     same = row[field] == value
                 assert same, "%s: meta %s = %r, pydicom %r" % (name, field, row[field], value)
-    passed("inventory: %d other DICOM files in %d runs: %s; every converted one equals "
-           "pydicom+numpy" % (len(items), len(runs), tally))
+    localizers = [p for run in runs for p in run.values() if "localizer" in
+                  expected_outcome(p)[1]]
+    assert len(localizers) == 1, "expected the Philips scout among the files: %s" % localizers
+    passed("inventory: %d other DICOM files in %d runs: %s (a localizer among the skipped); "
+           "every converted one equals pydicom+numpy" % (len(items), len(runs), tally))
 
 
 def check_mutations(fx):
@@ -606,8 +864,13 @@ def main():
         check_wrap(fx, images, u12)
         check_resize_and_jpeg_options(fx)
         bad = make_bad_fixtures(s16)
-        not_dicom_dir = check_bad(fx["s16"], bad, make_skipped_fixtures(s16))
+        skipped = make_skipped_fixtures(s16)
+        not_dicom_dir = check_bad(fx["s16"], bad, skipped)
+        check_localizer_kept(skipped["localizer"])
         check_exit_codes(fx["s16"], bad, fx["mr12"], not_dicom_dir)
+        prefix = unprivileged_prefix()
+        check_walk(s16, prefix)
+        check_unreadable_explicit(s16, prefix)
         check_mutations(fx)
     if testlib.have_data("exit codes on the shared data's README, PNGs, MR and cornerstone "
                          "files"):

@@ -2,7 +2,8 @@
 
 - lossless (ppm) output equals the reference windowing exactly, every pixel of every slice;
 - JPEG output (quality 95, 4:4:4) stays within a small error of the exact values;
-- the RSNA app's own windowed JPEGs (another implementation, OpenCV 4:2:0) agree roughly;
+- the RSNA app's own windowed JPEGs (another implementation, OpenCV 4:2:0) agree roughly,
+  byte order included with --bgr (OpenCV wrote channel 0, brain, as blue);
 - every meta.h5 field equals what pydicom reads.
 """
 import math
@@ -27,6 +28,8 @@ POOLED_MEAN_MAX = 1.0
 POOLED_P99_MAX = 8
 # The app's JPEGs are OpenCV 4:2:0 at quality 95: chroma subsampling costs several levels.
 APP_MEAN_MAX = 3.0
+# With --bgr --subsample420 our encoder reproduces them (measured: identical pixels).
+BGR_MEAN_MAX = 0.05
 
 # RSNA IDs are not valid UIDs; pydicom warns on every one.
 warnings.filterwarnings("ignore", message="Invalid value for VR UI")
@@ -38,7 +41,7 @@ MAIN_INPUTS = [
     "rsna_ich_app_series/dcm",
     "rsna_george091",
     "dcm_qa_ct/GE",
-    "dcm_qa_ct/Philips/S21610/S1000/I10",
+    "dcm_qa_ct/Philips/S21610/S1000/I10",  # a localizer: converted with --keep-localizers
     "pydicom_data/693_UNCR.dcm",
     "pydicom_testfiles/CT_small.dcm",
 ]
@@ -74,7 +77,8 @@ def check_meta_row(row, path):
 
 
 def convert(inputs, out, extra):
-    args = ["-q", "-j", "2", "-o", out] + extra + [os.path.join(DATA, p) for p in inputs]
+    args = ["-q", "-j", "2", "--keep-localizers", "-o", out] + extra
+    args += [os.path.join(DATA, p) for p in inputs]
     testlib.run_expect("dcm2jpg", args, expect=0)
     rows, attrs = testlib.read_meta(os.path.join(out, "meta.h5"))
     return rows, attrs
@@ -86,6 +90,7 @@ def main():
     worst_mean = worst_p99 = 0.0
     all_errors = []
     groups = [MAIN_INPUTS] + [[p] for p in CORNERSTONE]
+    jpg_dir_main = os.path.join(WORK, "jpg0")
     for g, inputs in enumerate(groups):
         ppm_dir = os.path.join(WORK, "ppm%d" % g)
         jpg_dir = os.path.join(WORK, "jpg%d" % g)
@@ -142,6 +147,24 @@ def main():
     print("vs the app's own windowed JPEGs (%d): mean abs difference %.3f (max slice %.3f)"
           % (len(app_means), np.mean(app_means), max(app_means)))
     assert max(app_means) <= APP_MEAN_MAX
+
+    # --bgr writes the app's byte order: its files and ours then agree as decoded, with no
+    # channel reversal; without it, R holds the brain window in ours and the bone one in its.
+    bgr_dir = os.path.join(WORK, "bgr")
+    _, attrs = convert(["rsna_ich_app_series/dcm"], bgr_dir, ["--bgr", "--subsample420"])
+    assert attrs["channel_order"] == "bgr", attrs["channel_order"]
+    bgr_means, plain_means = [], []
+    for name in sorted(os.listdir(app_dir)):
+        theirs = testlib.load_image(os.path.join(app_dir, name)).astype(int)
+        ours_bgr = testlib.load_image(os.path.join(bgr_dir, name)).astype(int)
+        ours_plain = testlib.load_image(os.path.join(jpg_dir_main, name)).astype(int)
+        bgr_means.append(float(np.abs(ours_bgr - theirs).mean()))
+        plain_means.append(float(np.abs(ours_plain - theirs).mean()))
+    print("app's JPEGs as decoded vs ours: --bgr --subsample420 mean abs difference %.3f (max "
+          "slice %.3f, %d of %d identical); default order %.3f (min slice %.3f)"
+          % (np.mean(bgr_means), max(bgr_means), bgr_means.count(0.0), len(bgr_means),
+             np.mean(plain_means), min(plain_means)))
+    assert max(bgr_means) <= BGR_MEAN_MAX and np.mean(plain_means) > APP_MEAN_MAX
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ duplicate rows, a conflicting row, a bad value, an unknown subtype, a missing ro
 labels without metadata): a mkphantom dataset with a test split (metadata by dcm2jpg, or the
 same columns read with pydicom when dcm2jpg is absent), and, when the shared data is there,
 the challenge labels in $DATA/rsna_labels with the 90 RSNA slices. Fixtures (h5py): rows that
-failed conversion, a slice ID twice, and a larger set for the stratified method.
+failed conversion, a slice ID twice, and a larger set for the stratified method. Useless
+inputs (nothing to fold) stop the run with a message that says why; -o naming an input is
+refused; -j does not change the output.
 """
 import csv
 import glob
@@ -144,9 +146,17 @@ def dataset_checks(name, labels_csv, meta_path):
            "%s: gzip CSV, one missing row, 3 unknown IDs" % name)
     check(partial_result["label"][partial_id][4] == -1
           and partial_result["attrs"]["labels_without_meta"] == 3
+          and partial_result["attrs"].get("partial_label_slices") == 1
           and partial_result["fold"] == base["fold"],
-          "%s: missing subtype row -> -1; 3 labelled slices without metadata counted, folds "
-          "unchanged" % name)
+          "%s: missing subtype row -> -1; 3 labelled slices without metadata and 1 partially "
+          "labelled counted, folds unchanged" % name)
+    r = testlib.run_plain("mkfolds", "-o", os.path.join(work, "partial2.h5"), extra_csv,
+                          meta_path)
+    warning = [line for line in r.stderr.splitlines() if "subtype rows" in line]
+    check(r.returncode == 0 and len(warning) == 1 and partial_id in warning[0]
+          and " 1 labelled slices" in warning[0] and "subdural" in warning[0],
+          "%s: partially labelled slices: a warning with their count and the first: %s"
+          % (name, warning))
     return base
 
 
@@ -279,6 +289,93 @@ def stratified():
                                            spreads["original"][0]))
 
 
+def expect_refusal(name, code, args, *needles):
+    """mkfolds args must exit with code, write nothing, and say every needle on stderr."""
+    out = os.path.join(WORK, "refused_%s.h5" % name.replace(" ", "_")[:40])
+    r = run("mkfolds", "-o", out, *args)
+    said = all(n in r.stderr for n in needles)
+    check(r.returncode == code and said and not os.path.exists(out),
+          "%s: exit %d (want %d), nothing written, message names %s: %s"
+          % (name, r.returncode, code, list(needles), r.stderr.strip()[:300]))
+
+
+def useless_inputs(labels_csv, meta_path):
+    """Inputs that would give an empty or wrong folds.h5 with exit 0 before: exit 3."""
+    meta_rows = testlib.read_meta(meta_path)[0]
+    labels = read_label_csv(labels_csv)
+    empty = os.path.join(WORK, "empty.csv")
+    open(empty, "w").close()
+    expect_refusal("empty labels CSV", 3, [empty, meta_path], "empty.csv", "no label rows")
+    header_only = write_csv(os.path.join(WORK, "header_only.csv"), [])
+    expect_refusal("header-only labels CSV", 3, [header_only, meta_path], "header_only.csv")
+
+    other = write_csv(os.path.join(WORK, "other_dataset.csv"),
+                      [["ID_other%03d_%s" % (i, t), "0"] for i in range(4) for t in SUBTYPES])
+    first_meta = sorted(r["id"] for r in meta_rows if r["status"] == "ok")[0]
+    expect_refusal("labels of another dataset", 3, [other, meta_path], "ID_other000",
+                   first_meta, "none of the 4 labelled slices")
+
+    unusable = os.path.join(WORK, "unusable_meta.h5")
+    write_meta(unusable, [dict(r, status="error") for r in meta_rows[:5]])
+    expect_refusal("meta.h5 without usable rows", 3, [labels_csv, unusable], "unusable_meta.h5",
+                   "no usable rows", "5 'error'")
+    no_rows = os.path.join(WORK, "no_rows_meta.h5")
+    write_meta(no_rows, [])
+    expect_refusal("meta.h5 without rows", 3, [labels_csv, no_rows], "no_rows_meta.h5")
+
+    patients = len({r["patient_id"] for r in meta_rows if r["id"] in labels})
+    expect_refusal("-k 100 with %d patients" % patients, 3,
+                   ["-k", 100, labels_csv, meta_path], "-k 100", "%d labelled patients" % patients)
+
+    one = os.path.join(WORK, "one_patient.h5")
+    write_meta(one, [dict(r, patient_id="P1") for r in meta_rows])
+    expect_refusal("every slice of one patient", 3, [labels_csv, one], "1 labelled patient")
+    every_blank = os.path.join(WORK, "every_blank.h5")
+    write_meta(every_blank, [dict(r, patient_id="") for r in meta_rows])
+    expect_refusal("every PatientID empty", 3, [labels_csv, every_blank], "has no PatientID")
+
+    # A labelled slice without PatientID: exit 3 naming it. A test slice: a warning only.
+    labelled = sorted(r["id"] for r in meta_rows if r["id"] in labels)[7]
+    blank = os.path.join(WORK, "blank_patient.h5")
+    write_meta(blank, [dict(r, patient_id="  ") if r["id"] == labelled else r
+                       for r in meta_rows])
+    expect_refusal("labelled slice without PatientID", 3, [labels_csv, blank], labelled,
+                   "PatientID")
+    test_slice = sorted(r["id"] for r in meta_rows if r["id"] not in labels)[0]
+    write_meta(blank, [dict(r, patient_id="") if r["id"] == test_slice else r
+                       for r in meta_rows])
+    r = testlib.run_plain("mkfolds", "-o", os.path.join(WORK, "blank_test.h5"), labels_csv,
+                          blank)
+    check(r.returncode == 0 and "1 test slices" in r.stderr and test_slice in r.stderr,
+          "a test slice without PatientID: exit %d with a warning naming it" % r.returncode)
+
+
+def overwrite_and_threads(labels_csv, meta_path):
+    """-o naming an input (any spelling, or a link to it) is a usage error; -j changes
+    nothing in the output."""
+    labels_before, meta_before = testlib.file_bytes(labels_csv), testlib.file_bytes(meta_path)
+    link = os.path.join(WORK, "meta_link.h5")
+    os.symlink(meta_path, link)
+    spellings = {"the labels CSV": labels_csv,
+                 "the meta.h5 as DIR/../DIR/meta.h5": os.path.join(
+                     os.path.dirname(meta_path), "..",
+                     os.path.basename(os.path.dirname(meta_path)), "meta.h5"),
+                 "a link to meta.h5": link}
+    exits = {}
+    for name, out in spellings.items():
+        r = run("mkfolds", "-o", out, labels_csv, meta_path)
+        exits[name] = r.returncode
+    check(set(exits.values()) == {2} and testlib.file_bytes(labels_csv) == labels_before
+          and testlib.file_bytes(meta_path) == meta_before,
+          "-o naming an input: exit 2, inputs unchanged: %s" % exits)
+
+    outs = [os.path.join(WORK, "threads%d.h5" % j) for j in (1, 4)]
+    codes = [run("mkfolds", "-j", j, "--method", "stratified", "-o", out, labels_csv,
+                 meta_path).returncode for j, out in zip((1, 4), outs)]
+    check(codes == [0, 0] and testlib.same_datasets(*outs),
+          "-j 1 and -j 4: exits %s, the same datasets" % codes)
+
+
 def command_line(labels_csv, meta_path):
     r = testlib.run_plain("mkfolds", "--help")
     check(r.returncode == 0 and "--method" in r.stdout and "default: 5" in r.stdout
@@ -298,6 +395,8 @@ def main():
         real_group()
     meta_troubles()
     stratified()
+    useless_inputs(labels_csv, meta_path)
+    overwrite_and_threads(labels_csv, meta_path)
     command_line(labels_csv, meta_path)
     testlib.finish("mkfolds")
 

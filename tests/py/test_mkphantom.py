@@ -2,9 +2,11 @@
 
 Two runs with the same seed, one with every series diseased (--prevalence 1) and one with
 none (--prevalence 0), draw the same heads and the same noise, so their difference is exactly
-what the lesions add. That difference is checked against the labels CSV, the place each
-subtype must take, and the fading at the ends of each lesion. Also: byte-identical output for
--j 1 and -j 2, DICOM tags and geometry, tissue densities, and dcm2jpg's view of the pixels.
+what the lesions add (series matched by their row in series.csv: the IDs differ, as the
+options do). That difference is checked against the labels CSV, the place each subtype must
+take, and the fading at the ends of each lesion. Also: byte-identical output for -j 1 and
+-j 2, no ID shared by runs with different options, DICOM tags and geometry, tissue densities,
+dcm2jpg's view of the pixels, and what --labels and --force may overwrite or remove.
 """
 import csv
 import filecmp
@@ -51,6 +53,21 @@ def load_series(root):
     return out
 
 
+def manifest_rows(root):
+    """series.csv as dicts, in generation order."""
+    with open(os.path.join(root, "series.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def ids_of(root):
+    """Every ID a run wrote: slice, series, study and patient IDs, from its DICOM files."""
+    ids = set()
+    for path in glob.glob(os.path.join(root, "*", "*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ids |= {ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID}
+    return ids
+
+
 def hu(ds):
     return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
@@ -84,11 +101,25 @@ for path in glob.glob(os.path.join(other, "*", "*.dcm")):
 check(len(other_ids) == 6 and not bad_uids,
       "--uids dicom: valid 2.25 UIDs of at most 64 characters %s" % bad_uids[:2])
 
+# Runs that differ in any option that changes the content share no ID; before, IDs came from
+# --seed alone, so these reused the same IDs for other pixels and labels.
+variants = {"--size 32 --series 2": ["--size", 32, "--series", 2, "--slices", "14-18"],
+            "--slices 3 --series 2": ["--size", SIZE, "--series", 2, "--slices", 3]}
+shared = {}
+sick_ids = ids_of(sick)
+for name, args in variants.items():
+    out = os.path.join(WORK, "variant%d" % len(shared))
+    run("-o", out, "--seed", SEED, "--prevalence", 1, "--test-fraction", 0.2, *args)
+    shared[name] = len(sick_ids & ids_of(out))
+shared["--prevalence 0"] = len(sick_ids & ids_of(healthy))
+check(not any(shared.values()),
+      "same seed, other --size, --slices or --prevalence: no shared slice, series, study or "
+      "patient ID among %d (shared: %s)" % (len(sick_ids), shared))
+
 # ---- DICOM tags and geometry, as pydicom reads them ----
 series = load_series(sick)
 healthy_series = load_series(healthy)
-check(len(series) == 10 and set(series) == set(healthy_series),
-      "10 series folders, the same in both runs")
+check(len(series) == 10 and len(healthy_series) == 10, "10 series folders in both runs")
 nslices = sum(len(v) for v in series.values())
 tag_problems = []
 for folder, slices in series.items():
@@ -226,13 +257,15 @@ for sick_dir, healthy_dir in runs:
     run_series = series if sick_dir == sick else load_series(sick_dir)
     run_healthy = healthy_series if healthy_dir == healthy else load_series(healthy_dir)
     run_labels = all_labels(sick_dir)
-    manifest = {r["folder"]: r for r in csv.DictReader(open(os.path.join(sick_dir,
-                                                                          "series.csv")))}
-    for folder, slices in run_series.items():
-        lesions = [x.split(":")[0] for x in manifest[folder]["lesions"].split(";") if x]
+    # The n-th series of both runs has the same head and noise.
+    pairs = zip(manifest_rows(sick_dir), manifest_rows(healthy_dir))
+    for row, healthy_row in pairs:
+        folder = row["folder"]
+        slices = run_series[folder]
+        lesions = [x.split(":")[0] for x in row["lesions"].split(";") if x]
         px = float(slices[0].PixelSpacing[0])
         peaks = []
-        for d, h in zip(slices, run_healthy[folder]):
+        for d, h in zip(slices, run_healthy[healthy_row["folder"]]):
             a, b = hu(d), hu(h)
             diff = a - b
             lab = run_labels[d.SOPInstanceUID]
@@ -363,22 +396,45 @@ r = testlib.run("mkphantom", "-o", rerun, "--series", 1, *small)
 check(r.returncode == 3 and rerun in r.stderr and "--force" in r.stderr and tree(rerun) == first,
       "into a non-empty folder: exit %d, nothing touched: %s" % (r.returncode, r.stderr.strip()))
 
-# Someone else's files beside the run, and inside one of its series folders.
+# Someone else's files beside the run, and inside its series folders: one a .dcm file, as
+# mkphantom's own are (--force used to remove every .dcm of a series folder).
 series_dirs = sorted(d for d in os.listdir(rerun) if os.path.isdir(os.path.join(rerun, d)))
-others = ["notes.txt", os.path.join("extra", "keep.dcm"), os.path.join(series_dirs[-1], "x.png")]
+others = ["notes.txt", os.path.join("extra", "keep.dcm"), os.path.join(series_dirs[-1], "x.png"),
+          os.path.join(series_dirs[0], "zz_user.dcm")]
 for name in others:
     os.makedirs(os.path.dirname(os.path.join(rerun, name)), exist_ok=True)
-    open(os.path.join(rerun, name), "w").close()
-run("-o", rerun, "--series", 1, "--force", *small)
+    with open(os.path.join(rerun, name), "w") as f:
+        f.write("not mkphantom's\n")
+r = testlib.run_plain("mkphantom", "-o", rerun, "--series", 1, "--force", *small)
 fresh = os.path.join(WORK, "rerun_fresh")
 run("-o", fresh, "--series", 1, *small)
 same = tree(fresh) == sorted(set(tree(rerun)) - set(others)) and all(
     filecmp.cmp(os.path.join(fresh, f), os.path.join(rerun, f), shallow=False)
     for f in tree(fresh))
-check(same and all(os.path.exists(os.path.join(rerun, n)) for n in others),
+check(r.returncode == 0 and same and all(os.path.exists(os.path.join(rerun, n)) for n in others),
       "--force over a 4-series run with a test split: the files of a fresh 1-series run, no "
       "stale series or test_labels.csv (%d files before, %d after), other files kept (%s)"
       % (len(first), len(tree(rerun)), ", ".join(others)))
+warning = [line for line in r.stderr.splitlines() if "kept" in line]
+check(len(warning) == 1 and "zz_user.dcm" in warning[0] and "2 files" in warning[0],
+      "--force warns about the 2 files it kept in series folders: %s" % warning)
+
+# A series.csv without slice_ids (as written before that column): the slice IDs of the
+# earlier run come from its labels CSVs in OUTDIR.
+older = os.path.join(WORK, "older")
+run("-o", older, "--series", 3, "--test-fraction", 0.4, *small)
+earlier_files = set(tree(older))
+with open(os.path.join(older, "series.csv"), newline="") as f:
+    rows = [row[:-1] for row in csv.reader(f)]
+with open(os.path.join(older, "series.csv"), "w", newline="") as f:
+    csv.writer(f, lineterminator="\n").writerows(rows)
+r = testlib.run("mkphantom", "-o", older, "--series", 1, "--force", "--seed", 5,
+                *small[:-2])
+left = earlier_files & set(tree(older)) - {"labels.csv", "series.csv"}
+check(r.returncode == 0 and not left,
+      "--force over a series.csv without slice_ids: every earlier slice removed (via its "
+      "labels CSVs): exit %d, %d earlier files left %s" % (r.returncode, len(left),
+                                                          sorted(left)[:2]))
 
 foreign = os.path.join(WORK, "foreign")
 os.makedirs(foreign)
@@ -388,5 +444,52 @@ r = testlib.run("mkphantom", "-o", foreign, "--series", 1, "--force", *small)
 check(r.returncode == 3 and "series.csv" in r.stderr and os.listdir(foreign) == ["series.csv"],
       "--force on a series.csv mkphantom did not write: exit %d, kept: %s"
       % (r.returncode, r.stderr.strip()))
+
+# ---- --labels: never one of the run's own outputs, never someone else's file ----
+precious = os.path.join(WORK, "precious.csv")
+with open(precious, "w") as f:
+    f.write("patient,notes\n1,keep me\n")
+exits = []
+for extra in ([], ["--force"]):
+    out = os.path.join(WORK, "lab_precious%d" % len(exits))
+    r = testlib.run("mkphantom", "-o", out, "--series", 1, "--labels", precious, *extra, *small)
+    exits.append(r.returncode)
+    print(r.stderr.strip())
+check(exits == [3, 3] and open(precious).read() == "patient,notes\n1,keep me\n"
+      and not os.path.exists(os.path.join(WORK, "lab_precious0")),
+      "--labels naming an existing file that is no labels CSV: exit %s without and with "
+      "--force, file unchanged, nothing written" % exits)
+
+custom = os.path.join(WORK, "custom_labels.csv")
+run("-o", os.path.join(WORK, "lab_a"), "--series", 2, "--labels", custom, *small)
+before = open(custom).read()
+r1 = testlib.run("mkphantom", "-o", os.path.join(WORK, "lab_b"), "--series", 1, "--labels",
+                 custom, *small)
+unchanged = open(custom).read() == before
+r2 = testlib.run("mkphantom", "-o", os.path.join(WORK, "lab_b"), "--series", 1, "--labels",
+                 custom, "--force", *small)
+slices_now = len(testlib.label_lists(custom))
+check(r1.returncode == 3 and unchanged and r2.returncode == 0 and slices_now == 2,
+      "--labels naming an earlier run's labels CSV: exit %d and kept without --force, "
+      "replaced with it (exit %d, %d slices now)" % (r1.returncode, r2.returncode, slices_now))
+
+clash_dir = os.path.join(WORK, "lab_clash")
+os.makedirs(clash_dir)
+os.symlink(clash_dir, os.path.join(WORK, "lab_alias"))
+clashes = {}
+for spelled in (os.path.join(clash_dir, "series.csv"),
+                os.path.join(clash_dir, ".", "sub", "..", "test_labels.csv"),
+                os.path.join(WORK, "lab_alias", "series.csv")):
+    r = testlib.run("mkphantom", "-o", clash_dir, "--series", 1, "--test-fraction", 0.5,
+                    "--labels", spelled, *small)
+    clashes[os.path.relpath(spelled, WORK)] = r.returncode
+check(set(clashes.values()) == {2} and os.listdir(clash_dir) == [],
+      "--labels naming OUTDIR/series.csv or OUTDIR/test_labels.csv (however spelled): exit 2, "
+      "nothing written: %s" % clashes)
+
+r = testlib.run_plain("mkphantom", "--help")
+check("--labels" in r.stdout and "did not write are kept" in r.stdout
+      and "share no IDs" in r.stdout, "--help says what --labels and --force may replace and "
+      "how IDs are derived")
 
 testlib.finish("mkphantom")

@@ -5,7 +5,9 @@ here with pydicom and numpy, on a mkphantom dataset (gantry tilt in some series)
 shared data is there, on the GE head CT (gantry tilt) and every RSNA slice; the 24-slice
 challenge series must also come out in the z order of $DATA/rsna_labels/rsna_index.csv.
 Fixtures (h5py): duplicate positions, missing orientation, mixed orientations, a missing
-position, a single slice, a reversed normal, rows that failed conversion.
+position, a single slice, a reversed normal, rows that failed conversion. Inputs that cannot
+give sequences (no usable row, a slice without series UID) stop the run; -o naming the input
+is refused; -j does not change the output.
 """
 import csv
 import glob
@@ -214,11 +216,41 @@ def fixture_group():
     check(r.returncode == 3 and "/g/copy.dcm" in r.stderr and "/f/a1.dcm" in r.stderr
           and not os.path.exists(os.path.join(WORK, "twice_seq.h5")),
           "slice ID twice: exit %d, both paths named, no output" % r.returncode)
-    # Nothing usable: an empty but valid file.
-    write_meta(os.path.join(WORK, "empty.h5"), [dict(rows[0], status="error")])
-    r = run("seqbuild", "-o", os.path.join(WORK, "empty_seq.h5"), os.path.join(WORK, "empty.h5"))
-    empty = read_sequences(os.path.join(WORK, "empty_seq.h5"))[0] if r.returncode == 0 else None
-    check(r.returncode == 0 and empty == {}, "no usable rows: exit %d, no series" % r.returncode)
+    # Nothing usable: exit 3 saying so (an empty sequences.h5 would only fail later).
+    for name, meta_rows in (("unusable", [dict(rows[0], status="error"),
+                                          dict(rows[1], status="skipped")]), ("no_rows", [])):
+        path = os.path.join(WORK, name + ".h5")
+        write_meta(path, meta_rows)
+        out = os.path.join(WORK, name + "_seq.h5")
+        r = run("seqbuild", "-o", out, path)
+        check(r.returncode == 3 and name + ".h5" in r.stderr and not os.path.exists(out)
+              and ("'error'" in r.stderr or not meta_rows),
+              "%s: exit %d, nothing written: %s" % (name, r.returncode, r.stderr.strip()))
+
+    # Without a series UID, slices of different series would merge: exit 3 naming the slice.
+    # Without a PatientID the UIDs still tell series apart: a warning.
+    no_uid = os.path.join(WORK, "no_uid.h5")
+    write_meta(no_uid, [dict(r, series_uid="") if r["id"] == "c2" else r for r in rows])
+    r = run("seqbuild", "-o", os.path.join(WORK, "no_uid_seq.h5"), no_uid)
+    check(r.returncode == 3 and "c2" in r.stderr and "/f/c2.dcm" in r.stderr
+          and "SeriesInstanceUID" in r.stderr,
+          "a slice without SeriesInstanceUID: exit %d naming it: %s"
+          % (r.returncode, r.stderr.strip()))
+    no_patient = os.path.join(WORK, "no_patient.h5")
+    write_meta(no_patient, [dict(r, patient_id="") if r["id"] in ("d0", "e1") else r
+                            for r in rows])
+    r = testlib.run_plain("seqbuild", "-o", os.path.join(WORK, "no_patient_seq.h5"), no_patient)
+    check(r.returncode == 0 and "2 usable slices have no PatientID" in r.stderr,
+          "slices without PatientID: exit %d with a warning counting them" % r.returncode)
+
+    # -o naming the input, however spelled: exit 2, the input untouched.
+    before = testlib.file_bytes(fixture)
+    link = os.path.join(WORK, "fixture_link.h5")
+    os.symlink(fixture, link)
+    exits = [run("seqbuild", "-o", out, fixture).returncode
+             for out in (fixture, os.path.join(WORK, ".", "fixture_meta.h5"), link)]
+    check(exits == [2, 2, 2] and testlib.file_bytes(fixture) == before,
+          "-o naming the input (as given, as ./, as a link): exits %s, input unchanged" % exits)
     r = run("seqbuild", "-o", os.path.join(WORK, "x.h5"), os.path.join(WORK, "nothing.h5"))
     check(r.returncode == 3 and "nothing.h5" in r.stderr, "missing meta.h5: exit %d: %s"
           % (r.returncode, r.stderr.strip()))
@@ -229,8 +261,24 @@ def fixture_group():
           "--help describes the flags and exit codes")
 
 
+def threads_group():
+    """-j 1 and -j 3 on a phantom dataset with many short series: the same datasets."""
+    ph = testlib.phantom(os.path.join(WORK, "phantom_j"), "--series", 40, "--slices", "2-5",
+                         "--size", 16, "--seed", 9)
+    files = sorted(glob.glob(os.path.join(ph, "*", "*.dcm")))
+    meta_path = os.path.join(WORK, "phantom_j_meta", "meta.h5")
+    testlib.make_meta([ph], meta_path, files)
+    outs = [os.path.join(WORK, "seq_j%d.h5" % j) for j in (1, 3)]
+    codes = [run("seqbuild", "-j", j, "-o", out, meta_path).returncode
+             for j, out in zip((1, 3), outs)]
+    check(codes == [0, 0] and testlib.same_datasets(*outs),
+          "-j 1 and -j 3 on %d slices in 40 series: exits %s, the same datasets"
+          % (len(files), codes))
+
+
 def main():
     phantom_group()
+    threads_group()
     if testlib.have_data("seqbuild on the RSNA slices, the challenge series and the GE head CT",
                          "rsna_ich_app_series"):
         real_group()

@@ -241,3 +241,37 @@ def label_lists(path):
     if not os.path.exists(path):
         return {}
     return {sid: [lab.get(t, -1) for t in SUBTYPES] for sid, lab in read_label_csv(path).items()}
+
+
+# ---- comparing outputs ----
+
+def h5_datasets(path):
+    """Every dataset of an HDF5 file, by its path, as numpy arrays (attributes left out: they
+    hold the command line and the time)."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def same_datasets(a, b):
+    """Do two HDF5 files hold the same datasets with equal values (NaN equal to NaN)?"""
+    da, db = h5_datasets(a), h5_datasets(b)
+    if set(da) != set(db):
+        return False
+    for name in da:
+        x, y = np.asarray(da[name]), np.asarray(db[name])
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        if x.dtype.kind == "f":
+            if not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()

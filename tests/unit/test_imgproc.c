@@ -29,15 +29,7 @@
 #include "jpegio.h"
 #include "log.h"
 
-static int failures;
-
-#define EXPECT(cond)                                                           \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                        \
-        }                                                                      \
-    } while (0)
+#include "expect.h"
 
 static uint32_t rng_state = 2024;
 static uint32_t next_random(void)

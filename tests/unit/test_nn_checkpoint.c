@@ -45,15 +45,7 @@
 #define BATCH 2  /* images per step */
 #define OUTPUTS 6
 
-static int failures;
-
-#define EXPECT(cond)                                                           \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            printf("FAIL %s:%d: expected %s\n", __FILE__, __LINE__, #cond);    \
-            failures++;                                                        \
-        }                                                                      \
-    } while (0)
+#include "expect.h"
 
 static const nn_adam_t HP = {1e-3, 0.9, 0.999, 1e-8, 1e-4};
 

@@ -10,15 +10,7 @@
 
 #include "window.h"
 
-static int failures;
-
-#define EXPECT(cond)                                                           \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                        \
-        }                                                                      \
-    } while (0)
+#include "expect.h"
 
 /* Stage 1 written the slow way: rescale every pixel, clip, find each channel's minimum. */
 static void reference_window(const int32_t *pixels, size_t n, double slope, double intercept,

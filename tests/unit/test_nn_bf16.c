@@ -1,0 +1,424 @@
+/*
+ * ResNeXt in bf16 mixed precision against torchvision in fp32, and determinism.
+ *
+ * Part 1, bf16: the fp32 reference dump of tests/ref/resnext_ref.py (same hashed weights,
+ * input and labels as test_nn_resnext), against the engine with resnext_set_precision(BF16):
+ * eval logits and embedding, training logits and embedding, every parameter gradient.
+ * Cases: "tiny" (64 px, batch 3, every tensor whole) and "resnext101_32x8d" (64 px, batch 2,
+ * gradients as norm, max and 2048 sampled values). NN_TEST_MODELS=NAME runs only the cases
+ * whose model contains NAME.
+ *
+ * Tolerances, from bf16's precision. bf16 keeps 8 significant bits: rounding a value costs
+ * a relative error up to u = 2^-8 = 3.9e-3, about u / sqrt(3) = 2.3e-3 in RMS. A convolution
+ * rounds both its input and its weights and sums in fp32, so each output carries an
+ * independent relative error of about sqrt(2) * 2.3e-3 = 3.2e-3 (RMS), the sum adding nothing
+ * systematic. Single convolutions (forward, backward data, backward weights, in the layouts
+ * the model uses) are therefore held to 1e-2 against fp32.
+ * Batch norm renormalises after every convolution, so errors neither grow nor shrink in
+ * scale from layer to layer; independent errors from the d convolutions on the path to an
+ * output add in quadrature: relative L2 about 3.2e-3 * sqrt(d). Paths: tiny 2 + 3 * 8 = 26
+ * convs deep, ResNeXt-101 2 + 3 * 33 = 101: expected at most 1.6e-2 and 3.2e-2 (the residual
+ * branches enter with bn3 gains near 0.1, which damps them). Outputs and loss are allowed 3x
+ * that: tiny 5e-2, ResNeXt-101 1e-1.
+ * Gradients in training mode at this init are ill-conditioned: batch statistics over few
+ * values per channel and relu kinks turn tiny forward changes into large gradient changes.
+ * The test measures that sensitivity S itself: the fp32 engine's gradients with only the
+ * input image rounded to bf16, against the same with the exact input (median over tensors;
+ * about 0.08 for tiny and 0.2 for ResNeXt-101). bf16 compute rounds the inputs of all d
+ * convolutions, each roughly as harmful as rounding the image, so the median gradient error
+ * against torch may reach sqrt(d) * S in quadrature; it is held to 5 S (sqrt(d) is 5.1
+ * and 10; measured 3.5 S and 1.7 S), and every tensor to a relative L2 of 1 (a lost or
+ * sign-flipped gradient reaches 1 and more).
+ *
+ * Part 2, determinism: the same seed and thread count must give bit-identical results.
+ * Two fresh models of "tiny" (64 px, batch 3), in fp32 and in bf16, each take two training
+ * steps (forward, loss, backward, Adam); every gradient and weight must match bit for bit.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "h5io.h"
+#include "log.h"
+#include "nn/nn.h"
+#include "nn/params.h"
+#include "nn/resnext.h"
+
+typedef struct {
+    const char *model;
+    int size, batch, full;
+    double tol_out, tol_loss;
+} bf16_case_t;
+
+#define TOL_CONV 1e-2       /* one convolution in bf16 against fp32 */
+#define SENSITIVITY_MULT 5.0 /* median gradient error over the measured sensitivity */
+#define TOL_GRAD_TENSOR 1.0 /* any one gradient tensor */
+
+static int failures;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double rel_l2(const float *a, const float *ref, size_t n)
+{
+    double err2 = 0.0, ref2 = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        err2 += d * d;
+        ref2 += (double)ref[i] * ref[i];
+    }
+    return err2 == 0.0 ? 0.0 : sqrt(err2) / fmax(sqrt(ref2), 1e-30);
+}
+
+/* ---- single convolutions ---------------------------------------------------------------- */
+
+typedef struct {
+    const char *what;
+    int in_ch, out_ch, kernel, stride, groups, size;
+} conv_case_t;
+
+/* Forward, backward data and backward weights in bf16 against the same in fp32. */
+static void check_conv(nn_backend_t *be, const conv_case_t *k)
+{
+    const int n = 2;
+    int out = (k->size + 2 * (k->kernel / 2) - k->kernel) / k->stride + 1;
+    int layout = k->in_ch % 16 == 0 ? NN_LAYOUT_NATIVE : NN_LAYOUT_NCHW;
+    nn_tensor_t x = {.n = n, .c = k->in_ch, .h = k->size, .w = k->size, .layout = layout};
+    nn_tensor_t y = {.n = n, .c = k->out_ch, .h = out, .w = out, .layout = NN_LAYOUT_NATIVE};
+    size_t wcount = (size_t)k->out_ch * (k->in_ch / k->groups) * k->kernel * k->kernel;
+    x.data = be->alloc(be, nn_numel(&x) * sizeof(float));
+    nn_tensor_t dy = y, dx[2] = {x, x}, yy[2] = {y, y};
+    dy.data = be->alloc(be, nn_numel(&y) * sizeof(float));
+    float *w = be->alloc(be, wcount * sizeof(float)), *dw[2];
+    nn_fill_hashed(x.data, nn_numel(&x), 11, 1.0f, 0.0f);
+    nn_fill_hashed(dy.data, nn_numel(&y), 12, 1.0f, 0.0f);
+    nn_fill_hashed(w, wcount, 13, 0.1f, 0.0f);
+
+    for (int p = 0; p < 2; p++) {
+        nn_conv_t op = {.in_ch = k->in_ch, .out_ch = k->out_ch, .kernel = k->kernel,
+                        .stride = k->stride, .pad = k->kernel / 2, .groups = k->groups,
+                        .precision = p ? NN_PRECISION_BF16 : NN_PRECISION_FP32};
+        yy[p].data = be->alloc(be, nn_numel(&y) * sizeof(float));
+        dx[p].data = be->alloc(be, nn_numel(&x) * sizeof(float));
+        dw[p] = be->alloc(be, wcount * sizeof(float));
+        be->conv_forward(be, &op, &x, w, &yy[p]);
+        be->conv_backward_data(be, &op, &dy, w, &dx[p]);
+        be->conv_backward_weights(be, &op, &x, &dy, dw[p]);
+        be->release_plan(be, &op.plan);
+    }
+    double e[3] = {rel_l2(yy[1].data, yy[0].data, nn_numel(&y)),
+                   rel_l2(dx[1].data, dx[0].data, nn_numel(&x)), rel_l2(dw[1], dw[0], wcount)};
+    int ok = e[0] <= TOL_CONV && e[1] <= TOL_CONV && e[2] <= TOL_CONV;
+    failures += !ok;
+    printf("%-4s conv %-22s bf16 vs fp32 rel_l2: forward %.1e, backward data %.1e, "
+           "backward weights %.1e (tol %.0e)\n", ok ? "ok" : "FAIL", k->what, e[0], e[1], e[2],
+           TOL_CONV);
+    for (int p = 0; p < 2; p++) {
+        be->release(be, yy[p].data);
+        be->release(be, dx[p].data);
+        be->release(be, dw[p]);
+    }
+    be->release(be, x.data);
+    be->release(be, dy.data);
+    be->release(be, w);
+}
+
+/* ---- the model against torch ------------------------------------------------------------- */
+
+static float round_bf16(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof(u));
+    u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&v, &u, sizeof(v));
+    return v;
+}
+
+/* Gradients of one training forward and backward (a copy), fp32 or bf16 compute. */
+static float *model_grads(const char *model, const nn_tensor_t *x, const float *labels,
+                          int precision)
+{
+    nn_backend_t *be = nn_backend_create("cpu");
+    resnext_t *m = resnext_create(be, model, 6);
+    resnext_set_precision(m, precision);
+    nn_params_fill_hashed(&m->ps);
+    resnext_forward(m, x, 1);
+    be->bce_loss(be, m->logits.data, labels, x->n, m->dlogits.data);
+    resnext_backward(m, m->dlogits.data);
+    float *g = xmalloc(m->ps.param_count * sizeof(float));
+    memcpy(g, m->ps.grads, m->ps.param_count * sizeof(float));
+    resnext_free(m);
+    be->destroy(be);
+    return g;
+}
+
+/* The median over gradient tensors of the change that rounding only the input image to
+ * bf16 makes to the fp32 gradients. */
+static double gradient_sensitivity(const char *model, const nn_paramset_t *ps,
+                                   const nn_tensor_t *x, const float *labels)
+{
+    size_t count = nn_numel(x);
+    nn_tensor_t rounded = *x;
+    rounded.data = xmalloc(count * sizeof(float));
+    for (size_t i = 0; i < count; i++)
+        rounded.data[i] = round_bf16(x->data[i]);
+    float *exact = model_grads(model, x, labels, NN_PRECISION_FP32);
+    float *moved = model_grads(model, &rounded, labels, NN_PRECISION_FP32);
+    double *rels = xmalloc(ps->n_entries * sizeof(double));
+    int n = 0;
+    for (size_t i = 0; i < ps->n_entries; i++) {
+        const nn_entry_t *e = &ps->entries[i];
+        if (e->kind == NN_ENTRY_PARAM)
+            rels[n++] = rel_l2(moved + e->offset, exact + e->offset, e->count);
+    }
+    qsort(rels, n, sizeof(double), cmp_double);
+    double median = rels[n / 2];
+    free(rels);
+    free(exact);
+    free(moved);
+    free(rounded.data);
+    return median;
+}
+
+/* Relative L2 error of n engine values against the reference (whole, or sampled). */
+static double rel_error(hid_t f, const char *path, const float *c, size_t n)
+{
+    char sub[512];
+    double err2 = 0.0, ref2 = 0.0;
+    snprintf(sub, sizeof(sub), "%s/pos", path);
+    if (h5_exists(f, sub)) {
+        hsize_t dims[8];
+        int64_t *pos = h5_read(f, sub, H5T_NATIVE_INT64, 1, dims);
+        snprintf(sub, sizeof(sub), "%s/val", path);
+        float *val = h5_read(f, sub, H5T_NATIVE_FLOAT, 1, NULL);
+        for (hsize_t i = 0; i < dims[0]; i++) {
+            if ((size_t)pos[i] >= n)
+                die(1, "%s: position outside the tensor", path);
+            double d = (double)c[pos[i]] - val[i];
+            err2 += d * d;
+            ref2 += (double)val[i] * val[i];
+        }
+        free(pos);
+        free(val);
+    } else {
+        hsize_t dims[8];
+        int rank = h5_dims(f, path, dims);
+        size_t total = 1;
+        for (int i = 0; i < rank; i++)
+            total *= dims[i];
+        if (total != n)
+            die(1, "%s: reference has %zu values, engine %zu", path, total, n);
+        float *ref = h5_read(f, path, H5T_NATIVE_FLOAT, -1, NULL);
+        for (size_t i = 0; i < n; i++) {
+            double d = (double)c[i] - ref[i];
+            err2 += d * d;
+            ref2 += (double)ref[i] * ref[i];
+        }
+        free(ref);
+    }
+    if (err2 == 0.0)
+        return 0.0;
+    return sqrt(err2) / fmax(sqrt(ref2), 1e-30);
+}
+
+static void check_output(hid_t f, const char *path, const float *c, size_t n, double tol)
+{
+    double rel = rel_error(f, path, c, n);
+    int ok = rel <= tol;
+    failures += !ok;
+    printf("  %-4s %-20s rel_l2 %.2e (tol %.0e)\n", ok ? "ok" : "FAIL", path, rel, tol);
+}
+
+static void run_bf16_case(const bf16_case_t *tc, const char *dir)
+{
+    char *path = xasprintf("%s/bf16_ref_%s.h5", dir, tc->model);
+    const char *py = getenv("PY") ? getenv("PY") : "/usr/bin/python3";
+    char *cmd = xasprintf("cd tests/ref && %s resnext_ref.py --model %s --size %d --batch %d "
+                          "--steps 1 --out '%s'%s",
+                          py, tc->model, tc->size, tc->batch, path, tc->full ? " --full" : "");
+    fflush(stdout);
+    if (system(cmd) != 0)
+        die(1, "the reference script failed for %s", tc->model);
+    free(cmd);
+
+    hid_t f = h5_open_read(path);
+    nn_backend_t *be = nn_backend_create("cpu");
+    resnext_t *m = resnext_create(be, tc->model, 6);
+    resnext_set_precision(m, NN_PRECISION_BF16);
+    nn_paramset_t *ps = &m->ps;
+    nn_params_fill_hashed(ps);
+    hsize_t dims[8];
+    float *input = h5_read(f, "input", H5T_NATIVE_FLOAT, 4, dims);
+    float *labels = h5_read(f, "labels", H5T_NATIVE_FLOAT, 2, NULL);
+    nn_tensor_t x = {.data = input, .n = (int)dims[0], .c = (int)dims[1], .h = (int)dims[2],
+                     .w = (int)dims[3]};
+    printf("%s bf16: %dx%dx%dx%d input\n", tc->model, x.n, x.c, x.h, x.w);
+
+    double t0 = time_now();
+    resnext_forward(m, &x, 0);
+    check_output(f, "eval/logits", m->logits.data, nn_numel(&m->logits), tc->tol_out);
+    check_output(f, "eval/embedding", m->embedding.data, nn_numel(&m->embedding), tc->tol_out);
+
+    resnext_forward(m, &x, 1);
+    double loss = be->bce_loss(be, m->logits.data, labels, x.n, m->dlogits.data);
+    resnext_backward(m, m->dlogits.data);
+    check_output(f, "train/logits", m->logits.data, nn_numel(&m->logits), tc->tol_out);
+    check_output(f, "train/embedding", m->embedding.data, nn_numel(&m->embedding),
+                 tc->tol_out);
+    double *ref_losses = h5_read(f, "train/losses", H5T_NATIVE_DOUBLE, 1, NULL);
+    double loss_rel = fabs(loss - ref_losses[0]) / fabs(ref_losses[0]);
+    int loss_ok = loss_rel <= tc->tol_loss;
+    failures += !loss_ok;
+    printf("  %-4s loss: engine %.6f torch %.6f rel %.1e (tol %.0e)\n", loss_ok ? "ok" : "FAIL",
+           loss, ref_losses[0], loss_rel, tc->tol_loss);
+
+    double sensitivity = gradient_sensitivity(tc->model, ps, &x, labels);
+    double tol_median = SENSITIVITY_MULT * sensitivity;
+    printf("  gradient sensitivity: rounding only the input to bf16 moves the fp32 gradients "
+           "by %.2e (median rel_l2)\n", sensitivity);
+    double *rels = xmalloc(ps->n_entries * sizeof(double));
+    int count = 0, over = 0;
+    double worst = 0.0;
+    const char *worst_name = "";
+    for (size_t i = 0; i < ps->n_entries; i++) {
+        nn_entry_t *e = &ps->entries[i];
+        if (e->kind != NN_ENTRY_PARAM)
+            continue;
+        char *name = xasprintf("grad/%s", e->name);
+        double rel = rel_error(f, name, ps->grads + e->offset, e->count);
+        free(name);
+        rels[count++] = rel;
+        if (rel > TOL_GRAD_TENSOR) {
+            over++;
+            printf("  FAIL grad/%s rel_l2 %.2e (tol %.0e)\n", e->name, rel, TOL_GRAD_TENSOR);
+        }
+        if (rel > worst) {
+            worst = rel;
+            worst_name = e->name;
+        }
+    }
+    qsort(rels, count, sizeof(double), cmp_double);
+    double median = rels[count / 2];
+    int median_ok = median <= tol_median;
+    failures += over + !median_ok;
+    printf("  %-4s gradients, %d tensors: median rel_l2 %.2e (tol %.1f x sensitivity = %.2e), "
+           "worst %.2e (%s, tol %.0e)\n", over || !median_ok ? "FAIL" : "ok", count, median,
+           SENSITIVITY_MULT, tol_median, worst, worst_name, TOL_GRAD_TENSOR);
+    printf("%s bf16: engine %.1f s\n", tc->model, time_now() - t0);
+
+    free(rels);
+    free(ref_losses);
+    free(input);
+    free(labels);
+    resnext_free(m);
+    be->destroy(be);
+    h5_close(f);
+    remove(path);
+    free(path);
+}
+
+/* ---- determinism ------------------------------------------------------------------------ */
+
+/* Two training steps from the hashed init; returns a copy of params then grads. */
+static float *train_twice(const char *model, int precision, size_t *count)
+{
+    const int n = 3, size = 64;
+    nn_backend_t *be = nn_backend_create("cpu");
+    resnext_t *m = resnext_create(be, model, 6);
+    resnext_set_precision(m, precision);
+    nn_paramset_t *ps = &m->ps;
+    nn_params_fill_hashed(ps);
+    nn_params_alloc_adam(ps);
+    size_t pixels = (size_t)n * 3 * size * size;
+    float *input = be->alloc(be, pixels * sizeof(float));
+    float *labels = be->alloc(be, (size_t)n * 6 * sizeof(float));
+    nn_fill_hashed(input, pixels, nn_name_seed("input"), 1.0f, 0.0f);
+    for (int i = 0; i < n * 6; i++)
+        labels[i] = (float)(i % 4 == 1);
+    nn_tensor_t x = {.data = input, .n = n, .c = 3, .h = size, .w = size};
+    nn_adam_t hp = {1e-3, 0.9, 0.999, 1e-8, 1e-4};
+    for (int step = 1; step <= 2; step++) {
+        resnext_forward(m, &x, 1);
+        be->bce_loss(be, m->logits.data, labels, n, m->dlogits.data);
+        resnext_backward(m, m->dlogits.data);
+        be->adam_step(be, &hp, step, ps->params, ps->grads, ps->adam_m, ps->adam_v,
+                      ps->param_count);
+    }
+    *count = ps->param_count;
+    float *out = xmalloc(2 * ps->param_count * sizeof(float));
+    memcpy(out, ps->params, ps->param_count * sizeof(float));
+    memcpy(out + ps->param_count, ps->grads, ps->param_count * sizeof(float));
+    be->release(be, input);
+    be->release(be, labels);
+    resnext_free(m);
+    be->destroy(be);
+    return out;
+}
+
+static void check_determinism(int precision)
+{
+    const char *what = precision == NN_PRECISION_BF16 ? "bf16" : "fp32";
+    size_t count, count2;
+    float *a = train_twice("tiny", precision, &count);
+    float *b = train_twice("tiny", precision, &count2);
+    size_t differ = 0;
+    for (size_t i = 0; i < 2 * count; i++)
+        differ += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    int ok = count == count2 && differ == 0;
+    failures += !ok;
+    printf("%-4s determinism %s: two runs of 2 training steps, %zu weights + %zu gradients, "
+           "%zu differ in any bit\n", ok ? "ok" : "FAIL", what, count, count, differ);
+    free(a);
+    free(b);
+}
+
+int main(void)
+{
+    nn_backend_t *be = nn_backend_create("cpu");
+    const conv_case_t convs[] = {
+        {"1x1 64->128", 64, 128, 1, 1, 1, 14},
+        {"1x1 64->128 stride 2", 64, 128, 1, 2, 1, 14},
+        {"3x3 128 groups 8", 128, 128, 3, 1, 8, 14},
+        {"3x3 128 groups 8 s2", 128, 128, 3, 2, 8, 14},
+        {"7x7 3->64 stride 2", 3, 64, 7, 2, 1, 32},
+    };
+    for (size_t i = 0; i < sizeof(convs) / sizeof(convs[0]); i++)
+        check_conv(be, &convs[i]);
+    be->destroy(be);
+
+    check_determinism(NN_PRECISION_FP32);
+    check_determinism(NN_PRECISION_BF16);
+
+    if (system("cd tests/ref && ${PY:-/usr/bin/python3} -c 'import torch, torchvision, h5py'"
+               " 2>/dev/null") != 0) {
+        if (failures)
+            return 1;
+        printf("skip: python3 with torch, torchvision and h5py is not available (determinism "
+               "checks passed)\n");
+        return 77;
+    }
+    const char *work = getenv("WORK");
+    const char *dir = work && *work ? work : "/tmp";
+    const char *only = getenv("NN_TEST_MODELS");
+    const bf16_case_t cases[] = {
+        /* model  px  batch full  out  loss */
+        {"tiny", 64, 3, 1, 5e-2, 2e-2},
+        {"resnext101_32x8d", 64, 2, 0, 1e-1, 2e-2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (only && !strstr(cases[i].model, only))
+            continue;
+        run_bf16_case(&cases[i], dir);
+    }
+    if (failures) {
+        printf("%d checks failed\n", failures);
+        return 1;
+    }
+    printf("all bf16 and determinism checks passed\n");
+    return 0;
+}
