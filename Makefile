@@ -2,7 +2,9 @@
 #   make            build every program into bin/
 #   make test       install what is missing, build, run the tests (tests/run.sh)
 #   make demo       install what is missing, build, run the pipeline on phantom data
-#   make test-asan  the tests again under AddressSanitizer and UBSan (bin-asan/)
+#   make test-long  the long tests only (full-size models, full-size round trips)
+#   make test-asan  the tests again under AddressSanitizer and UBSan (bin-asan/); the NN
+#                   parity tests run on the tiny model only (ResNeXt-101 is too slow there)
 #   make bench      side-by-side benchmarks (bench/README.md)
 #   make deps       install the Debian packages the build and tests need
 
@@ -38,7 +40,7 @@ COMMON_CXX = $(wildcard common/*.cpp)
 COMMON_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(COMMON_C)) $(patsubst %.cpp,$(BUILD)/%.o,$(COMMON_CXX))
 UNIT_TESTS = $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 
-.PHONY: all deps test test-asan demo bench clean
+.PHONY: all deps test test-long test-asan demo bench clean
 .DELETE_ON_ERROR:
 
 all: $(addprefix $(BIN)/,$(PROGRAMS)) $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
@@ -75,10 +77,14 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@BIN=$(BIN) BUILD=$(BUILD) sh tests/run.sh
 
+test-long: deps
+	@$(MAKE) --no-print-directory all
+	@ICH_LONG_TESTS=1 TESTS=$${TESTS:-_long} BIN=$(BIN) BUILD=$(BUILD) sh tests/run.sh
+
 test-asan: deps
 	@$(MAKE) --no-print-directory SAN=1 all
 	@BIN=bin-asan BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 \
-	    UBSAN_OPTIONS=print_stacktrace=1 sh tests/run.sh
+	    UBSAN_OPTIONS=print_stacktrace=1 NN_TEST_MODELS=tiny sh tests/run.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -10,6 +10,10 @@
 
 /* Nesting of MARKs deeper than this is refused (no real checkpoint comes near). */
 #define MARK_DEPTH_MAX 100000
+/* Objects made, stack entries and memo indexes allowed: a checkpoint of ResNeXt-101 pickled
+ * whole makes about 10^5; a hostile stream of one-byte opcodes could otherwise make memory
+ * grow a hundredfold over its size. */
+#define OBJECTS_MAX (1u << 22)
 /* Dicts up to this many entries replace a repeated key (see set_items). */
 #define DICT_DEDUP_MAX 65536
 
@@ -264,7 +268,7 @@ static int memo_put(machine_t *m, uint64_t index)
     pk_reader_t *r = m->r;
     /* A pickler numbers its memo entries in order, so an index beyond the opcodes run so far
      * is not from one: refusing it keeps the memo from being sized by the file. */
-    if (index > r->ops)
+    if (index > r->ops || index >= OBJECTS_MAX)
         return fail(m, "memo index %llu out of range", (unsigned long long)index);
     pk_value_t *v = top(m);
     if (!v)
@@ -672,6 +676,10 @@ pk_value_t *pk_load(pk_reader_t *r, const uint8_t *data, size_t size, size_t *po
         }
         if (rc < 0)
             return NULL;
+        if (r->n_values > OBJECTS_MAX || r->n_stack > OBJECTS_MAX) {
+            fail(&m, "more than %u objects or stack entries", OBJECTS_MAX);
+            return NULL;
+        }
     }
 }
 

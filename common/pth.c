@@ -938,12 +938,13 @@ int pth_writer_finish(pth_writer_t *w)
         free(cd.bytes);
         return writer_fail(w, "too many tensors or too large for a zip without zip64");
     }
+    size_t cd_size = cd.len;
     put_le(&cd, 0x06054b50u, 4);
     put_le(&cd, 0, 2);
     put_le(&cd, 0, 2);
     put_le(&cd, w->n_entries, 2);
     put_le(&cd, w->n_entries, 2);
-    put_le(&cd, cd.len - 16, 4); /* the directory's size, before this record */
+    put_le(&cd, cd_size, 4);
     put_le(&cd, w->offset, 4);
     put_le(&cd, 0, 2);
     int ok = fwrite(cd.bytes, 1, cd.len, w->out) == cd.len;

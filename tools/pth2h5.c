@@ -4,12 +4,14 @@
  * the top or nested under a key) or a whole pickled model, whose tensors are found by walking
  * its module tree; keeps every tensor's name, shape and dtype.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
 #include "exitcodes.h"
+#include "fsutil.h"
 #include "h5io.h"
 #include "log.h"
 #include "nn/checkpoint.h"
@@ -24,7 +26,7 @@
 
 typedef struct {
     const char *out, *arch, *key, *model;
-    int list, keep_prefix, allow_missing, allow_unexpected;
+    int list, keep_prefix, allow_missing, allow_unexpected, to_pth;
 } pth2h5_options_t;
 
 static void shape_text(char *buf, size_t size, int rank, const int64_t *dims)
@@ -318,6 +320,143 @@ static void write_output(pth_file_t *f, const pth2h5_options_t *o, int num_outpu
     h5out_commit(&out);
 }
 
+/* ---- the reverse: HDF5 checkpoint -> a file torch.load reads ------------------------------- */
+
+/* The torch dtype of a dataset's HDF5 type, or -1. */
+static int dtype_of(hid_t ds, hid_t type)
+{
+    size_t size = H5Tget_size(type), spos, epos, esize, mpos, msize;
+    H5T_class_t cls = H5Tget_class(type);
+    if (H5Tget_order(type) != H5T_ORDER_LE && size > 1)
+        return -1;
+    if (cls == H5T_FLOAT) {
+        if (H5Tget_fields(type, &spos, &epos, &esize, &mpos, &msize) < 0)
+            return -1;
+        if (size == 4 && esize == 8 && msize == 23)
+            return PTH_F32;
+        if (size == 8 && esize == 11 && msize == 52)
+            return PTH_F64;
+        if (size == 2 && esize == 5 && msize == 10 && spos == 15 && epos == 10 && mpos == 0)
+            return PTH_F16;
+        if (size == 2 && esize == 8 && msize == 7 && spos == 15 && epos == 7 && mpos == 0)
+            return PTH_BF16;
+        return -1;
+    }
+    if (cls != H5T_INTEGER)
+        return -1;
+    int is_signed = H5Tget_sign(type) == H5T_SGN_2;
+    if (!is_signed && size == 1) {
+        char *marked = h5_attr_read_str(ds, "torch_dtype");
+        int is_bool = marked && strcmp(marked, "bool") == 0;
+        free(marked);
+        return is_bool ? PTH_BOOL : PTH_U8;
+    }
+    if (!is_signed)
+        return -1;
+    return size == 8 ? PTH_I64 : size == 4 ? PTH_I32 : size == 2 ? PTH_I16 : size == 1 ? PTH_I8
+                                                                                      : -1;
+}
+
+typedef struct {
+    pth_writer_t *writer;
+    const char *path;
+    int failed;
+} export_t;
+
+static herr_t export_dataset(hid_t group, const char *name, const H5L_info_t *info, void *data)
+{
+    (void)info;
+    export_t *x = data;
+    hid_t ds = H5Dopen2(group, name, H5P_DEFAULT);
+    if (ds < 0) {
+        log_error("%s: state_dict/%s is not a dataset", x->path, name);
+        x->failed = EXIT_BAD_INPUT;
+        return -1;
+    }
+    hid_t type = H5Dget_type(ds), space = H5Dget_space(ds);
+    int dtype = dtype_of(ds, type);
+    int rank = H5Sget_simple_extent_ndims(space);
+    hsize_t dims[PTH_RANK_MAX];
+    int64_t shape[PTH_RANK_MAX];
+    size_t count = 1;
+    int ok = dtype >= 0 && rank >= 0 && rank <= PTH_RANK_MAX &&
+             H5Sget_simple_extent_dims(space, dims, NULL) >= 0;
+    for (int d = 0; ok && d < rank; d++) {
+        shape[d] = (int64_t)dims[d];
+        count *= (size_t)dims[d];
+    }
+    if (!ok) {
+        log_error("%s: state_dict/%s: a type or rank torch cannot take", x->path, name);
+        x->failed = EXIT_BAD_INPUT;
+    } else {
+        void *values = xmalloc(count ? count * pth_dtype_size(dtype) : 1);
+        /* Read in the file's own type: the bytes as they are, no conversion. */
+        if (count && H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0) {
+            log_error("%s: cannot read state_dict/%s (damaged file?)", x->path, name);
+            x->failed = EXIT_BAD_INPUT;
+        } else if (pth_writer_add(x->writer, name, dtype, rank, shape, values) < 0) {
+            log_error("%s", pth_writer_error(x->writer));
+            x->failed = EXIT_IO;
+        }
+        free(values);
+    }
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Dclose(ds);
+    return x->failed ? -1 : 0;
+}
+
+/* The state_dict of an HDF5 checkpoint as a zip archive torch.load reads. */
+static int export_pth(const char *in, const char *out)
+{
+    hid_t file = h5_open_read(in);
+    if (H5Lexists(file, "state_dict", H5P_DEFAULT) <= 0) {
+        log_error("%s: no state_dict group: not a model checkpoint", in);
+        h5_close(file);
+        return EXIT_BAD_INPUT;
+    }
+    hid_t group = H5Gopen2(file, "state_dict", H5P_DEFAULT);
+    char *tmp = tmp_path_for(out);
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp)
+        die(EXIT_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    export_t x = {pth_writer_open(fp, out), in, 0};
+    /* Creation order is torch's state_dict order; a group that does not track it is read
+     * by name. */
+    hid_t gcpl = H5Gget_create_plist(group);
+    unsigned order_flags = 0;
+    H5Pget_link_creation_order(gcpl, &order_flags);
+    H5Pclose(gcpl);
+    H5_index_t index = (order_flags & H5P_CRT_ORDER_INDEXED) ? H5_INDEX_CRT_ORDER
+                                                              : H5_INDEX_NAME;
+    hsize_t at = 0;
+    herr_t rc = H5Literate(group, index, H5_ITER_INC, &at, export_dataset, &x);
+    if (rc < 0 && !x.failed) {
+        log_error("%s: cannot list state_dict (damaged file?)", in);
+        x.failed = EXIT_BAD_INPUT;
+    }
+    if (!x.failed && pth_writer_finish(x.writer) < 0) {
+        log_error("%s", pth_writer_error(x.writer));
+        x.failed = EXIT_IO;
+    }
+    if (fclose(fp) != 0 && !x.failed) {
+        log_error("%s: cannot write: %s", out, strerror(errno));
+        x.failed = EXIT_IO;
+    }
+    pth_writer_free(x.writer);
+    H5Gclose(group);
+    h5_close(file);
+    if (x.failed) {
+        tmp_discard(tmp);
+        free(tmp);
+        return x.failed;
+    }
+    if (tmp_commit(tmp, out) < 0)
+        die(EXIT_IO, "%s: cannot rename into place: %s", out, strerror(errno));
+    free(tmp);
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     log_init("pth2h5", LOG_INFO);
@@ -338,13 +477,16 @@ int main(int argc, char **argv)
          "keep the 'module.' prefix of DataParallel names", 1, 0, NULL},
         {0, "allow-missing", OPT_FLAG, &o.allow_missing, NULL,
          "with --arch: import although model tensors are missing", 1, 0, NULL},
+        {0, "to-pth", OPT_FLAG, &o.to_pth, NULL,
+         "the reverse: IN is an HDF5 checkpoint, OUT a .pth file of its state_dict", 1, 0,
+         NULL},
         {0, "allow-unexpected", OPT_FLAG, &o.allow_unexpected, NULL,
          "with --arch: import although tensors are not in the model", 1, 0, NULL},
         {0},
     };
     const opt_spec_t spec = {
         .program = "pth2h5",
-        .usage = "[options] -o OUT.h5 IN.pth   |   pth2h5 --list IN.pth",
+        .usage = "[options] -o OUT.h5 IN.pth  |  --list IN.pth  |  --to-pth -o OUT.pth IN.h5",
         .summary =
             "Imports a PyTorch checkpoint (torch.save: the zip archive of PyTorch >= 1.6 or\n"
             "the older stream) into the engine's HDF5 checkpoint, without Python: a\n"
@@ -364,6 +506,10 @@ int main(int argc, char **argv)
             "Without --key the tensors are taken from the top object when it is a state_dict\n"
             "or a model, else from the first of its keys state_dict, model_state_dict, model,\n"
             "module, net, network, model_state, weights, params that holds one.\n"
+            "--to-pth goes the other way: the state_dict group of an HDF5 checkpoint (this\n"
+            "program's or the engine's) becomes a zip archive as torch.save writes it, an\n"
+            "OrderedDict of contiguous tensors in the group's order, dtypes kept; torch.load\n"
+            "reads it, also with weights_only=True. Other options do not apply to it.\n"
             "Layout: data-layout.md (Model checkpoints).",
         .exit_codes = "  pth2h5: 3 also for an unknown opcode, a truncated or damaged file, a\n"
                       "  size mismatch, or a tensor that cannot be represented; nothing is "
@@ -382,6 +528,11 @@ int main(int argc, char **argv)
     if (*(const uint8_t *)&probe != 1)
         die(EXIT_INTERNAL, "this program reads little-endian tensors on little-endian hosts");
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    if (o.to_pth) {
+        if (!o.out)
+            die(EXIT_USAGE, "--to-pth needs -o OUT.pth");
+        return export_pth(input, o.out);
+    }
 
     pth_file_t f;
     pth_options_t popt = {o.key, o.keep_prefix};

@@ -52,6 +52,7 @@ typedef struct {
     void *owned;              /* a cached input's inner memory (outside the arena) */
     const void *cached_from;  /* the user pointer and generation the owned copy holds */
     uint64_t cached_generation;
+    int blocked_1x1_out; /* an output reordered by blocked_1x1_to_plain */
 } bound_arg_t;
 
 /* What a prepared primitive was built for. */
@@ -307,6 +308,70 @@ static int md_is_empty(const dnnl_memory_desc_t *md)
 }
 
 /*
+ * 1x1 weight gradients from OIhw16i16o to PyTorch's oihw. oneDNN 2.6's own reorder for this
+ * direction runs at 1.7 GB/s out of cache here (the opposite one at 50): this plain copy,
+ * a 16x16 transpose per block, does 13 GB/s on one thread. Every 1x1 conv's weight gradient
+ * goes through it once per training step.
+ */
+typedef struct {
+    const float *src;
+    float *dst;
+    int in, from, to; /* in channels; range of 16-wide out-channel blocks */
+} blocked_job_t;
+
+static void *blocked_1x1_range(void *arg)
+{
+    const blocked_job_t *job = arg;
+    int in_blocks = job->in / 16;
+    for (int ob = job->from; ob < job->to; ob++) {
+        for (int ib = 0; ib < in_blocks; ib++) {
+            const float *block = job->src + ((size_t)ob * in_blocks + ib) * 256;
+            float *dst = job->dst + (size_t)ob * 16 * job->in + (size_t)ib * 16;
+            for (int oi = 0; oi < 16; oi++)
+                for (int ii = 0; ii < 16; ii++)
+                    dst[(size_t)oi * job->in + ii] = block[ii * 16 + oi];
+        }
+    }
+    return NULL;
+}
+
+#define REORDER_MAX_THREADS 16
+
+static void blocked_1x1_to_plain(cpu_backend_t *cpu, const dnnl_memory_desc_t *md,
+                                 const float *src, float *dst)
+{
+    int out_blocks = (int)md->dims[0] / 16, threads = cpu->threads;
+    if (threads > REORDER_MAX_THREADS)
+        threads = REORDER_MAX_THREADS;
+    if (threads > out_blocks)
+        threads = out_blocks;
+    blocked_job_t jobs[REORDER_MAX_THREADS];
+    pthread_t ids[REORDER_MAX_THREADS];
+    for (int t = 0; t < threads; t++)
+        jobs[t] = (blocked_job_t){src, dst, (int)md->dims[1], out_blocks * t / threads,
+                                  out_blocks * (t + 1) / threads};
+    for (int t = 1; t < threads; t++)
+        if (pthread_create(&ids[t], NULL, blocked_1x1_range, &jobs[t]) != 0)
+            die(EXIT_INTERNAL, "cannot start a thread for a reorder");
+    blocked_1x1_range(&jobs[0]);
+    for (int t = 1; t < threads; t++)
+        pthread_join(ids[t], NULL);
+}
+
+/* Whether prim (to) and user (from) are 1x1 fp32 weights in OIhw16i16o and oihw. */
+static int is_blocked_1x1_pair(const dnnl_memory_desc_t *prim, const dnnl_memory_desc_t *user)
+{
+    if (prim->ndims != 4 || prim->dims[2] != 1 || prim->dims[3] != 1 ||
+        prim->data_type != dnnl_f32 || prim->dims[0] % 16 || prim->dims[1] % 16)
+        return 0;
+    dnnl_memory_desc_t blocked, plain;
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&blocked, 4, prim->dims, dnnl_f32,
+                                            dnnl_OIhw16i16o));
+    DNNL_CHECK(dnnl_memory_desc_init_by_tag(&plain, 4, prim->dims, dnnl_f32, dnnl_oihw));
+    return dnnl_memory_desc_equal(prim, &blocked) && dnnl_memory_desc_equal(user, &plain);
+}
+
+/*
  * Bind an argument given in the caller's layout user_md; adds a reorder when needed. cached:
  * an input whose reordered copy may be kept between calls (weights of inference primitives).
  */
@@ -343,6 +408,7 @@ static void bind_arg(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_des
                                                   cpu->engine, NULL));
     DNNL_CHECK(dnnl_primitive_create(&b->reorder, reorder_pd));
     DNNL_CHECK(dnnl_primitive_desc_destroy(reorder_pd));
+    b->blocked_1x1_out = is_output && is_blocked_1x1_pair(prim_md, &user_md);
 }
 
 static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
@@ -403,8 +469,14 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
 
     for (int i = 0; i < p->nargs; i++) {
         bound_arg_t *b = &p->args[i];
-        if (b->inner && b->is_output)
+        if (b->blocked_1x1_out) {
+            const dnnl_memory_desc_t *md;
+            DNNL_CHECK(dnnl_memory_get_memory_desc(b->inner, &md));
+            DNNL_CHECK(dnnl_stream_wait(cpu->stream));
+            blocked_1x1_to_plain(cpu, md, (const float *)(arena + b->inner_offset), ptrs[i]);
+        } else if (b->inner && b->is_output) {
             run_reorder(cpu, b->reorder, b->inner, b->user);
+        }
     }
     DNNL_CHECK(dnnl_stream_wait(cpu->stream));
 }

@@ -13,6 +13,11 @@ and bfloat16 compared as their 16-bit patterns). Also: the root attributes, --li
 the imported tiny ResNeXt strictly (nn_ckpt_load) and its eval logits and embedding equal
 torchvision's on the same weights (relative L2 and max abs / max |ref| <= 1e-4, the
 tolerance of test_nn_resnext), from the fp32 weights and from their bfloat16 copy.
+The reverse (--to-pth): the special-tensor dict and the tiny model's import, and the engine's
+own fp32 and bf16 checkpoints (test_nn_checkpoint --export), written back as .pth files that
+torch.load reads with weights_only=True: names in order, dtypes, shapes and bits equal to the
+HDF5 file's; the tiny model loads them strictly; pth2h5 reads them back identically. A file
+that is not HDF5, or an HDF5 file without state_dict, exits 3.
 """
 import os
 import subprocess
@@ -154,6 +159,96 @@ def engine_forward():
                       f"{rel:.2e}, max_abs/max {mx:.2e} (tol {TOL:.0e})")
 
 
+def h5_items(path):
+    """(name, numpy array as stored, is bool) of an HDF5 checkpoint's state_dict, in order."""
+    with h5py.File(path, "r") as f:
+        out = []
+        for name, ds in f["state_dict"].items():
+            size = ds.id.get_type().get_size()
+            raw = ds[()]
+            if ds.dtype.kind == "f" and size == 2 and ds.dtype.itemsize == 4:
+                raw = (np.asarray(raw, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+                kind = "bf16"
+            else:
+                kind = "bool" if ds.attrs.get("torch_dtype") in (b"bool", "bool") else ""
+            out.append((name, np.asarray(raw), kind))
+        return out
+
+
+def same_as_h5(label, pth, h5path):
+    """torch.load(pth, weights_only=True) against the HDF5 state_dict, bit for bit."""
+    try:
+        sd = torch.load(pth, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (any failure of torch.load is the finding)
+        check(False, f"{label}: torch.load(weights_only=True) fails: {err}")
+        return None
+    items = h5_items(h5path)
+    check(list(sd) == [n for n, _, _ in items], f"{label}: {len(sd)} names in the file's order")
+    bad = []
+    for name, raw, kind in items:
+        t = sd.get(name)
+        if t is None or tuple(t.shape) != raw.shape or not t.is_contiguous():
+            bad.append(f"{name} shape")
+        elif kind == "bf16":
+            if t.dtype != torch.bfloat16 or not np.array_equal(
+                    t.view(torch.int16).numpy().view(np.uint16), raw):
+                bad.append(f"{name} bf16 bits")
+        elif kind == "bool":
+            if t.dtype != torch.bool or not np.array_equal(t.numpy().astype(np.uint8), raw):
+                bad.append(f"{name} bool")
+        elif t.numpy().dtype != raw.dtype or not np.array_equal(bits(t.numpy()), bits(raw)):
+            bad.append(f"{name} {t.numpy().dtype} vs {raw.dtype}")
+    check(not bad, f"{label}: every tensor bit-identical to the HDF5 file"
+          f"{': ' + '; '.join(bad[:4]) if bad else ''}")
+    return sd
+
+
+def reverse():
+    import resnext_ref
+    export = os.path.join(WORK, "export")
+    tool = os.path.join(os.environ.get("BUILD", os.path.join(HERE, "..", "..", "build")),
+                        "tests", "test_nn_checkpoint")
+    subprocess.run([tool, "--export", export], capture_output=True, check=False)
+    sources = [("mixed", os.path.join(WORK, "mixed.h5")),
+               ("tiny import", os.path.join(WORK, "sd_legacy_engine.h5")),
+               ("engine fp32", os.path.join(export, "tiny.h5")),
+               ("engine bf16", os.path.join(export, "tiny_bf16.h5"))]
+    for label, h5path in sources:
+        if not os.path.exists(h5path):
+            check(False, f"{label}: {h5path} was not written")
+            continue
+        pth = os.path.join(WORK, "back_" + label.replace(" ", "_") + ".pth")
+        proc = testlib.run("pth2h5", "--to-pth", "-o", pth, h5path)
+        check(proc.returncode == 0, f"--to-pth {label}: exit {proc.returncode} "
+              f"{proc.stderr.strip()[-300:]}")
+        if proc.returncode != 0:
+            continue
+        sd = same_as_h5(f"--to-pth {label}", pth, h5path)
+        if sd is not None and label != "mixed":
+            model = resnext_ref.build("tiny", 6)
+            try:
+                model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                       for k, v in sd.items()}, strict=True)
+                check(True, f"--to-pth {label}: torchvision's tiny model loads it strictly")
+            except RuntimeError as err:
+                check(False, f"--to-pth {label}: strict load fails: {str(err)[:300]}")
+        again = os.path.join(WORK, "again_" + label.replace(" ", "_") + ".h5")
+        if convert(pth, again):
+            a, b = h5_items(h5path), h5_items(again)
+            check(len(a) == len(b) and all(
+                x[0] == y[0] and x[2] == y[2] and np.array_equal(bits(x[1]), bits(y[1]))
+                for x, y in zip(a, b)), f"--to-pth {label}: pth2h5 reads it back identically")
+    bad = os.path.join(WORK, "bad_back.pth")
+    proc = testlib.run("pth2h5", "--to-pth", "-o", bad, os.path.join(FIX, "sd.pth"))
+    check(proc.returncode == 3 and not os.path.exists(bad),
+          f"--to-pth on a .pth (not HDF5): exit {proc.returncode}")
+    with h5py.File(os.path.join(WORK, "nostate.h5"), "w") as f:
+        f["x"] = np.zeros(3)
+    proc = testlib.run("pth2h5", "--to-pth", "-o", bad, os.path.join(WORK, "nostate.h5"))
+    check(proc.returncode == 3 and "no state_dict" in proc.stderr and not os.path.exists(bad),
+          f"--to-pth on HDF5 without state_dict: exit {proc.returncode}")
+
+
 def main():
     make_fixtures()
     cases = [("sd", None), ("module", None), ("mixed", None), ("dp", None),
@@ -233,6 +328,7 @@ def main():
     check(proc.returncode == 3 and "'state_dict'" in proc.stderr,
           f"--key nope: exit {proc.returncode}, lists the keys")
     engine_forward()
+    reverse()
     testlib.finish("pth2h5")
 
 

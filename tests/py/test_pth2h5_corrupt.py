@@ -12,7 +12,7 @@ Hand-made (Python's pickle and zipfile, with the ids and rebuild calls torch use
 Damaged, each must exit 3 with a message naming the file and what was found, and write
 nothing: a cut zip, a cut older-format pickle, cut storages, an unknown opcode, a huge string
 length, a huge memo index, a huge storage size, a storage shorter than its id declares, a
-storage element count that differs, a flipped byte (CRC-32), a quantized and a sparse tensor,
+storage element count that differs, a flipped byte (CRC-32), 5 million None opcodes, a quantized and a sparse tensor,
 a complex storage, a module tree that contains itself, one sharing a submodule exponentially
 often, two names colliding once 'module.' is stripped, a text file. Then 160 seeded random
 mutations (bytes replaced, flipped, cut or inserted in the older format's pickles, in a zip's
@@ -258,6 +258,8 @@ def test_damaged():
                         b"abc."), "declared length")
     expect_refused("huge memo index",
                    hand("memo.pth", b"\x80\x02N" + b"r\xff\xff\xff\xff."), "memo index")
+    expect_refused("object bomb (5 million one-byte None opcodes)",
+                   hand("nones.pth", b"\x80\x02" + b"N" * 5000000 + b"."), "objects")
     expect_refused("MARK nesting bomb", hand("marks.pth", b"\x80\x02" + b"(" * 200000 + b"N."),
                    "MARKs nested")
 

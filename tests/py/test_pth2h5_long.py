@@ -5,7 +5,8 @@ Runs only with ICH_LONG_TESTS=1 (make test-long); otherwise it skips. tests/ref/
 --full writes the model's state_dict in the older serialization (as the hub's WSL weights)
 and the whole model in the zip archive (as torch.save(model)); each is imported with
 --arch resnext101_32x8d, and every one of its 626 tensors must equal torch.load's bit for
-bit, in torch's order, with the architecture group of the model. Prints the import times.
+bit, in torch's order, with the architecture group of the model; the state_dict written back
+with --to-pth loads in torch (weights_only=True) equal to the original. Prints the times.
 """
 import os
 import subprocess
@@ -63,6 +64,19 @@ def main():
                   arch["num_outputs"] == 1000 and f.attrs["model"] in ("resnext101_32x8d",
                                                                         b"resnext101_32x8d"),
                   f"{name}: architecture layers {list(arch['layers'])}, model attribute")
+        if name == "r101_sd_legacy":
+            back = os.path.join(WORK, "r101_back.pth")
+            start = time.time()
+            proc = testlib.run("pth2h5", "--to-pth", "-o", back, dst)
+            secs = time.time() - start
+            check(proc.returncode == 0, f"--to-pth: exit {proc.returncode} in {secs:.1f} s")
+            if proc.returncode == 0:
+                again = torch.load(back, map_location="cpu", weights_only=True)
+                same = list(again) == list(ref) and all(
+                    again[k].dtype == v.dtype and torch.equal(again[k], v)
+                    for k, v in ref.items())
+                check(same, "--to-pth: torch.load(weights_only=True) gives torch's state_dict")
+                os.remove(back)
         del obj, ref
         os.remove(dst)
     testlib.finish("pth2h5 ResNeXt-101")
