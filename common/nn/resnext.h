@@ -88,7 +88,9 @@ void resnext_set_precision(resnext_t *m, int precision);
  * RESNEXT_WEIGHT_CACHE_OFF never, RESNEXT_WEIGHT_CACHE_AUTO (default) for convolutions in
  * bf16 only, whose copy takes half the weights' size. Measured (bench/README.md): the copy
  * speeds inference up by 10% in fp32 and 25% in bf16, and an fp32 copy doubles the weights'
- * memory (ResNeXt-101: +330 MiB, above PyTorch's peak).
+ * memory (ResNeXt-101: +330 MiB, above PyTorch's peak). Weights written other than through
+ * the backend's adam_step or to_device (nn_params_fill_hashed, direct host writes on the
+ * CPU) need be->weights_changed(be) before the next forward, or the copy goes stale.
  */
 enum { RESNEXT_WEIGHT_CACHE_AUTO = 0, RESNEXT_WEIGHT_CACHE_ON, RESNEXT_WEIGHT_CACHE_OFF };
 void resnext_set_weight_cache(resnext_t *m, int mode);

@@ -12,8 +12,8 @@ Hand-made (Python's pickle and zipfile, with the ids and rebuild calls torch use
 Damaged, each must exit 3 with a message naming the file and what was found, and write
 nothing: a cut zip, a cut older-format pickle, cut storages, an unknown opcode, a huge string
 length, a huge memo index, a huge storage size, a storage shorter than its id declares, a
-storage element count that differs, a flipped byte (CRC-32), 5 million None opcodes, a quantized and a sparse tensor,
-a complex storage, a module tree that contains itself, one sharing a submodule exponentially
+storage element count that differs, a flipped byte (CRC-32), 5 million None opcodes, a
+quantized and a sparse tensor, a complex storage, a module tree that contains itself, one sharing a submodule exponentially
 often, two names colliding once 'module.' is stripped, a text file. Then 160 seeded random
 mutations (bytes replaced, flipped, cut or inserted in the older format's pickles, in a zip's
 data.pkl with its CRC made right, in a zip's central directory): each exits 0 or 3, never
