@@ -27,4 +27,4 @@ echo "  mkfolds         $(attr "$folds" labelled_slices) labelled slices in" \
     "$(attr "$folds" folds) folds, $(attr "$folds" test_slices) test slices -> $folds"
 echo "  seqbuild        $(attr "$seqs" series_count) series," \
     "$(attr "$seqs" slice_count) slices -> $seqs"
-echo "  not yet built   cnntrain, embdump, lstmtrain, bagavg (no predictions yet)"
+echo "  not yet built   cnntrain, embdump, lstmtrain: no predictions yet for bagavg to bag"

@@ -44,7 +44,7 @@ static float *random_buf(size_t n, uint32_t seed)
 
 static nn_tensor_t tensor(int n, int c, int h, int w, uint32_t seed)
 {
-    nn_tensor_t t = {NULL, n, c, h, w};
+    nn_tensor_t t = {.data = NULL, .n = n, .c = c, .h = h, .w = w};
     t.data = random_buf(nn_numel(&t), seed);
     return t;
 }
@@ -103,7 +103,8 @@ static void conv_reference(const conv_case_t *k, const float *x, const float *w,
 
 static void test_conv_exact(const conv_case_t *k)
 {
-    nn_conv_t op = {k->in_ch, k->out_ch, k->kernel, k->stride, k->pad, k->groups, NULL};
+    nn_conv_t op = {.in_ch = k->in_ch, .out_ch = k->out_ch, .kernel = k->kernel,
+                     .stride = k->stride, .pad = k->pad, .groups = k->groups};
     int oh = (k->h + 2 * k->pad - k->kernel) / k->stride + 1;
     nn_tensor_t x = tensor(k->n, k->in_ch, k->h, k->h, 11);
     nn_tensor_t dy = tensor(k->n, k->out_ch, oh, oh, 12);
@@ -308,7 +309,7 @@ static void add_bwd(fd_op_t *op, const nn_tensor_t *r)
 static void test_finite_differences(void)
 {
     /* Convolution: grouped, strided, padded. */
-    nn_conv_t conv = {4, 6, 3, 2, 1, 2, NULL};
+    nn_conv_t conv = {.in_ch = 4, .out_ch = 6, .kernel = 3, .stride = 2, .pad = 1, .groups = 2};
     fd_op_t c = {"conv 3x3/2 groups 2", tensor(2, 4, 7, 7, 1), tensor(2, 6, 4, 4, 2),
                  tensor(2, 4, 7, 7, 3), random_buf(6 * 2 * 9, 4), random_buf(6 * 2 * 9, 5),
                  6 * 2 * 9, conv_fwd, conv_bwd, &conv};

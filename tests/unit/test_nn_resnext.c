@@ -217,7 +217,8 @@ static void run_case(const nn_case_t *tc, const char *dir)
     hsize_t dims[8];
     float *input = h5_read(f, "input", H5T_NATIVE_FLOAT, 4, dims);
     float *labels = h5_read(f, "labels", H5T_NATIVE_FLOAT, 2, NULL);
-    nn_tensor_t x = {input, (int)dims[0], (int)dims[1], (int)dims[2], (int)dims[3]};
+    nn_tensor_t x = {.data = input, .n = (int)dims[0], .c = (int)dims[1], .h = (int)dims[2],
+                     .w = (int)dims[3]};
     int n = x.n;
     printf("%s: %d params, %dx%dx%dx%d input, reference %.1f s\n", tc->model,
            (int)ps->param_count, x.n, x.c, x.h, x.w, t_ref);
