@@ -183,6 +183,19 @@ void h5_write_strings(hid_t loc, const char *name, const char *const *strings, s
     free(packed);
 }
 
+hid_t h5_create_group_ordered(hid_t loc, const char *name)
+{
+    h5_init();
+    hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
+    H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+    H5Pset_attr_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+    hid_t group = H5Gcreate2(loc, name, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    H5Pclose(gcpl);
+    if (group < 0)
+        h5_fail(loc, "H5Gcreate2", name, EXIT_IO);
+    return group;
+}
+
 int h5_exists(hid_t loc, const char *name)
 {
     h5_init();

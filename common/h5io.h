@@ -41,6 +41,9 @@ void h5_write_i8(hid_t loc, const char *name, const int8_t *data, int rank, cons
 /* A 1-D column of n strings, stored as fixed-length, null-padded ASCII/UTF-8. */
 void h5_write_strings(hid_t loc, const char *name, const char *const *strings, size_t n);
 
+/* A group whose links and attributes list in creation order (as written, not alphabetical). */
+hid_t h5_create_group_ordered(hid_t loc, const char *name);
+
 int h5_exists(hid_t loc, const char *name); /* dataset or group, nested paths allowed */
 /* Rank and dims of a dataset (dims must hold 8). Dies if missing. */
 int h5_dims(hid_t loc, const char *name, hsize_t *dims);

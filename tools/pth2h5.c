@@ -208,18 +208,6 @@ static hid_t file_type(const types_t *types, pth_dtype_t dtype)
     return H5T_STD_U8LE;
 }
 
-static hid_t create_group(hid_t loc, const char *name)
-{
-    hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
-    H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-    H5Pset_attr_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-    hid_t group = H5Gcreate2(loc, name, H5P_DEFAULT, gcpl, H5P_DEFAULT);
-    H5Pclose(gcpl);
-    if (group < 0)
-        die(EXIT_IO, "%s: cannot create group %s", h5_filename(loc), name);
-    return group;
-}
-
 /* One tensor, chunked about 1 MiB along the first axis with a Fletcher-32 checksum per
  * chunk, as the engine's own checkpoints. */
 static void write_tensor(hid_t group, const pth_tensor_t *t, hid_t type, const void *data)
@@ -269,7 +257,7 @@ static void write_arch(hid_t file, const char *arch, int num_outputs)
     int64_t values[5] = {cfg->groups, cfg->width_per_group, cfg->base, num_outputs,
                          (int64_t)cfg->base * 8 * 4};
     const char *names[5] = {"groups", "width_per_group", "base", "num_outputs", "embed_dim"};
-    hid_t group = create_group(file, "architecture");
+    hid_t group = h5_create_group_ordered(file, "architecture");
     hsize_t four = 4;
     hid_t space = H5Screate_simple(1, &four, NULL);
     hid_t attr = H5Acreate2(group, "layers", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
@@ -301,7 +289,7 @@ static void write_output(pth_file_t *f, const pth2h5_options_t *o, int num_outpu
         write_arch(out.file, o->arch, num_outputs);
 
     types_t types = {f16_type(), nn_h5_bf16_type()};
-    hid_t group = create_group(out.file, "state_dict");
+    hid_t group = h5_create_group_ordered(out.file, "state_dict");
     for (size_t i = 0; i < f->n_tensors; i++) {
         const pth_tensor_t *t = &f->tensors[i];
         void *data = pth_tensor_data(f, t);

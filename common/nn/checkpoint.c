@@ -142,20 +142,6 @@ static void write_failed(hid_t loc, const char *what)
     die(EXIT_IO, "%s: cannot write '%s'", h5_filename(loc), what);
 }
 
-/* A group whose links and attributes iterate in creation order (state_dict order for h5py
- * users, not alphabetical). */
-static hid_t create_group(hid_t loc, const char *name)
-{
-    hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
-    H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-    H5Pset_attr_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-    hid_t group = H5Gcreate2(loc, name, H5P_DEFAULT, gcpl, H5P_DEFAULT);
-    H5Pclose(gcpl);
-    if (group < 0)
-        write_failed(loc, name);
-    return group;
-}
-
 /* An int64 attribute: a scalar for one value, else a vector. */
 static void attr_i64_vector(hid_t obj, const char *name, const int64_t *values, int count)
 {
@@ -232,7 +218,7 @@ static void write_meta(hid_t file, const nn_ckpt_meta_t *meta, int bf16)
     h5_attr_i64(file, "epoch", meta->epoch);
     h5_attr_provenance(file);
 
-    hid_t arch = create_group(file, ARCH_GROUP);
+    hid_t arch = h5_create_group_ordered(file, ARCH_GROUP);
     for (int i = 0; i < meta->n_arch; i++)
         attr_i64_vector(arch, meta->arch[i].name, meta->arch[i].values, meta->arch[i].count);
     H5Gclose(arch);
@@ -272,7 +258,7 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
     writer_t w = {ps->be, bf16 ? nn_h5_bf16_type() : -1, xmalloc(largest * sizeof(float)),
                   bf16 ? xmalloc(largest * sizeof(uint16_t)) : NULL};
 
-    hid_t state = create_group(out.file, STATE_GROUP);
+    hid_t state = h5_create_group_ordered(out.file, STATE_GROUP);
     for (size_t i = 0; i < ps->n_entries; i++) {
         const nn_entry_t *e = &ps->entries[i];
         if (e->kind == NN_ENTRY_COUNTER)
@@ -284,7 +270,7 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
     H5Gclose(state);
 
     if (ps->adam_m && ps->adam_v && !(flags & NN_CKPT_NO_ADAM)) {
-        hid_t adam = create_group(out.file, ADAM_GROUP);
+        hid_t adam = h5_create_group_ordered(out.file, ADAM_GROUP);
         h5_attr_f64(adam, "lr", meta->adam.lr);
         h5_attr_f64(adam, "beta1", meta->adam.beta1);
         h5_attr_f64(adam, "beta2", meta->adam.beta2);
@@ -293,7 +279,7 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
         const char *names[2] = {"m", "v"};
         float *slabs[2] = {ps->adam_m, ps->adam_v};
         for (int k = 0; k < 2; k++) {
-            hid_t group = create_group(adam, names[k]);
+            hid_t group = h5_create_group_ordered(adam, names[k]);
             for (size_t i = 0; i < ps->n_entries; i++) {
                 const nn_entry_t *e = &ps->entries[i];
                 if (e->kind == NN_ENTRY_PARAM)
