@@ -1,0 +1,236 @@
+/* Bidirectional LSTM, forward and backward, fp32 on the host (see lstm.h). */
+#include "nn/lstm.h"
+
+#include "check.h"
+#include "exitcodes.h"
+
+#include <dnnl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { GATE_I = 0, GATE_F = 1, GATE_G = 2, GATE_O = 3 };
+
+void nn_sgemm(char trans_a, char trans_b, long m, long n, long k, float alpha, const float *a,
+              long lda, const float *b, long ldb, float beta, float *c, long ldc)
+{
+    if (m == 0 || n == 0)
+        return;
+    dnnl_status_t st = dnnl_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
+                                  ldc);
+    if (st != dnnl_success)
+        die(EXIT_INTERNAL, "oneDNN sgemm %ldx%ldx%ld failed (status %d)", m, n, k, (int)st);
+}
+
+void nn_lstm_init(nn_lstm_t *l, int in, int hidden, int pad_like_original)
+{
+    memset(l, 0, sizeof(*l));
+    l->in = in;
+    l->hidden = hidden;
+    l->pad_like_original = pad_like_original;
+}
+
+void nn_lstm_free(nn_lstm_t *l)
+{
+    for (int d = 0; d < 2; d++) {
+        free(l->gates[d]);
+        free(l->cells[d]);
+    }
+    free(l->dgates);
+    free(l->h_prev);
+    free(l->carry_h);
+    free(l->carry_c);
+    memset(l, 0, sizeof(*l));
+}
+
+/* Grow the kept buffers to batch x steps rows. */
+static void reserve(nn_lstm_t *l, int batch, int steps)
+{
+    size_t rows = (size_t)batch * steps, h = (size_t)l->hidden;
+
+    if (rows > l->cap_rows) {
+        for (int d = 0; d < 2; d++) {
+            free(l->gates[d]);
+            free(l->cells[d]);
+            l->gates[d] = xmalloc(rows * 4 * h * sizeof(float));
+            l->cells[d] = xmalloc(rows * h * sizeof(float));
+        }
+        free(l->dgates);
+        free(l->h_prev);
+        l->dgates = xmalloc(rows * 4 * h * sizeof(float));
+        l->h_prev = xmalloc(rows * h * sizeof(float));
+        l->cap_rows = rows;
+    }
+    if ((size_t)batch > l->cap_batch) {
+        free(l->carry_h);
+        free(l->carry_c);
+        l->carry_h = xmalloc((size_t)batch * h * sizeof(float));
+        l->carry_c = xmalloc((size_t)batch * h * sizeof(float));
+        l->cap_batch = (size_t)batch;
+    }
+}
+
+static int active(const nn_lstm_t *l, int b, int t)
+{
+    return l->pad_like_original || t >= l->steps - l->lengths[b];
+}
+
+/* The step at position s of direction d's processing order, and the one before it. */
+static int step_at(const nn_lstm_t *l, int d, int s)
+{
+    return d == 0 ? s : l->steps - 1 - s;
+}
+
+static int step_before(int d, int t)
+{
+    return d == 0 ? t - 1 : t + 1;
+}
+
+static float sigmoidf(float z)
+{
+    return 1.0f / (1.0f + expf(-z));
+}
+
+static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const float *x,
+                              float *y)
+{
+    const int batch = l->batch, steps = l->steps, H = l->hidden, G4 = 4 * H;
+    const long rows = (long)batch * steps, y_row = 2L * H;
+    float *gates = l->gates[d], *cells = l->cells[d];
+
+    /* Input projections of every step in one GEMM, on top of both biases. */
+    for (long r = 0; r < rows; r++)
+        for (int j = 0; j < G4; j++)
+            gates[r * G4 + j] = w->b_ih[j] + w->b_hh[j];
+    nn_sgemm('N', 'T', rows, G4, l->in, 1.0f, x, l->in, w->w_ih, l->in, 1.0f, gates, G4);
+
+    for (int s = 0; s < steps; s++) {
+        int t = step_at(l, d, s), tp = step_before(d, t);
+
+        /* Recurrent term over the whole batch; inactive rows are cleared below. */
+        if (s > 0)
+            nn_sgemm('N', 'T', batch, G4, H, 1.0f, y + (size_t)tp * y_row + (size_t)d * H,
+                     (long)steps * y_row, w->w_hh, H, 1.0f, gates + (size_t)t * G4,
+                     (long)steps * G4);
+
+        for (int b = 0; b < batch; b++) {
+            size_t row = (size_t)b * steps + t;
+            float *a = gates + row * G4, *c = cells + row * H;
+            float *h = y + row * y_row + (size_t)d * H;
+            if (!active(l, b, t)) {
+                memset(a, 0, (size_t)G4 * sizeof(float));
+                memset(c, 0, (size_t)H * sizeof(float));
+                memset(h, 0, (size_t)H * sizeof(float));
+                continue;
+            }
+            const float *c_prev = s > 0 ? cells + ((size_t)b * steps + tp) * H : NULL;
+            for (int j = 0; j < H; j++) {
+                float gi = sigmoidf(a[GATE_I * H + j]), gf = sigmoidf(a[GATE_F * H + j]);
+                float gg = tanhf(a[GATE_G * H + j]), go = sigmoidf(a[GATE_O * H + j]);
+                float cell = gi * gg + (c_prev ? gf * c_prev[j] : 0.0f);
+                a[GATE_I * H + j] = gi;
+                a[GATE_F * H + j] = gf;
+                a[GATE_G * H + j] = gg;
+                a[GATE_O * H + j] = go;
+                c[j] = cell;
+                h[j] = go * tanhf(cell);
+            }
+        }
+    }
+}
+
+void nn_lstm_forward(nn_lstm_t *l, const nn_lstm_weights_t *w, const float *x, int batch,
+                     int steps, const int *lengths, float *y)
+{
+    for (int b = 0; b < batch; b++)
+        if (lengths[b] < 1 || lengths[b] > steps)
+            die(EXIT_INTERNAL, "lstm: series %d has length %d outside [1, %d]", b, lengths[b],
+                steps);
+    reserve(l, batch, steps);
+    l->batch = batch;
+    l->steps = steps;
+    l->lengths = lengths;
+    for (int d = 0; d < 2; d++)
+        forward_direction(l, d, &w->dir[d], x, y);
+}
+
+static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const float *x,
+                               const float *y, const float *dy, float *dx, nn_lstm_dir_t *g)
+{
+    const int batch = l->batch, steps = l->steps, H = l->hidden, G4 = 4 * H;
+    const long rows = (long)batch * steps, y_row = 2L * H;
+    const float *gates = l->gates[d], *cells = l->cells[d];
+    float *dgates = l->dgates, *carry_h = l->carry_h, *carry_c = l->carry_c;
+
+    memset(carry_h, 0, (size_t)batch * H * sizeof(float));
+    memset(carry_c, 0, (size_t)batch * H * sizeof(float));
+
+    /* Back through the processing order: gate gradients per step, carries to the step before. */
+    for (int s = steps - 1; s >= 0; s--) {
+        int t = step_at(l, d, s), tp = step_before(d, t);
+        for (int b = 0; b < batch; b++) {
+            size_t row = (size_t)b * steps + t;
+            float *da = dgates + row * G4, *ch = carry_h + (size_t)b * H;
+            float *cc = carry_c + (size_t)b * H;
+            if (!active(l, b, t)) {
+                memset(da, 0, (size_t)G4 * sizeof(float));
+                memset(cc, 0, (size_t)H * sizeof(float));
+                continue;
+            }
+            const float *a = gates + row * G4, *c = cells + row * H;
+            const float *dh_out = dy + row * y_row + (size_t)d * H;
+            const float *c_prev = s > 0 ? cells + ((size_t)b * steps + tp) * H : NULL;
+            for (int j = 0; j < H; j++) {
+                float gi = a[GATE_I * H + j], gf = a[GATE_F * H + j];
+                float gg = a[GATE_G * H + j], go = a[GATE_O * H + j];
+                float tc = tanhf(c[j]);
+                float dh = dh_out[j] + ch[j];
+                float dc = dh * go * (1.0f - tc * tc) + cc[j];
+                float cp = c_prev ? c_prev[j] : 0.0f;
+                da[GATE_I * H + j] = dc * gg * gi * (1.0f - gi);
+                da[GATE_F * H + j] = dc * cp * gf * (1.0f - gf);
+                da[GATE_G * H + j] = dc * gi * (1.0f - gg * gg);
+                da[GATE_O * H + j] = dh * tc * go * (1.0f - go);
+                cc[j] = dc * gf;
+            }
+        }
+        if (s > 0)
+            nn_sgemm('N', 'N', batch, H, G4, 1.0f, dgates + (size_t)t * G4, (long)steps * G4,
+                     w->w_hh, H, 0.0f, carry_h, H);
+    }
+
+    /* The recurrent input of every step (zero where a series' recurrence starts). */
+    float *h_prev = l->h_prev;
+    for (int b = 0; b < batch; b++) {
+        for (int s = 0; s < steps; s++) {
+            int t = step_at(l, d, s);
+            float *dst = h_prev + ((size_t)b * steps + t) * H;
+            if (s == 0)
+                memset(dst, 0, (size_t)H * sizeof(float));
+            else
+                memcpy(dst, y + ((size_t)b * steps + step_before(d, t)) * y_row +
+                                (size_t)d * H,
+                       (size_t)H * sizeof(float));
+        }
+    }
+
+    nn_sgemm('T', 'N', G4, H, rows, 1.0f, dgates, G4, h_prev, H, 0.0f, g->w_hh, H);
+    nn_sgemm('T', 'N', G4, l->in, rows, 1.0f, dgates, G4, x, l->in, 0.0f, g->w_ih, l->in);
+    for (int j = 0; j < G4; j++) {
+        double sum = 0.0;
+        for (long r = 0; r < rows; r++)
+            sum += dgates[r * G4 + j];
+        g->b_ih[j] = (float)sum;
+        g->b_hh[j] = (float)sum;
+    }
+    if (dx)
+        nn_sgemm('N', 'N', rows, l->in, G4, 1.0f, dgates, G4, w->w_ih, l->in,
+                 d == 0 ? 0.0f : 1.0f, dx, l->in);
+}
+
+void nn_lstm_backward(nn_lstm_t *l, const nn_lstm_weights_t *w, const float *x,
+                      const float *y, const float *dy, float *dx, nn_lstm_weights_t *grad)
+{
+    for (int d = 0; d < 2; d++)
+        backward_direction(l, d, &w->dir[d], x, y, dy, dx, &grad->dir[d]);
+}

@@ -1,0 +1,308 @@
+/* The stage-5 sequence model: two bidirectional LSTMs, relu branches, embedding skip. */
+#include "nn/seqmodel.h"
+
+#include "check.h"
+#include "exitcodes.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const lstm_tensor_names[8] = {
+    "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+    "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse", "bias_hh_l0_reverse",
+};
+
+/* Declare an LSTM's 8 tensors in state_dict order; returns the first entry. */
+static size_t declare_lstm(nn_paramset_t *ps, const char *prefix, int in, int hidden)
+{
+    size_t first = 0;
+
+    for (int k = 0; k < 8; k++) {
+        char name[NN_NAME_MAX];
+        int64_t dims[2] = {4 * (int64_t)hidden, k % 4 == 0 ? in : hidden};
+        snprintf(name, sizeof(name), "%s.%s", prefix, lstm_tensor_names[k]);
+        size_t e = nn_params_declare(ps, name, NN_ENTRY_PARAM, k % 4 < 2 ? 2 : 1, dims);
+        if (k == 0)
+            first = e;
+    }
+    return first;
+}
+
+static size_t declare_linear(nn_paramset_t *ps, const char *prefix, int in, int out,
+                             size_t *bias)
+{
+    char name[NN_NAME_MAX];
+    int64_t dims[2] = {out, in};
+
+    snprintf(name, sizeof(name), "%s.weight", prefix);
+    size_t w = nn_params_declare(ps, name, NN_ENTRY_PARAM, 2, dims);
+    snprintf(name, sizeof(name), "%s.bias", prefix);
+    *bias = nn_params_declare(ps, name, NN_ENTRY_PARAM, 1, dims);
+    return w;
+}
+
+/* The LSTM tensors (values or gradients) starting at entry first. */
+static nn_lstm_weights_t lstm_view(seqmodel_t *m, size_t first, int grads)
+{
+    nn_lstm_weights_t w;
+    float *p[8];
+
+    for (int k = 0; k < 8; k++)
+        p[k] = grads ? nn_params_grad(&m->ps, first + k) : nn_params_value(&m->ps, first + k);
+    for (int d = 0; d < 2; d++) {
+        w.dir[d].w_ih = p[4 * d];
+        w.dir[d].w_hh = p[4 * d + 1];
+        w.dir[d].b_ih = p[4 * d + 2];
+        w.dir[d].b_hh = p[4 * d + 3];
+    }
+    return w;
+}
+
+seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_original,
+                            char *err, size_t err_len)
+{
+    if (emb < 1 || hidden < 1) {
+        snprintf(err, err_len, "embedding width %d and hidden size %d must be positive", emb,
+                 hidden);
+        return NULL;
+    }
+    /* The skip connection adds E[:, :H] to each direction's half of the hidden state. */
+    if (emb < hidden) {
+        snprintf(err, err_len,
+                 "the hidden size %d exceeds the embedding width %d: the model adds the "
+                 "embedding's first %d columns to each LSTM direction",
+                 hidden, emb, hidden);
+        return NULL;
+    }
+
+    seqmodel_t *m = xcalloc(1, sizeof(*m));
+    m->emb = emb;
+    m->hidden = hidden;
+    m->pad_like_original = pad_like_original;
+    m->be = be;
+    nn_lstm_init(&m->lstm1, 3 * emb, hidden, pad_like_original);
+    nn_lstm_init(&m->lstm2, 2 * hidden, hidden, pad_like_original);
+
+    nn_params_init(&m->ps, be);
+    m->lstm1_first = declare_lstm(&m->ps, "lstm1", 3 * emb, hidden);
+    m->lstm2_first = declare_lstm(&m->ps, "lstm2", 2 * hidden, hidden);
+    m->lin1_w = declare_linear(&m->ps, "linear1", 2 * hidden, 2 * hidden, &m->lin1_b);
+    m->lin2_w = declare_linear(&m->ps, "linear2", 2 * hidden, 2 * hidden, &m->lin2_b);
+    m->lin_w = declare_linear(&m->ps, "linear", 2 * hidden, SEQ_OUTPUTS, &m->lin_b);
+    nn_params_alloc(&m->ps);
+    return m;
+}
+
+static void free_batch(seqmodel_t *m)
+{
+    float **bufs[] = {&m->x, &m->h1, &m->h2, &m->a1, &m->a2, &m->summed, &m->logits,
+                      &m->dlogits, &m->dhidden, &m->dh1, &m->dh2, &m->dpre,
+                      &m->valid_logits, &m->valid_labels, &m->valid_dlogits};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
+        free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+}
+
+void seqmodel_destroy(seqmodel_t *m)
+{
+    if (!m)
+        return;
+    free_batch(m);
+    free(m->lengths);
+    nn_lstm_free(&m->lstm1);
+    nn_lstm_free(&m->lstm2);
+    nn_params_free(&m->ps);
+    free(m);
+}
+
+static void reserve(seqmodel_t *m, int batch, int steps)
+{
+    size_t rows = (size_t)batch * steps, wide = 2 * (size_t)m->hidden;
+
+    free(m->lengths);
+    m->lengths = xmalloc((size_t)batch * sizeof(int));
+    if (rows <= m->cap_rows)
+        return;
+    free_batch(m);
+    m->x = xmalloc(rows * 3 * (size_t)m->emb * sizeof(float));
+    float **wide_bufs[] = {&m->h1, &m->h2, &m->a1, &m->a2, &m->summed,
+                           &m->dhidden, &m->dh1, &m->dh2, &m->dpre};
+    for (size_t i = 0; i < sizeof(wide_bufs) / sizeof(wide_bufs[0]); i++)
+        *wide_bufs[i] = xmalloc(rows * wide * sizeof(float));
+    float **out_bufs[] = {&m->logits, &m->dlogits, &m->valid_logits, &m->valid_labels,
+                          &m->valid_dlogits};
+    for (size_t i = 0; i < sizeof(out_bufs) / sizeof(out_bufs[0]); i++)
+        *out_bufs[i] = xmalloc(rows * SEQ_OUTPUTS * sizeof(float));
+    m->cap_rows = rows;
+}
+
+/* X = [E, E - E_prev, E - E_next] per series; differences zero at its ends, padding zero. */
+static void build_input(seqmodel_t *m, const float *embeddings)
+{
+    const int E = m->emb, steps = m->steps;
+
+    for (int b = 0; b < m->batch; b++) {
+        int first = steps - m->lengths[b];
+        for (int t = 0; t < steps; t++) {
+            size_t row = (size_t)b * steps + t;
+            float *x = m->x + row * 3 * E;
+            if (t < first) {
+                memset(x, 0, 3 * (size_t)E * sizeof(float));
+                continue;
+            }
+            const float *e = embeddings + row * E;
+            const float *prev = t > first ? e - E : NULL;
+            const float *next = t < steps - 1 ? e + E : NULL;
+            for (int j = 0; j < E; j++) {
+                x[j] = e[j];
+                x[E + j] = prev ? e[j] - prev[j] : 0.0f;
+                x[2 * E + j] = next ? e[j] - next[j] : 0.0f;
+            }
+        }
+    }
+}
+
+/* y[rows][out] = x[rows][in] W^T + b. */
+static void linear_forward(long rows, int in, int out, const float *x, const float *w,
+                           const float *b, float *y)
+{
+    for (long r = 0; r < rows; r++)
+        memcpy(y + r * out, b, (size_t)out * sizeof(float));
+    nn_sgemm('N', 'T', rows, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
+}
+
+/* dW = dy^T x, db = column sums of dy, dx (+)= dy W (accumulate when add_dx). */
+static void linear_backward(long rows, int in, int out, const float *x, const float *w,
+                            const float *dy, float *dw, float *db, float *dx, int add_dx)
+{
+    nn_sgemm('T', 'N', out, in, rows, 1.0f, dy, out, x, in, 0.0f, dw, in);
+    for (int j = 0; j < out; j++) {
+        double sum = 0.0;
+        for (long r = 0; r < rows; r++)
+            sum += dy[r * out + j];
+        db[j] = (float)sum;
+    }
+    nn_sgemm('N', 'N', rows, in, out, 1.0f, dy, out, w, in, add_dx ? 1.0f : 0.0f, dx, in);
+}
+
+static void relu(size_t n, float *v)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(v[i] > 0.0f))
+            v[i] = 0.0f;
+}
+
+void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int steps,
+                      const int *lengths)
+{
+    const int H = m->hidden, W = 2 * H, E = m->emb;
+    const long rows = (long)batch * steps;
+    nn_paramset_t *ps = &m->ps;
+
+    reserve(m, batch, steps);
+    m->batch = batch;
+    m->steps = steps;
+    m->n_valid = 0;
+    for (int b = 0; b < batch; b++) {
+        if (lengths[b] < 1 || lengths[b] > steps)
+            die(EXIT_INTERNAL, "seqmodel: series %d has length %d outside [1, %d]", b,
+                lengths[b], steps);
+        m->lengths[b] = lengths[b];
+        m->n_valid += lengths[b];
+    }
+    build_input(m, embeddings);
+
+    nn_lstm_weights_t w1 = lstm_view(m, m->lstm1_first, 0);
+    nn_lstm_weights_t w2 = lstm_view(m, m->lstm2_first, 0);
+    nn_lstm_forward(&m->lstm1, &w1, m->x, batch, steps, m->lengths, m->h1);
+    nn_lstm_forward(&m->lstm2, &w2, m->h1, batch, steps, m->lengths, m->h2);
+
+    linear_forward(rows, W, W, m->h1, nn_params_value(ps, m->lin1_w),
+                   nn_params_value(ps, m->lin1_b), m->a1);
+    relu((size_t)rows * W, m->a1);
+    linear_forward(rows, W, W, m->h2, nn_params_value(ps, m->lin2_w),
+                   nn_params_value(ps, m->lin2_b), m->a2);
+    relu((size_t)rows * W, m->a2);
+
+    /* The same order of additions as the PyTorch module, left to right. */
+    for (long r = 0; r < rows; r++) {
+        const float *e = embeddings + r * E;
+        size_t at = (size_t)r * W;
+        for (int j = 0; j < W; j++) {
+            float sum = m->h1[at + j] + m->h2[at + j];
+            sum += m->a1[at + j];
+            sum += m->a2[at + j];
+            m->summed[at + j] = sum + e[j % H];
+        }
+    }
+    linear_forward(rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
+                   nn_params_value(ps, m->lin_b), m->logits);
+}
+
+double seqmodel_loss(seqmodel_t *m, const float *labels, int with_grad)
+{
+    const size_t k = SEQ_OUTPUTS;
+    int n = 0;
+
+    /* Gather the valid rows, take the method's loss over them, scatter the gradient back. */
+    for (int b = 0; b < m->batch; b++)
+        for (int t = m->steps - m->lengths[b]; t < m->steps; t++, n++) {
+            size_t row = (size_t)b * m->steps + t;
+            memcpy(m->valid_logits + n * k, m->logits + row * k, k * sizeof(float));
+            memcpy(m->valid_labels + n * k, labels + row * k, k * sizeof(float));
+        }
+    double loss = nn_host_bce_loss(m->valid_logits, m->valid_labels, n,
+                                   with_grad ? m->valid_dlogits : NULL);
+    if (!with_grad)
+        return loss;
+
+    memset(m->dlogits, 0, (size_t)m->batch * m->steps * k * sizeof(float));
+    n = 0;
+    for (int b = 0; b < m->batch; b++)
+        for (int t = m->steps - m->lengths[b]; t < m->steps; t++, n++) {
+            size_t row = (size_t)b * m->steps + t;
+            memcpy(m->dlogits + row * k, m->valid_dlogits + n * k, k * sizeof(float));
+        }
+    return loss;
+}
+
+/* dpre = dhidden where the relu passed, else 0. */
+static void relu_mask(size_t n, const float *relu_out, const float *dy, float *dpre)
+{
+    for (size_t i = 0; i < n; i++)
+        dpre[i] = relu_out[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+void seqmodel_backward(seqmodel_t *m)
+{
+    const int W = 2 * m->hidden;
+    const long rows = (long)m->batch * m->steps;
+    const size_t n = (size_t)rows * W;
+    nn_paramset_t *ps = &m->ps;
+
+    linear_backward(rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
+                    m->dlogits, nn_params_grad(ps, m->lin_w), nn_params_grad(ps, m->lin_b),
+                    m->dhidden, 0);
+
+    /* Each LSTM output feeds the sum directly and through its relu branch. */
+    memcpy(m->dh1, m->dhidden, n * sizeof(float));
+    relu_mask(n, m->a1, m->dhidden, m->dpre);
+    linear_backward(rows, W, W, m->h1, nn_params_value(ps, m->lin1_w), m->dpre,
+                    nn_params_grad(ps, m->lin1_w), nn_params_grad(ps, m->lin1_b), m->dh1, 1);
+    memcpy(m->dh2, m->dhidden, n * sizeof(float));
+    relu_mask(n, m->a2, m->dhidden, m->dpre);
+    linear_backward(rows, W, W, m->h2, nn_params_value(ps, m->lin2_w), m->dpre,
+                    nn_params_grad(ps, m->lin2_w), nn_params_grad(ps, m->lin2_b), m->dh2, 1);
+
+    /* lstm2's input gradient joins h1's; the embeddings need none. */
+    nn_lstm_weights_t w1 = lstm_view(m, m->lstm1_first, 0);
+    nn_lstm_weights_t w2 = lstm_view(m, m->lstm2_first, 0);
+    nn_lstm_weights_t g1 = lstm_view(m, m->lstm1_first, 1);
+    nn_lstm_weights_t g2 = lstm_view(m, m->lstm2_first, 1);
+    nn_lstm_backward(&m->lstm2, &w2, m->h1, m->h2, m->dh2, m->dpre, &g2);
+    for (size_t i = 0; i < n; i++)
+        m->dh1[i] += m->dpre[i];
+    nn_lstm_backward(&m->lstm1, &w1, m->x, m->h1, m->dh1, NULL, &g1);
+}

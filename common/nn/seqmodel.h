@@ -1,0 +1,82 @@
+/*
+ * The sequence model of reference-method.md stage 5 over slice embeddings, as the PyTorch
+ * module in tests/ref/lstm_ref.py (SeqModel) defines it:
+ *
+ *   X = [E, E - E_prev, E - E_next]      (differences zero at the ends of each series)
+ *   h1 = lstm1(X), h2 = lstm2(h1)        (bidirectional, H per direction: 2H wide)
+ *   hidden = h1 + h2 + relu(linear1(h1)) + relu(linear2(h2)) + [E[:, :H], E[:, :H]]
+ *   logits = linear(hidden)              (6 outputs)
+ *
+ * The embedding added back is the first H columns of E, repeated for both directions, so the
+ * embedding width must be at least H (seqmodel_create rejects it otherwise).
+ * Tensor names are the module's state_dict keys: lstm1.weight_ih_l0, lstm1.weight_hh_l0,
+ * lstm1.bias_ih_l0, lstm1.bias_hh_l0, the same with _reverse, lstm2.*, linear1.weight,
+ * linear1.bias, linear2.*, linear.*.
+ *
+ * Batches: embeddings [batch][steps][emb], series front-padded to steps, lengths[b] real
+ * slices at the end; padded rows of E are ignored (X is built per series). The loss is the
+ * method's weighted BCE with its means over the valid slices only.
+ *
+ * missing: bf16; a GPU backend (the activations and the parameter slabs are host memory,
+ * so the model runs on the "cpu" backend only).
+ */
+#ifndef ICH_NN_SEQMODEL_H
+#define ICH_NN_SEQMODEL_H
+
+#include "nn/lstm.h"
+#include "nn/nn.h"
+#include "nn/params.h"
+
+#include <stddef.h>
+
+#define SEQ_OUTPUTS 6
+
+typedef struct {
+    int emb, hidden;
+    int pad_like_original;
+    nn_backend_t *be;
+    nn_paramset_t ps;
+    nn_lstm_t lstm1, lstm2;
+    size_t lstm1_first, lstm2_first; /* entry of weight_ih_l0; the 8 tensors follow */
+    size_t lin1_w, lin1_b, lin2_w, lin2_b, lin_w, lin_b;
+
+    /* The current batch (host memory, grown on demand). */
+    int batch, steps, n_valid;
+    int *lengths;
+    size_t cap_rows;
+    float *x;                 /* [rows][3 emb] */
+    float *h1, *h2, *a1, *a2; /* [rows][2H]: LSTM outputs, relu(linear) outputs */
+    float *summed;            /* [rows][2H]: the sum fed to linear */
+    float *logits, *dlogits;  /* [rows][6]; dlogits zero at padded rows */
+    float *dhidden, *dh1, *dh2, *dpre; /* [rows][2H] backward scratch */
+    float *valid_logits, *valid_labels, *valid_dlogits; /* [n_valid][6] */
+} seqmodel_t;
+
+/*
+ * A model with zeroed parameters (nn_params_fill_hashed or a checkpoint fills them).
+ * Sizes that cannot work together give NULL with the reason in err.
+ */
+seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_original,
+                            char *err, size_t err_len);
+void seqmodel_destroy(seqmodel_t *m);
+
+/* Forward over a front-padded batch; fills m->logits (padded rows hold unused values). */
+void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int steps,
+                      const int *lengths);
+
+/*
+ * The loss over the valid slices of the last forward, labels [batch][steps][6]; when
+ * with_grad is 1 also m->dlogits (zero at padded rows).
+ */
+double seqmodel_loss(seqmodel_t *m, const float *labels, int with_grad);
+
+/* Every parameter gradient (assigned) from m->dlogits, after seqmodel_forward. */
+void seqmodel_backward(seqmodel_t *m);
+
+/* Whether row t of series b (front-padded) holds a real slice. */
+static inline int seqmodel_valid(const seqmodel_t *m, int b, int t)
+{
+    return t >= m->steps - m->lengths[b];
+}
+
+#endif
