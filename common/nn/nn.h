@@ -19,7 +19,7 @@
  * - The backward of an op with a plan (max pool, batch norm) must follow the forward of the
  *   same op object for the same batch.
  *
- * missing: concat and the LSTM ops; a GPU backend.
+ * missing: concat; the LSTM (common/nn/lstm.c) behind this interface; a GPU backend.
  */
 #ifndef ICH_NN_H
 #define ICH_NN_H
