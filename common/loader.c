@@ -1,0 +1,178 @@
+/* Double-buffered batch loading on worker threads (loader.h). */
+#include "loader.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "exitcodes.h"
+#include "log.h"
+#include "pool.h"
+
+#define LOADER_SLOTS 2
+#define LOADER_ERR_MAX 512
+
+typedef struct {
+    size_t *indices;
+    int n;
+    uint64_t epoch;
+    float *data;
+    int ready;
+    char error[LOADER_ERR_MAX]; /* first failure of the batch; empty when none */
+} loader_slot_t;
+
+struct loader {
+    loader_config_t config;
+    img_aug_config_t aug;
+    size_t image_floats;
+    loader_slot_t slots[LOADER_SLOTS];
+    long submitted, loaded, consumed; /* batch counters; slot = counter % LOADER_SLOTS */
+    int quit;
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    pthread_t coordinator;
+    img_workspace_t *workspaces; /* one per worker thread */
+    uint8_t **prepared;          /* one size x size x 3 image per worker thread */
+    loader_slot_t *current;      /* the slot the workers fill */
+};
+
+static void load_one(size_t k, int thread, void *ctx)
+{
+    loader_t *l = ctx;
+    loader_slot_t *slot = l->current;
+    size_t index = slot->indices[k];
+    const loader_config_t *c = &l->config;
+    uint8_t *rgb = l->prepared[thread];
+    float *chw = slot->data + k * l->image_floats;
+    char err[LOADER_ERR_MAX];
+
+    if (img_prepare_file(c->paths[index], c->crop, c->size, rgb, &l->workspaces[thread], err,
+                         sizeof err) != 0) {
+        pthread_mutex_lock(&l->lock);
+        if (!slot->error[0])
+            snprintf(slot->error, sizeof slot->error, "%s", err);
+        pthread_mutex_unlock(&l->lock);
+        memset(chw, 0, l->image_floats * sizeof *chw);
+        return;
+    }
+
+    img_aug_t aug = {0};
+    if (c->augment) {
+        img_rng_t rng;
+        img_rng_seed_stream(&rng, c->seed, slot->epoch, index);
+        img_aug_sample(&l->aug, &rng, &aug);
+    }
+    img_augment(rgb, c->size, c->size, &aug, chw, &l->workspaces[thread]);
+}
+
+static void *coordinate(void *arg)
+{
+    loader_t *l = arg;
+    for (;;) {
+        pthread_mutex_lock(&l->lock);
+        while (!l->quit && l->loaded == l->submitted)
+            pthread_cond_wait(&l->changed, &l->lock);
+        if (l->quit) {
+            pthread_mutex_unlock(&l->lock);
+            return NULL;
+        }
+        loader_slot_t *slot = &l->slots[l->loaded % LOADER_SLOTS];
+        pthread_mutex_unlock(&l->lock);
+
+        l->current = slot;
+        parallel_for(l->config.threads, (size_t)slot->n, load_one, l);
+
+        pthread_mutex_lock(&l->lock);
+        slot->ready = 1;
+        l->loaded++;
+        pthread_cond_broadcast(&l->changed);
+        pthread_mutex_unlock(&l->lock);
+    }
+}
+
+loader_t *loader_create(const loader_config_t *config)
+{
+    loader_t *l = xcalloc(1, sizeof *l);
+    l->config = *config;
+    if (l->config.threads < 1)
+        l->config.threads = 1;
+    l->aug = img_aug_defaults();
+    l->image_floats = (size_t)IMG_CHANNELS * config->size * config->size;
+    for (int s = 0; s < LOADER_SLOTS; s++) {
+        l->slots[s].indices = xmalloc((size_t)config->max_batch * sizeof(size_t));
+        l->slots[s].data = xmalloc((size_t)config->max_batch * l->image_floats * sizeof(float));
+    }
+    l->workspaces = xcalloc((size_t)l->config.threads, sizeof *l->workspaces);
+    l->prepared = xmalloc((size_t)l->config.threads * sizeof *l->prepared);
+    for (int t = 0; t < l->config.threads; t++)
+        l->prepared[t] = xmalloc((size_t)config->size * config->size * IMG_CHANNELS);
+    pthread_mutex_init(&l->lock, NULL);
+    pthread_cond_init(&l->changed, NULL);
+    if (pthread_create(&l->coordinator, NULL, coordinate, l) != 0)
+        die(EXIT_INTERNAL, "loader: cannot start a thread");
+    return l;
+}
+
+void loader_submit(loader_t *l, const size_t *indices, int n, uint64_t epoch)
+{
+    if (n < 1 || n > l->config.max_batch)
+        die(EXIT_INTERNAL, "loader: batch of %d images (1..%d)", n, l->config.max_batch);
+    pthread_mutex_lock(&l->lock);
+    /* The slot is free once the batch two submissions back was waited for. */
+    while (l->submitted - l->consumed >= LOADER_SLOTS)
+        pthread_cond_wait(&l->changed, &l->lock);
+    loader_slot_t *slot = &l->slots[l->submitted % LOADER_SLOTS];
+    memcpy(slot->indices, indices, (size_t)n * sizeof *indices);
+    slot->n = n;
+    slot->epoch = epoch;
+    slot->ready = 0;
+    slot->error[0] = '\0';
+    l->submitted++;
+    pthread_cond_broadcast(&l->changed);
+    pthread_mutex_unlock(&l->lock);
+}
+
+const float *loader_wait(loader_t *l, int *n, double *wait_seconds)
+{
+    double start = time_now();
+    pthread_mutex_lock(&l->lock);
+    if (l->consumed == l->submitted)
+        die(EXIT_INTERNAL, "loader: wait without a submitted batch");
+    loader_slot_t *slot = &l->slots[l->consumed % LOADER_SLOTS];
+    while (!slot->ready)
+        pthread_cond_wait(&l->changed, &l->lock);
+    l->consumed++;
+    pthread_cond_broadcast(&l->changed);
+    pthread_mutex_unlock(&l->lock);
+    if (wait_seconds)
+        *wait_seconds = time_now() - start;
+    if (slot->error[0])
+        die(EXIT_BAD_INPUT, "%s", slot->error);
+    *n = slot->n;
+    return slot->data;
+}
+
+void loader_free(loader_t *l)
+{
+    if (!l)
+        return;
+    pthread_mutex_lock(&l->lock);
+    l->quit = 1;
+    pthread_cond_broadcast(&l->changed);
+    pthread_mutex_unlock(&l->lock);
+    pthread_join(l->coordinator, NULL);
+    for (int s = 0; s < LOADER_SLOTS; s++) {
+        free(l->slots[s].indices);
+        free(l->slots[s].data);
+    }
+    for (int t = 0; t < l->config.threads; t++) {
+        img_workspace_free(&l->workspaces[t]);
+        free(l->prepared[t]);
+    }
+    free(l->workspaces);
+    free(l->prepared);
+    pthread_mutex_destroy(&l->lock);
+    pthread_cond_destroy(&l->changed);
+    free(l);
+}

@@ -1,0 +1,642 @@
+/*
+ * cnntrain: train the slice classifier (reference-method.md stage 3) on the JPEGs of dcm2jpg
+ * with the labels and folds of mkfolds. One checkpoint per epoch and one every --save-every
+ * steps; --resume continues from the newest complete one.
+ */
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "exitcodes.h"
+#include "fsutil.h"
+#include "h5io.h"
+#include "labels.h"
+#include "loader.h"
+#include "log.h"
+#include "metric.h"
+#include "nn/checkpoint.h"
+#include "nn/nn.h"
+#include "nn/resnext.h"
+#include "opt.h"
+#include "pool.h"
+
+typedef struct {
+    const char *out_dir, *arch, *init, *crop, *precision;
+    int fold, size, batch, micro_batch, epochs, threads, save_every, log_every, resume;
+    double lr;
+    long long seed;
+} train_options_t;
+
+/* The slices of folds.h5 with their image files and labels. */
+typedef struct {
+    size_t count;
+    char **ids;
+    char **paths;
+    int8_t *labels; /* count x N_SUBTYPES */
+    size_t *train, *val;
+    size_t n_train, n_val;
+} dataset_t;
+
+static char *image_path(const char *dir, const char *id)
+{
+    char *path = xasprintf("%s/%s.jpg", dir, id);
+    if (path_is_file(path))
+        return path;
+    free(path);
+    path = xasprintf("%s/%s.ppm", dir, id);
+    if (path_is_file(path))
+        return path;
+    die(EXIT_BAD_INPUT, "%s: no image %s.jpg or %s.ppm", dir, id, id);
+}
+
+static int fully_labelled(const int8_t *label)
+{
+    for (int k = 0; k < N_SUBTYPES; k++)
+        if (label[k] != 0 && label[k] != 1)
+            return 0;
+    return 1;
+}
+
+/* Training rows: labelled, fold >= 0 and not the held-out one; validation: fold == held. */
+static void dataset_load(dataset_t *d, const char *folds_path, const char *image_dir, int held)
+{
+    hid_t f = h5_open_read(folds_path);
+    hsize_t dims[8];
+    d->ids = h5_read_strings(f, "id", &d->count);
+    d->labels = h5_read(f, "label", H5T_NATIVE_INT8, 2, dims);
+    if (dims[0] != d->count || dims[1] != N_SUBTYPES)
+        die(EXIT_BAD_INPUT, "%s: /label is %llux%llu, expected %zux%d", folds_path,
+            (unsigned long long)dims[0], (unsigned long long)dims[1], d->count, N_SUBTYPES);
+    int32_t *fold = h5_read(f, "fold", H5T_NATIVE_INT32, 1, dims);
+    if (dims[0] != d->count)
+        die(EXIT_BAD_INPUT, "%s: /fold has %llu rows, /id %zu", folds_path,
+            (unsigned long long)dims[0], d->count);
+    h5_close(f);
+
+    d->paths = xcalloc(d->count ? d->count : 1, sizeof *d->paths);
+    d->train = xmalloc((d->count ? d->count : 1) * sizeof *d->train);
+    d->val = xmalloc((d->count ? d->count : 1) * sizeof *d->val);
+    size_t partial = 0;
+    for (size_t i = 0; i < d->count; i++) {
+        if (fold[i] < 0)
+            continue;
+        if (!fully_labelled(d->labels + i * N_SUBTYPES)) {
+            partial++;
+            continue;
+        }
+        int is_val = held >= 0 && fold[i] == held;
+        d->paths[i] = image_path(image_dir, d->ids[i]);
+        if (is_val)
+            d->val[d->n_val++] = i;
+        else
+            d->train[d->n_train++] = i;
+    }
+    free(fold);
+    if (partial)
+        log_warn("%s: %zu labelled slices lack some of the six labels; skipped", folds_path,
+                 partial);
+    if (!d->n_train)
+        die(EXIT_BAD_INPUT, "%s: no training slices outside fold %d", folds_path, held);
+}
+
+/* Weighted log loss of predicting each label's training prevalence on the validation rows. */
+static double prevalence_baseline(const dataset_t *d)
+{
+    double prevalence[N_SUBTYPES] = {0};
+    for (size_t k = 0; k < d->n_train; k++)
+        for (int j = 0; j < N_SUBTYPES; j++)
+            prevalence[j] += d->labels[d->train[k] * N_SUBTYPES + j];
+    double *prob = xmalloc(d->n_val * N_SUBTYPES * sizeof *prob);
+    int8_t *label = xmalloc(d->n_val * N_SUBTYPES);
+    for (size_t k = 0; k < d->n_val; k++)
+        for (int j = 0; j < N_SUBTYPES; j++) {
+            prob[k * N_SUBTYPES + j] = prevalence[j] / (double)d->n_train;
+            label[k * N_SUBTYPES + j] = d->labels[d->val[k] * N_SUBTYPES + j];
+        }
+    metric_result_t r;
+    metric_score(prob, label, d->n_val, &r);
+    free(prob);
+    free(label);
+    return r.score;
+}
+
+/* ---- the model and its training state ---- */
+
+typedef struct {
+    nn_backend_t *be;
+    resnext_t *model;
+    nn_adam_t adam;
+    float *accum, *zeros;  /* backend: accumulated gradients; zeros to start the sum */
+    float *input;          /* backend: one micro-batch of images */
+    float *labels;         /* backend: one micro-batch of labels */
+    float *host_labels, *host_dlogits, *host_logits;
+    int micro;
+} trainer_t;
+
+static nn_tensor_t flat(float *data, size_t count)
+{
+    nn_tensor_t t = {.data = data, .n = 1, .c = (int)count, .h = 1, .w = 1};
+    return t;
+}
+
+static void trainer_init(trainer_t *t, const train_options_t *o)
+{
+    t->be = nn_backend_create("cpu");
+    if (!t->be)
+        die(EXIT_INTERNAL, "no CPU backend");
+    t->model = resnext_create(t->be, o->arch, N_SUBTYPES);
+    nn_paramset_t *ps = &t->model->ps;
+    nn_params_alloc_adam(ps);
+    if (!strcmp(o->precision, "bf16"))
+        resnext_set_precision(t->model, NN_PRECISION_BF16);
+    t->adam = (nn_adam_t){o->lr, 0.9, 0.999, 1e-8, 0.0};
+    t->micro = o->micro_batch;
+
+    nn_backend_t *be = t->be;
+    size_t bytes = ps->param_count * sizeof(float);
+    t->accum = be->alloc(be, bytes);
+    t->zeros = be->alloc(be, bytes);
+    float *host_zeros = xcalloc(ps->param_count, sizeof(float));
+    be->to_device(be, t->zeros, host_zeros, bytes);
+    free(host_zeros);
+    size_t image = (size_t)IMG_CHANNELS * o->size * o->size;
+    t->input = be->alloc(be, (size_t)t->micro * image * sizeof(float));
+    t->labels = be->alloc(be, (size_t)t->micro * N_SUBTYPES * sizeof(float));
+    t->host_labels = xmalloc((size_t)t->micro * N_SUBTYPES * sizeof(float));
+    t->host_dlogits = xmalloc((size_t)t->micro * N_SUBTYPES * sizeof(float));
+    t->host_logits = xmalloc((size_t)t->micro * N_SUBTYPES * sizeof(float));
+}
+
+static void trainer_free(trainer_t *t)
+{
+    nn_backend_t *be = t->be;
+    be->release(be, t->accum);
+    be->release(be, t->zeros);
+    be->release(be, t->input);
+    be->release(be, t->labels);
+    free(t->host_labels);
+    free(t->host_dlogits);
+    free(t->host_logits);
+    resnext_free(t->model);
+    be->destroy(be);
+}
+
+/* Forward n images of size x size (host memory) into t->host_logits. */
+static void forward_micro(trainer_t *t, const float *images, int n, int size, int training)
+{
+    nn_backend_t *be = t->be;
+    size_t floats = (size_t)n * IMG_CHANNELS * size * size;
+    be->to_device(be, t->input, images, floats * sizeof(float));
+    nn_tensor_t x = {.data = t->input, .n = n, .c = IMG_CHANNELS, .h = size, .w = size};
+    resnext_forward(t->model, &x, training);
+}
+
+/*
+ * One optimizer step over a batch of n images, in micro-batches: each micro-batch's loss
+ * gradient is scaled by its share of the batch so that the summed gradients are those of the
+ * batch mean. Returns the batch's mean loss (NaN or infinite when it went wrong).
+ */
+static double train_step(trainer_t *t, const float *images, const int8_t *const *labels, int n,
+                         int size, int64_t step)
+{
+    nn_backend_t *be = t->be;
+    nn_paramset_t *ps = &t->model->ps;
+    size_t image = (size_t)IMG_CHANNELS * size * size;
+    nn_tensor_t accum = flat(t->accum, ps->param_count);
+    nn_tensor_t grads = flat(ps->grads, ps->param_count);
+    nn_tensor_t zeros = flat(t->zeros, ps->param_count);
+    double loss = 0;
+
+    for (int start = 0; start < n; start += t->micro) {
+        int m = n - start < t->micro ? n - start : t->micro;
+        forward_micro(t, images + (size_t)start * image, m, size, 1);
+
+        for (int k = 0; k < m; k++)
+            for (int j = 0; j < N_SUBTYPES; j++)
+                t->host_labels[k * N_SUBTYPES + j] = labels[start + k][j];
+        be->to_device(be, t->labels, t->host_labels, (size_t)m * N_SUBTYPES * sizeof(float));
+        float *dlogits = t->model->dlogits.data;
+        double share = (double)m / n;
+        loss += share * be->bce_loss(be, t->model->logits.data, t->labels, m, dlogits);
+
+        /* Backward is linear in dlogits: scaling it scales this micro-batch's gradients. */
+        size_t dbytes = (size_t)m * N_SUBTYPES * sizeof(float);
+        be->to_host(be, t->host_dlogits, dlogits, dbytes);
+        for (int k = 0; k < m * N_SUBTYPES; k++)
+            t->host_dlogits[k] = (float)(t->host_dlogits[k] * share);
+        be->to_device(be, dlogits, t->host_dlogits, dbytes);
+        resnext_backward(t->model, dlogits);
+        be->add(be, &grads, start == 0 ? &zeros : &accum, &accum);
+    }
+    if (!isfinite(loss))
+        return loss;
+
+    be->adam_step(be, &t->adam, step, ps->params, t->accum, ps->adam_m, ps->adam_v,
+                  ps->param_count);
+    return loss;
+}
+
+static double sigmoid(double z)
+{
+    return 1.0 / (1.0 + exp(-z));
+}
+
+/* The challenge metric of the model (eval mode) on the validation slices. */
+static double validate(trainer_t *t, const dataset_t *d, loader_t *loader, int size)
+{
+    size_t n = d->n_val;
+    double *prob = xmalloc(n * N_SUBTYPES * sizeof *prob);
+    int8_t *label = xmalloc(n * N_SUBTYPES);
+    size_t batches = (n + (size_t)t->micro - 1) / (size_t)t->micro;
+    for (size_t b = 0; b <= batches; b++) {
+        if (b < batches) {
+            size_t first = b * (size_t)t->micro;
+            int m = (int)(n - first < (size_t)t->micro ? n - first : (size_t)t->micro);
+            loader_submit(loader, d->val + first, m, 0);
+        }
+        if (b == 0)
+            continue;
+        int m;
+        const float *images = loader_wait(loader, &m, NULL);
+        size_t first = (b - 1) * (size_t)t->micro;
+        forward_micro(t, images, m, size, 0);
+        t->be->to_host(t->be, t->host_logits, t->model->logits.data,
+                       (size_t)m * N_SUBTYPES * sizeof(float));
+        for (int k = 0; k < m; k++)
+            for (int j = 0; j < N_SUBTYPES; j++) {
+                size_t row = (first + (size_t)k) * N_SUBTYPES + (size_t)j;
+                prob[row] = sigmoid(t->host_logits[k * N_SUBTYPES + j]);
+                label[row] = d->labels[d->val[first + (size_t)k] * N_SUBTYPES + j];
+            }
+    }
+    metric_result_t r;
+    metric_score(prob, label, n, &r);
+    free(prob);
+    free(label);
+    return r.score;
+}
+
+/* ---- checkpoints ---- */
+
+typedef struct {
+    int fold, batch, size;
+    long long seed;
+    size_t n_train;
+    const char *crop;
+} run_info_t;
+
+/*
+ * Save under a hidden temporary name (complete once nn_ckpt_save returns), add the run's
+ * attributes (and the validation loss when known), then rename into place: a checkpoint that
+ * appears under its final name always carries them.
+ */
+static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t *meta,
+                            const run_info_t *run, double val_loss)
+{
+    char *tmp = tmp_path_for(path);
+    nn_ckpt_save(tmp, &t->model->ps, meta, 0);
+    hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0)
+        die(EXIT_IO, "%s: cannot reopen the checkpoint to add attributes", tmp);
+    h5_attr_i64(f, "train_fold", run->fold);
+    h5_attr_i64(f, "train_batch", run->batch);
+    h5_attr_i64(f, "train_size", run->size);
+    h5_attr_i64(f, "train_seed", run->seed);
+    h5_attr_i64(f, "train_slices", (int64_t)run->n_train);
+    h5_attr_str(f, "train_crop", run->crop);
+    if (!isnan(val_loss))
+        h5_attr_f64(f, "val_loss", val_loss);
+    if (H5Fclose(f) < 0)
+        die(EXIT_IO, "%s: cannot close the checkpoint", tmp);
+    if (tmp_commit(tmp, path) != 0)
+        die(EXIT_IO, "%s: cannot rename into place", path);
+    free(tmp);
+    log_info("saved %s (step %lld, epoch %lld)", path, (long long)meta->step,
+             (long long)meta->epoch);
+}
+
+/* The complete checkpoint of dir with the most optimizer steps (epoch files win ties). */
+static char *newest_checkpoint(const char *dir)
+{
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return NULL;
+    char *best = NULL;
+    int64_t best_step = -1;
+    int best_epoch_file = 0;
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        int epoch_file = strncmp(e->d_name, "epoch", 5) == 0;
+        if (e->d_name[0] == '.' || !path_has_ext(e->d_name, ".h5") ||
+            (!epoch_file && strncmp(e->d_name, "step", 4) != 0))
+            continue;
+        char *path = path_join(dir, e->d_name);
+        nn_ckpt_meta_t meta;
+        char *message = NULL;
+        if (nn_ckpt_read_meta(path, &meta, &message) != 0) {
+            log_warn("%s", message);
+            free(message);
+            free(path);
+            continue;
+        }
+        if (meta.step > best_step || (meta.step == best_step && epoch_file && !best_epoch_file)) {
+            free(best);
+            best = path;
+            best_step = meta.step;
+            best_epoch_file = epoch_file;
+        } else {
+            free(path);
+        }
+    }
+    closedir(dp);
+    return best;
+}
+
+static void check_resume_attr(hid_t f, const char *path, const char *name, int64_t expected)
+{
+    int64_t value;
+    if (h5_attr_read_i64(f, name, &value) && value != expected)
+        die(EXIT_USAGE, "%s: --resume with %s %lld, the checkpoint has %lld", path, name,
+            (long long)expected, (long long)value);
+}
+
+/* ---- the program ---- */
+
+/* The epoch's order of the training slices: a seeded Fisher-Yates shuffle. */
+static void shuffle_epoch(const dataset_t *d, uint64_t seed, int epoch, size_t *order)
+{
+    memcpy(order, d->train, d->n_train * sizeof *order);
+    nn_rng_t rng;
+    nn_rng_seed(&rng, seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(epoch + 1)));
+    for (size_t i = d->n_train; i > 1; i--) {
+        size_t j = (size_t)nn_rng_below(&rng, i);
+        size_t tmp = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = tmp;
+    }
+}
+
+static img_crop_t parse_crop(const char *name)
+{
+    if (!strcmp(name, "plain"))
+        return IMG_CROP_PLAIN;
+    if (!strcmp(name, "none"))
+        return IMG_CROP_NONE;
+    return IMG_CROP_MINFILTER;
+}
+
+/* Load initial weights, keeping the fresh 6-output head whatever the file's head is. */
+static void load_init(trainer_t *t, const char *path, const char *arch)
+{
+    resnext_t *m = t->model;
+    nn_paramset_t *ps = &m->ps;
+    size_t head_w = ps->entries[m->fc_w].count, head_b = ps->entries[m->fc_b].count;
+    float *w = xmalloc(head_w * sizeof *w), *b = xmalloc(head_b * sizeof *b);
+    nn_backend_t *be = t->be;
+    be->to_host(be, w, nn_params_value(ps, m->fc_w), head_w * sizeof *w);
+    be->to_host(be, b, nn_params_value(ps, m->fc_b), head_b * sizeof *b);
+    nn_ckpt_load_or_die(path, ps, arch, NN_CKPT_NONSTRICT, NULL);
+    be->to_device(be, nn_params_value(ps, m->fc_w), w, head_w * sizeof *w);
+    be->to_device(be, nn_params_value(ps, m->fc_b), b, head_b * sizeof *b);
+    be->weights_changed(be);
+    free(w);
+    free(b);
+    log_info("initial weights from %s (head: fresh, %d outputs)", path, N_SUBTYPES);
+}
+
+int main(int argc, char **argv)
+{
+    train_options_t o = {.arch = "resnext101_32x8d", .crop = "intended", .fold = 0,
+                         .size = IMG_DEFAULT_SIZE, .batch = 64, .micro_batch = 16, .epochs = 5,
+                         .threads = 2, .save_every = 0, .log_every = 10, .lr = 2e-5,
+                         .seed = 1, .precision = "fp32"};
+    const opt_t options[] = {
+        {'o', "out", OPT_STRING, &o.out_dir, "DIR", "checkpoint folder (created; required)", 1, 0,
+         NULL},
+        {0, "fold", OPT_INT, &o.fold, "F", "fold held out for validation; -1: train on all", -1,
+         99, NULL},
+        {0, "arch", OPT_CHOICE, &o.arch, "NAME", "architecture", 1, 0,
+         "tiny|resnext50_32x4d|resnext101_32x8d"},
+        {0, "init", OPT_STRING, &o.init, "CKPT", "initial weights (non-strict; head replaced)", 1,
+         0, NULL},
+        {0, "size", OPT_INT, &o.size, "N", "image side", 16, 2048, NULL},
+        {0, "lr", OPT_DOUBLE, &o.lr, "LR", "Adam learning rate", 0, 1, NULL},
+        {0, "batch", OPT_INT, &o.batch, "N", "images per optimizer step", 1, 65536, NULL},
+        {0, "micro-batch", OPT_INT, &o.micro_batch, "N",
+         "images per forward/backward (gradients accumulated; batch norm per micro-batch)", 1,
+         65536, NULL},
+        {0, "epochs", OPT_INT, &o.epochs, "N", "epochs to train (in all, resumed ones included)",
+         1, 1000, NULL},
+        {0, "crop", OPT_CHOICE, &o.crop, "MODE", "black border crop", 1, 0,
+         "intended|plain|none"},
+        {0, "precision", OPT_CHOICE, &o.precision, "P",
+         "convolution arithmetic (bf16: mixed, fp32 weights and sums; see common/nn/resnext.h)",
+         1, 0, "fp32|bf16"},
+        {0, "seed", OPT_INT64, &o.seed, "S", "seed of the shuffles and augmentations", 0, 9e15,
+         NULL},
+        {'j', "threads", OPT_INT, &o.threads, "N", "image loader threads", 1, 256, NULL},
+        {0, "save-every", OPT_INT, &o.save_every, "N",
+         "also save a checkpoint every N steps (0: per epoch only)", 0, 1e9, NULL},
+        {0, "log-every", OPT_INT, &o.log_every, "N", "a progress line every N steps", 1, 1e9,
+         NULL},
+        {0, "resume", OPT_FLAG, &o.resume, NULL,
+         "continue from the newest complete checkpoint in DIR", 1, 0, NULL},
+        {0},
+    };
+    const opt_spec_t spec = {
+        .program = "cnntrain",
+        .usage = "[options] -o CKPT_DIR JPEG_DIR FOLDS.h5",
+        .summary = "Trains the slice classifier (ResNeXt, 6 outputs, weighted BCE, Adam) on the\n"
+                   "images of dcm2jpg with the labels and folds of mkfolds, holding out one fold\n"
+                   "for validation. Images are read, cropped, resized and augmented on worker\n"
+                   "threads while the model computes.",
+        .details =
+            "Inputs: FOLDS.h5 of mkfolds: slices with fold >= 0 other than --fold train,\n"
+            "those of --fold validate; slices lacking a label (-1) are skipped. Images are\n"
+            "JPEG_DIR/<id>.jpg or JPEG_DIR/<id>.ppm; every one is checked before training.\n"
+            "Outputs:\n"
+            "  CKPT_DIR/epoch<E>.h5   after each epoch (E from 1)\n"
+            "  CKPT_DIR/step<S>.h5    every --save-every optimizer steps\n"
+            "Each is an engine checkpoint (common/nn/checkpoint.h) with the Adam moments and\n"
+            "root attributes train_fold, train_batch, train_size, train_seed, train_slices,\n"
+            "train_crop, and val_loss (held-out fold's weighted log loss; epoch files only,\n"
+            "absent when the fold is empty). Files appear only when complete. --resume picks\n"
+            "the one with the most steps and continues mid-epoch if need be, with the same\n"
+            "shuffles and augmentations as an uninterrupted run; it refuses another --fold,\n"
+            "--batch, --seed, --size, --crop or training set than the checkpoint's.\n"
+            "A non-finite loss stops the run (exit 1); earlier checkpoints stay intact.",
+        .options = options,
+        .min_positional = 2,
+        .max_positional = 2,
+    };
+    log_init("cnntrain", LOG_INFO);
+    char **pos;
+    opt_parse(&spec, argc, argv, &pos);
+    if (!o.out_dir)
+        die(EXIT_USAGE, "-o CKPT_DIR is required");
+    if (o.micro_batch > o.batch)
+        o.micro_batch = o.batch;
+
+    dataset_t d = {0};
+    dataset_load(&d, pos[1], pos[0], o.fold);
+    if (o.fold >= 0 && !d.n_val)
+        log_warn("fold %d has no labelled slices: no validation", o.fold);
+    log_info("%zu training slices, %zu validation (fold %d)", d.n_train, d.n_val, o.fold);
+    double baseline = d.n_val ? prevalence_baseline(&d) : NAN;
+    if (d.n_val)
+        log_info("validation loss of the training prevalence: %.6f", baseline);
+
+    trainer_t t;
+    trainer_init(&t, &o);
+    nn_paramset_t *ps = &t.model->ps;
+    nn_params_fill_hashed(ps);
+    t.be->weights_changed(t.be);
+
+    run_info_t run = {o.fold, o.batch, o.size, o.seed, d.n_train, o.crop};
+    nn_ckpt_meta_t meta;
+    nn_ckpt_meta_init(&meta, o.arch);
+    nn_ckpt_meta_resnext(&meta, t.model);
+    meta.adam = t.adam;
+    snprintf(meta.precision, sizeof meta.precision, "%s", o.precision);
+    nn_rng_seed(&meta.rng, (uint64_t)o.seed);
+
+    char *resume_from = o.resume ? newest_checkpoint(o.out_dir) : NULL;
+    if (resume_from) {
+        hid_t f = h5_open_read(resume_from);
+        check_resume_attr(f, resume_from, "train_fold", o.fold);
+        check_resume_attr(f, resume_from, "train_batch", o.batch);
+        check_resume_attr(f, resume_from, "train_seed", o.seed);
+        check_resume_attr(f, resume_from, "train_slices", (int64_t)d.n_train);
+        check_resume_attr(f, resume_from, "train_size", o.size);
+        char *crop = h5_attr_read_str(f, "train_crop");
+        if (crop && strcmp(crop, o.crop) != 0)
+            die(EXIT_USAGE, "%s: --resume with --crop %s, the checkpoint has %s", resume_from,
+                o.crop, crop);
+        free(crop);
+        h5_close(f);
+        nn_ckpt_load_or_die(resume_from, ps, o.arch, NN_CKPT_ADAM, &meta);
+        meta.adam = t.adam;
+        snprintf(meta.precision, sizeof meta.precision, "%s", o.precision);
+        t.be->weights_changed(t.be);
+        log_info("resuming from %s (step %lld, epoch %lld)", resume_from,
+                 (long long)meta.step, (long long)meta.epoch);
+        free(resume_from);
+    } else {
+        if (o.resume)
+            log_info("nothing to resume in %s: starting afresh", o.out_dir);
+        if (o.init)
+            load_init(&t, o.init, o.arch);
+    }
+
+    /* Created only now: a rejected input or initial checkpoint leaves nothing behind. */
+    mkdir_p(o.out_dir);
+    tmp_sweep(o.out_dir);
+    if (meta.epoch >= o.epochs)
+        log_info("%s: already %lld epochs of %d; nothing to do", o.out_dir,
+                 (long long)meta.epoch, o.epochs);
+
+    int64_t steps_per_epoch = (int64_t)((d.n_train + (size_t)o.batch - 1) / (size_t)o.batch);
+    int64_t total_steps = steps_per_epoch * o.epochs;
+    int64_t into_epoch = meta.step - meta.epoch * steps_per_epoch;
+    if (into_epoch < 0 || into_epoch >= steps_per_epoch)
+        die(EXIT_BAD_INPUT, "checkpoint step %lld does not fit epoch %lld of %lld steps",
+            (long long)meta.step, (long long)meta.epoch, (long long)steps_per_epoch);
+
+    loader_config_t lc = {.paths = (const char *const *)d.paths, .count = d.count,
+                          .size = o.size, .crop = parse_crop(o.crop), .augment = 1,
+                          .seed = (uint64_t)o.seed, .threads = o.threads,
+                          .max_batch = o.batch};
+    loader_t *loader = loader_create(&lc);
+    loader_config_t vc = lc;
+    vc.augment = 0;
+    vc.max_batch = o.micro_batch;
+    loader_t *val_loader = d.n_val ? loader_create(&vc) : NULL;
+
+    size_t *order = xmalloc(d.n_train * sizeof *order);
+    const int8_t **batch_labels = xmalloc((size_t)o.batch * sizeof *batch_labels);
+    double window_start = time_now(), window_wait = 0, run_start = time_now();
+    int64_t window_images = 0, steps_this_run = 0;
+    double window_loss = 0;
+    int window_steps = 0;
+    for (int epoch = (int)meta.epoch; epoch < o.epochs; epoch++) {
+        shuffle_epoch(&d, (uint64_t)o.seed, epoch, order);
+        int64_t first = meta.step - (int64_t)epoch * steps_per_epoch;
+        for (int64_t b = first; b <= steps_per_epoch; b++) {
+            if (b < steps_per_epoch) {
+                size_t start = (size_t)b * (size_t)o.batch;
+                size_t n = d.n_train - start < (size_t)o.batch ? d.n_train - start
+                                                               : (size_t)o.batch;
+                loader_submit(loader, order + start, (int)n, (uint64_t)epoch);
+            }
+            if (b == first)
+                continue;
+            int n;
+            double waited;
+            const float *images = loader_wait(loader, &n, &waited);
+            size_t start = (size_t)(b - 1) * (size_t)o.batch;
+            for (int k = 0; k < n; k++)
+                batch_labels[k] = d.labels + order[start + (size_t)k] * N_SUBTYPES;
+            double loss = train_step(&t, images, batch_labels, n, o.size, meta.step + 1);
+            if (!isfinite(loss))
+                die(EXIT_INTERNAL,
+                    "loss is %g at step %lld (epoch %d): stopped; the checkpoints in %s "
+                    "are those of the last good steps",
+                    loss, (long long)meta.step + 1, epoch + 1, o.out_dir);
+            meta.step++;
+            steps_this_run++;
+            window_wait += waited;
+            window_images += n;
+            window_loss += loss;
+            window_steps++;
+
+            if (meta.step % o.log_every == 0 || b == steps_per_epoch) {
+                double now = time_now(), span = now - window_start;
+                double eta = (now - run_start) / (double)steps_this_run *
+                             (double)(total_steps - meta.step);
+                log_info("step %lld/%lld epoch %d loss %.5f lr %.3g %.1f img/s data wait "
+                         "%.2f s (%.0f%%) ETA %.0f s",
+                         (long long)meta.step, (long long)total_steps, epoch + 1,
+                         window_loss / window_steps, o.lr, (double)window_images / span,
+                         window_wait, 100.0 * window_wait / span, eta);
+                window_start = now;
+                window_wait = 0;
+                window_images = 0;
+                window_loss = 0;
+                window_steps = 0;
+            }
+            if (o.save_every > 0 && meta.step % o.save_every == 0 && b < steps_per_epoch) {
+                char *path = xasprintf("%s/step%lld.h5", o.out_dir, (long long)meta.step);
+                save_checkpoint(&t, path, &meta, &run, NAN);
+                free(path);
+            }
+        }
+
+        meta.epoch = epoch + 1;
+        double val_loss = NAN;
+        if (val_loader) {
+            val_loss = validate(&t, &d, val_loader, o.size);
+            log_info("epoch %d: validation weighted log loss %.6f (prevalence %.6f)", epoch + 1,
+                     val_loss, baseline);
+        }
+        char *path = xasprintf("%s/epoch%d.h5", o.out_dir, epoch + 1);
+        save_checkpoint(&t, path, &meta, &run, val_loss);
+        free(path);
+    }
+
+    loader_free(loader);
+    loader_free(val_loader);
+    free(order);
+    free(batch_labels);
+    trainer_free(&t);
+    for (size_t i = 0; i < d.count; i++)
+        free(d.paths[i]);
+    free(d.paths);
+    free(d.train);
+    free(d.val);
+    free(d.labels);
+    h5_free_strings(d.ids, d.count);
+    return EXIT_OK;
+}
