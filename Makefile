@@ -31,7 +31,13 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 CONFIG = $(BUILD)/config.mk
 -include $(CONFIG)
 
-CPPFLAGS = -Icommon $(HDF5_CFLAGS) -DICH_VERSION='"$(VERSION)"'
+CPPFLAGS = -Icommon -I$(BUILD) $(HDF5_CFLAGS)
+
+# The version recorded in outputs and printed by --version lives in a generated header that is
+# rewritten only when it changes, so that only the two files using it are recompiled.
+VERSION_H = $(BUILD)/version.h
+$(shell mkdir -p $(BUILD) && printf '#define ICH_VERSION "%s"\n' '$(VERSION)' >$(VERSION_H).new && \
+    { cmp -s $(VERSION_H).new $(VERSION_H) && rm -f $(VERSION_H).new || mv $(VERSION_H).new $(VERSION_H); })
 LIBS = $(DCMTK_LIBS) $(HDF5_LIBS) $(JPEG_LIBS) $(ZLIB_LIBS) $(DNNL_LIBS) -lm -pthread
 
 PROGRAMS = $(patsubst tools/%.c,%,$(wildcard tools/*.c))
@@ -48,6 +54,8 @@ all: $(addprefix $(BIN)/,$(PROGRAMS)) $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 $(CONFIG): mk/probe.sh
 	@mkdir -p $(BUILD)
 	@CC="$(CC)" CXX="$(CXX)" sh mk/probe.sh $@
+
+$(BUILD)/common/opt.o $(BUILD)/common/h5io.o: $(VERSION_H)
 
 $(BUILD)/libichpipe.a: $(COMMON_OBJ)
 	@rm -f $@

@@ -482,6 +482,7 @@ int main(int argc, char **argv)
 
     dataset_t d = {0};
     dataset_load(&d, pos[1], pos[0], o.fold);
+    free(pos); /* the strings belong to argv */
     if (o.fold >= 0 && !d.n_val)
         log_warn("fold %d has no labelled slices: no validation", o.fold);
     log_info("%zu training slices, %zu validation (fold %d)", d.n_train, d.n_val, o.fold);
