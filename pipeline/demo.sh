@@ -27,4 +27,5 @@ echo "  mkfolds         $(attr "$folds" labelled_slices) labelled slices in" \
     "$(attr "$folds" folds) folds, $(attr "$folds" test_slices) test slices -> $folds"
 echo "  seqbuild        $(attr "$seqs" series_count) series," \
     "$(attr "$seqs" slice_count) slices -> $seqs"
-echo "  not yet built   cnntrain, embdump, lstmtrain: no predictions yet for bagavg to bag"
+echo "  not in the DAG  cnntrain, embdump, lstmtrain (stages 3-5; embdump and lstmtrain are not"
+echo "                  written yet): no predictions yet for bagavg to bag"
