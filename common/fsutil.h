@@ -7,6 +7,8 @@
 int path_exists(const char *path);
 int path_is_dir(const char *path);
 int path_is_file(const char *path);
+/* Are two paths one existing file (a link, another spelling)? Compares device and inode. */
+int path_same_file(const char *a, const char *b);
 /* Create a folder and its parents; dies with EXIT_IO naming the folder on failure. */
 void mkdir_p(const char *path);
 char *path_join(const char *dir, const char *name);

@@ -181,6 +181,22 @@ void h5_write_strings(hid_t loc, const char *name, const char *const *strings, s
     free(packed);
 }
 
+hid_t h5_float16_type(int exponent_bits, int mantissa_bits, int bias)
+{
+    h5_init();
+    /* Start from IEEE binary32 and narrow it: the fields first (they fit in 32 bits), then
+     * the precision and size, so that HDF5 never sees fields outside the type. */
+    hid_t type = H5Tcopy(H5T_IEEE_F32LE);
+    if (type < 0 ||
+        H5Tset_fields(type, 15, (size_t)mantissa_bits, (size_t)exponent_bits, 0,
+                      (size_t)mantissa_bits) < 0 ||
+        H5Tset_offset(type, 0) < 0 || H5Tset_precision(type, 16) < 0 ||
+        H5Tset_size(type, 2) < 0 || H5Tset_ebias(type, (size_t)bias) < 0)
+        die(EXIT_INTERNAL, "cannot build a 2-byte HDF5 float type (%d exponent bits)",
+            exponent_bits);
+    return type;
+}
+
 hid_t h5_create_group_ordered(hid_t loc, const char *name)
 {
     h5_init();

@@ -41,6 +41,13 @@ void h5_write_i8(hid_t loc, const char *name, const int8_t *data, int rank, cons
 /* A 1-D column of n strings, stored as fixed-length, null-padded ASCII/UTF-8. */
 void h5_write_strings(hid_t loc, const char *name, const char *const *strings, size_t n);
 
+/*
+ * A 2-byte IEEE-style float type: sign in bit 15, exponent_bits above mantissa_bits, the
+ * given exponent bias (float16: 5, 10, 15; bfloat16: 8, 7, 127). Readers such as h5py see
+ * real numbers. Close with H5Tclose.
+ */
+hid_t h5_float16_type(int exponent_bits, int mantissa_bits, int bias);
+
 /* A group whose links and attributes list in creation order (as written, not alphabetical). */
 hid_t h5_create_group_ordered(hid_t loc, const char *name);
 

@@ -45,29 +45,28 @@ for case in epoch1 step40; do
         fail "cnntrain --resume from $case: exit $?"
 done
 
+# expect_refused WHAT PATTERN: cnntrain on $bad exits 3, says PATTERN, writes no checkpoint.
+expect_refused() {
+    rc=0
+    "$BIN/cnntrain" -q --arch tiny --size 64 --epochs 1 -o "$WORK/bad" "$bad" \
+        "$WORK/folds.h5" 2>"$WORK/bad.err" || rc=$?
+    [ "$rc" -eq 3 ] || fail "$1: exit $rc, expected 3"
+    grep -q "$2" "$WORK/bad.err" || fail "$1: message '$(cat "$WORK/bad.err")'"
+    [ -z "$(ls -A "$WORK/bad" 2>/dev/null)" ] || fail "$1: files left in $WORK/bad"
+    echo "ok    $1: exit 3, '$(head -n 1 "$WORK/bad.err")', no checkpoint"
+}
+
 bad=$WORK/badjpg
 mkdir -p "$bad"
 cp "$WORK"/jpg/*.jpg "$bad/"
 rm "$(ls "$bad"/*.jpg | head -n 1)"
-rc=0
-"$BIN/cnntrain" -q --arch tiny --size 64 --epochs 1 -o "$WORK/bad" "$bad" "$WORK/folds.h5" \
-    2>"$WORK/bad.err" || rc=$?
-[ "$rc" -eq 3 ] || fail "a missing JPEG: exit $rc, expected 3"
-grep -q "no image" "$WORK/bad.err" || fail "a missing JPEG: message '$(cat "$WORK/bad.err")'"
-[ -z "$(ls -A "$WORK/bad" 2>/dev/null)" ] || fail "a missing JPEG: files left in $WORK/bad"
-echo "ok    a missing JPEG: exit 3, '$(head -n 1 "$WORK/bad.err")', no checkpoint"
+expect_refused "a missing JPEG" "no image"
 
 # A damaged JPEG is found by the loader mid-epoch: exit 3 naming it, no checkpoint.
 cp "$WORK"/jpg/*.jpg "$bad/"
 victim=$(ls "$bad"/*.jpg | sed -n 50p)
 head -c 300 "$WORK/folds.h5" >"$victim"
-rc=0
-"$BIN/cnntrain" -q --arch tiny --size 64 --epochs 1 -o "$WORK/bad" "$bad" "$WORK/folds.h5" \
-    2>"$WORK/bad.err" || rc=$?
-[ "$rc" -eq 3 ] || fail "a damaged JPEG: exit $rc, expected 3"
-grep -q "$victim" "$WORK/bad.err" || fail "a damaged JPEG: message '$(cat "$WORK/bad.err")'"
-[ -z "$(ls -A "$WORK/bad" 2>/dev/null)" ] || fail "a damaged JPEG: files left in $WORK/bad"
-echo "ok    a damaged JPEG: exit 3, '$(head -n 1 "$WORK/bad.err")', no checkpoint"
+expect_refused "a damaged JPEG" "$victim"
 
 "$PY" - "$WORK" <<'EOF'
 import sys

@@ -113,24 +113,16 @@ static void settle_weights(const bagavg_options_t *o, bag_input_t *inputs, int n
         inputs[i].weight /= total;
 }
 
-/* Are two paths one file (a link, another spelling)? Only existing files can be. */
-static int same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 static void refuse_overwriting_inputs(const char *output, const char *what,
                                       const bag_input_t *inputs, int n, const char *labels)
 {
     for (int i = 0; i < n; i++)
-        if (same_file(output, inputs[i].path)) {
+        if (path_same_file(output, inputs[i].path)) {
             fprintf(stderr, "bagavg: error: %s %s is the input %s: it would be overwritten\n",
                     what, output, inputs[i].path);
             exit(EXIT_USAGE);
         }
-    if (labels && same_file(output, labels)) {
+    if (labels && path_same_file(output, labels)) {
         fprintf(stderr, "bagavg: error: %s %s is the labels file: it would be overwritten\n",
                 what, output);
         exit(EXIT_USAGE);

@@ -94,7 +94,7 @@ typedef struct {
 typedef struct {
     const options_t *opt;
     slice_t *slices;
-    size_t *todo; /* indexes of the slices handled by the current pass */
+    size_t *queue; /* indexes of the slices handled by the current pass */
     scratch_t *scratch;
     const char *extension;
     progress_t *progress;
@@ -1042,7 +1042,7 @@ static void convert_slice(run_t *run, slice_t *s, scratch_t *scratch)
 static void convert_task(size_t index, int thread, void *ctx)
 {
     run_t *run = ctx;
-    slice_t *s = &run->slices[run->todo[index]];
+    slice_t *s = &run->slices[run->queue[index]];
     if (atomic_load(&run->io_failed))
         set_message(s, SLICE_ERROR, "not converted: an earlier output could not be written");
     else
@@ -1309,8 +1309,8 @@ int main(int argc, char **argv)
     char why[512];
     int trusted = trust_existing(&now, &earlier, record, &recorded, why, sizeof why);
 
-    run.todo = xmalloc((n ? n : 1) * sizeof *run.todo);
-    size_t ntodo = 0, redone = 0;
+    run.queue = xmalloc((n ? n : 1) * sizeof *run.queue);
+    size_t nqueued = 0, redone = 0;
     for (size_t i = 0; i < n; i++) {
         slice_t *s = &slices[i];
         if (s->status == SLICE_PENDING) {
@@ -1319,7 +1319,7 @@ int main(int argc, char **argv)
             if (there && trusted)
                 set_message(s, SLICE_EXISTS, "output exists: %s", final_path);
             else
-                run.todo[ntodo++] = i;
+                run.queue[nqueued++] = i;
             redone += there && !trusted;
             free(final_path);
         } else if (s->status == SLICE_ERROR) {
@@ -1349,8 +1349,8 @@ int main(int argc, char **argv)
     pthread_mutex_init(&run.record_lock, NULL);
 
     run.scratch = xcalloc((size_t)opt.threads, sizeof *run.scratch);
-    run.progress = progress_begin("converting", (int64_t)ntodo);
-    parallel_for(opt.threads, ntodo, convert_task, &run);
+    run.progress = progress_begin("converting", (int64_t)nqueued);
+    parallel_for(opt.threads, nqueued, convert_task, &run);
     progress_end(run.progress);
     double pixels_done = time_now();
     for (int t = 0; t < opt.threads; t++) {
@@ -1410,7 +1410,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n; i++)
         free_slice(&slices[i]);
     free(slices);
-    free(run.todo);
+    free(run.queue);
     free_earlier(&earlier);
     for (size_t i = 0; i < in.count; i++) {
         free(in.items[i].path);

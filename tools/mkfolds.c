@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "exitcodes.h"
+#include "fsutil.h"
 #include "h5io.h"
 #include "labels.h"
 #include "log.h"
@@ -285,14 +286,6 @@ static int64_t count_labels_without_meta(const label_table_t *labels, const fold
     return missing;
 }
 
-/* Are two paths one file (a link, another spelling)? Only existing files can be. */
-static int same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 typedef struct {
     fold_slice_t *slices;
     const label_table_t *labels;
@@ -433,7 +426,7 @@ int main(int argc, char **argv)
     }
     const char *labels_path = inputs[0], *meta_path = inputs[1];
     for (int i = 0; i < 2; i++)
-        if (same_file(o.out, inputs[i])) {
+        if (path_same_file(o.out, inputs[i])) {
             fprintf(stderr, "mkfolds: error: -o %s is the input %s (%s): it would be "
                             "overwritten; give another output file\n", o.out,
                     i ? "META.h5" : "LABELS.csv", inputs[i]);

@@ -178,12 +178,7 @@ static int check_arch(const pth_file_t *f, const pth2h5_options_t *o, int *num_o
 /* float16 in HDF5: IEEE binary16, little-endian (h5py reads it as numpy float16). */
 static hid_t f16_type(void)
 {
-    hid_t type = H5Tcopy(H5T_IEEE_F32LE);
-    if (type < 0 || H5Tset_fields(type, 15, 10, 5, 0, 10) < 0 || H5Tset_offset(type, 0) < 0 ||
-        H5Tset_precision(type, 16) < 0 || H5Tset_size(type, 2) < 0 ||
-        H5Tset_ebias(type, 15) < 0)
-        die(EXIT_INTERNAL, "cannot build the HDF5 float16 type");
-    return type;
+    return h5_float16_type(5, 10, 15);
 }
 
 typedef struct {

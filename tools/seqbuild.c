@@ -10,6 +10,7 @@
 
 #include "check.h"
 #include "exitcodes.h"
+#include "fsutil.h"
 #include "h5io.h"
 #include "log.h"
 #include "opt.h"
@@ -21,14 +22,6 @@ typedef struct {
     const char *out;
     int threads;
 } seqbuild_options_t;
-
-/* Are two paths one file (a link, another spelling)? Only existing files can be. */
-static int same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
 
 /*
  * Rows that would be grouped wrongly: without a study or series UID, slices of different
@@ -204,7 +197,7 @@ int main(int argc, char **argv)
         free(inputs);
         return EXIT_USAGE;
     }
-    if (same_file(o.out, inputs[0])) {
+    if (path_same_file(o.out, inputs[0])) {
         fprintf(stderr, "seqbuild: error: -o %s is the input META.h5 (%s): it would be "
                         "overwritten; give another output file\n", o.out, inputs[0]);
         free(inputs);

@@ -61,14 +61,7 @@ static void h5_silence(void)
 
 hid_t nn_h5_bf16_type(void)
 {
-    /* Start from IEEE binary32 and narrow it: the fields first (they fit in 32 bits), then
-     * the precision and size, so that HDF5 never sees fields outside the type. */
-    hid_t type = H5Tcopy(H5T_IEEE_F32LE);
-    if (type < 0 || H5Tset_fields(type, 15, 7, 8, 0, 7) < 0 || H5Tset_offset(type, 0) < 0 ||
-        H5Tset_precision(type, 16) < 0 || H5Tset_size(type, 2) < 0 ||
-        H5Tset_ebias(type, 127) < 0)
-        die(EXIT_INTERNAL, "cannot build the HDF5 bfloat16 type");
-    return type;
+    return h5_float16_type(8, 7, 127);
 }
 
 static int is_bf16_type(hid_t type)

@@ -26,16 +26,12 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "ref"))
 
-try:
-    import h5py
-    import numpy as np
-    import torch
-except ImportError as err:
-    print(f"skip: python3 lacks h5py, numpy or torch ({err})")
-    sys.exit(77)
-
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
 import testlib  # noqa: E402
 from testlib import check  # noqa: E402
+
+torch = testlib.import_or_skip("torch")
 
 WORK = testlib.WORK
 FIX = os.path.join(WORK, "fixtures")

@@ -36,16 +36,12 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "ref"))
 
-try:
-    import h5py
-    import numpy as np
-    import torch
-except ImportError as err:
-    print(f"skip: python3 lacks h5py, numpy or torch ({err})")
-    sys.exit(77)
-
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
 import testlib  # noqa: E402
 from testlib import check  # noqa: E402
+
+torch = testlib.import_or_skip("torch")
 
 WORK = testlib.WORK
 BIN = testlib.BIN

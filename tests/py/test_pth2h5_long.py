@@ -20,16 +20,12 @@ if os.environ.get("ICH_LONG_TESTS") != "1":
     print("skip: long test (ICH_LONG_TESTS=1, or make test-long, runs it)")
     sys.exit(77)
 
-try:
-    import h5py
-    import numpy as np
-    import torch
-except ImportError as err:
-    print(f"skip: python3 lacks h5py, numpy or torch ({err})")
-    sys.exit(77)
-
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
 import testlib  # noqa: E402
 from testlib import check  # noqa: E402
+
+torch = testlib.import_or_skip("torch")
 
 WORK = testlib.WORK
 PY = os.environ.get("PY", "/usr/bin/python3")

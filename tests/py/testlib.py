@@ -32,6 +32,16 @@ _skipped = []
 
 # ---- the tally ----
 
+def import_or_skip(name):
+    """The module, or exit 77 (skip) saying which Debian package's module is missing."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        print(f"skip: python3 lacks {name} ({err})")
+        sys.exit(77)
+
+
 def check(ok, what):
     """A soft check: printed as ok/FAIL, the test goes on and fails at finish()."""
     global _ran

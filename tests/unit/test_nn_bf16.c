@@ -45,6 +45,7 @@
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/resnext.h"
+#include "refdump.h"
 
 typedef struct {
     const char *model;
@@ -160,14 +161,7 @@ static double rel_error(hid_t f, const char *path, const float *c, size_t n)
         free(pos);
         free(val);
     } else {
-        hsize_t dims[8];
-        int rank = h5_dims(f, path, dims);
-        size_t total = 1;
-        for (int i = 0; i < rank; i++)
-            total *= dims[i];
-        if (total != n)
-            die(1, "%s: reference has %zu values, engine %zu", path, total, n);
-        float *ref = h5_read(f, path, H5T_NATIVE_FLOAT, -1, NULL);
+        float *ref = read_ref_exact(f, path, n);
         for (size_t i = 0; i < n; i++) {
             double d = (double)c[i] - ref[i];
             err2 += d * d;
@@ -240,14 +234,10 @@ static double gradient_sensitivity(hid_t f, const char *model, const nn_paramset
 static void run_bf16_case(const bf16_case_t *tc, const char *dir)
 {
     char *path = xasprintf("%s/bf16_ref_%s.h5", dir, tc->model);
-    const char *py = getenv("PY") ? getenv("PY") : "/usr/bin/python3";
-    char *cmd = xasprintf("cd tests/ref && %s resnext_ref.py --model %s --size %d --batch %d "
-                          "--steps 1 --out '%s'%s",
-                          py, tc->model, tc->size, tc->batch, path, tc->full ? " --full" : "");
-    fflush(stdout);
-    if (system(cmd) != 0)
-        die(1, "the reference script failed for %s", tc->model);
-    free(cmd);
+    char *args = xasprintf("resnext_ref.py --model %s --size %d --batch %d --steps 1 --out '%s'%s",
+                           tc->model, tc->size, tc->batch, path, tc->full ? " --full" : "");
+    run_ref_script(args);
+    free(args);
 
     hid_t f = h5_open_read(path);
     nn_backend_t *be = nn_backend_create("cpu");
@@ -397,8 +387,7 @@ int main(void)
     check_determinism(NN_PRECISION_FP32);
     check_determinism(NN_PRECISION_BF16);
 
-    if (system("cd tests/ref && ${PY:-/usr/bin/python3} -c 'import torch, torchvision, h5py'"
-               " 2>/dev/null") != 0) {
+    if (!python_has("torch, torchvision, h5py")) {
         if (failures)
             return 1;
         printf("skip: python3 with torch, torchvision and h5py is not available (determinism "

@@ -102,7 +102,15 @@ static double train_step(resnext_t *m, batch_t *b, nn_rng_t *rng, int64_t *step)
 
 static resnext_t *new_tiny(nn_backend_t *be)
 {
-    resnext_t *m = resnext_create(be, "tiny", OUTPUTS);
+    return resnext_create(be, "tiny", OUTPUTS);
+}
+
+/* A tiny model with the hashed initial weights and Adam moments, ready to train. */
+static resnext_t *new_tiny_trainable(nn_backend_t *be)
+{
+    resnext_t *m = new_tiny(be);
+    nn_params_fill_hashed(&m->ps);
+    nn_params_alloc_adam(&m->ps);
     return m;
 }
 
@@ -203,9 +211,7 @@ static void expect_same_state(resnext_t *a, resnext_t *b, int with_adam, const c
 
 static char *test_roundtrip_fp32(nn_backend_t *be, const char *dir)
 {
-    resnext_t *a = new_tiny(be);
-    nn_params_fill_hashed(&a->ps);
-    nn_params_alloc_adam(&a->ps);
+    resnext_t *a = new_tiny_trainable(be);
     nn_rng_t rng;
     nn_rng_seed(&rng, 11);
     int64_t step = 0;
@@ -296,9 +302,7 @@ static const bf16_case_t BF16_CASES[] = {
 
 static void test_bf16(nn_backend_t *be, const char *dir, const char *fp32_path)
 {
-    resnext_t *a = new_tiny(be);
-    nn_params_fill_hashed(&a->ps);
-    nn_params_alloc_adam(&a->ps);
+    resnext_t *a = new_tiny_trainable(be);
     nn_rng_t rng;
     nn_rng_seed(&rng, 12);
     int64_t step = 0;
@@ -522,9 +526,7 @@ static void test_mismatch(nn_backend_t *be, const char *dir, const char *path)
     /* Moments asked for but absent. */
     char *no_adam = work_path(dir, "tiny_no_adam.h5");
     {
-        resnext_t *src = new_tiny(be);
-        nn_params_fill_hashed(&src->ps);
-        nn_params_alloc_adam(&src->ps);
+        resnext_t *src = new_tiny_trainable(be);
         nn_ckpt_meta_t meta;
         nn_ckpt_meta_init(&meta, NULL);
         nn_ckpt_meta_resnext(&meta, src);
@@ -670,9 +672,7 @@ static void test_damaged(nn_backend_t *be, const char *dir, const char *good)
 static void test_resume(nn_backend_t *be, const char *dir)
 {
     /* Straight: 4 steps. */
-    resnext_t *a = new_tiny(be);
-    nn_params_fill_hashed(&a->ps);
-    nn_params_alloc_adam(&a->ps);
+    resnext_t *a = new_tiny_trainable(be);
     nn_rng_t rng_a;
     nn_rng_seed(&rng_a, 2024);
     int64_t step_a = 0;
@@ -683,9 +683,7 @@ static void test_resume(nn_backend_t *be, const char *dir)
         losses_a[i] = train_step(a, &b, &rng_a, &step_a);
 
     /* Interrupted: 2 steps, save, a new model loads it, 2 more steps. */
-    resnext_t *first = new_tiny(be);
-    nn_params_fill_hashed(&first->ps);
-    nn_params_alloc_adam(&first->ps);
+    resnext_t *first = new_tiny_trainable(be);
     nn_rng_t rng;
     nn_rng_seed(&rng, 2024);
     int64_t step = 0;
@@ -730,9 +728,7 @@ static int export_for_python(const char *dir)
 {
     mkdir_p(dir);
     nn_backend_t *be = nn_backend_create("cpu");
-    resnext_t *m = new_tiny(be);
-    nn_params_fill_hashed(&m->ps);
-    nn_params_alloc_adam(&m->ps);
+    resnext_t *m = new_tiny_trainable(be);
     nn_rng_t rng;
     nn_rng_seed(&rng, 1234);
 

@@ -27,6 +27,7 @@
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/seqmodel.h"
+#include "refdump.h"
 
 static int failures;
 
@@ -285,8 +286,7 @@ int main(void)
     finite_differences(1);
     rejects_bad_sizes();
 
-    if (system("cd tests/ref && ${PY:-/usr/bin/python3} -c 'import torch, h5py' 2>/dev/null")
-        != 0) {
+    if (!python_has("torch, h5py")) {
         if (failures) {
             fprintf(stderr, "%d failures\n", failures);
             return 1;
@@ -296,19 +296,15 @@ int main(void)
     }
     const char *work = getenv("WORK") ? getenv("WORK") : "/tmp";
     char *out = xasprintf("%s/lstm_ref.h5", work);
-    char *cmd = xasprintf("cd tests/ref && ${PY:-/usr/bin/python3} lstm_ref.py --emb 16 "
-                          "--hidden 8 --lengths 5,3,1 --steps 3 --out '%s'", out);
-    double t0 = time_now();
-    fflush(stdout);
-    if (system(cmd) != 0)
-        die(1, "tests/ref/lstm_ref.py failed");
-    printf("reference: %.1f s\n", time_now() - t0);
+    char *args = xasprintf("lstm_ref.py --emb 16 "
+                           "--hidden 8 --lengths 5,3,1 --steps 3 --out '%s'", out);
+    run_ref_script(args);
+    free(args);
 
     hid_t f = h5_open_read(out);
     against_torch(f, "default", 0);
     against_torch(f, "original", 1);
     h5_close(f);
-    free(cmd);
     free(out);
 
     if (failures) {

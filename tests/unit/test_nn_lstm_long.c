@@ -22,6 +22,7 @@
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/seqmodel.h"
+#include "refdump.h"
 
 static int failures;
 
@@ -90,20 +91,16 @@ int main(void)
         printf("skip: the full-size sequence model runs under make test-long only\n");
         return 77;
     }
-    if (system("cd tests/ref && ${PY:-/usr/bin/python3} -c 'import torch, h5py' 2>/dev/null")
-        != 0) {
+    if (!python_has("torch, h5py")) {
         printf("skip: python3 with torch and h5py is not available\n");
         return 77;
     }
     const char *work = getenv("WORK") ? getenv("WORK") : "/tmp";
     char *out = xasprintf("%s/lstm_full.h5", work);
-    char *cmd = xasprintf("cd tests/ref && ${PY:-/usr/bin/python3} lstm_ref.py --emb 2048 "
-                          "--hidden 2048 --lengths 3,2 --steps 1 --summary --out '%s'", out);
-    double t0 = time_now();
-    fflush(stdout);
-    if (system(cmd) != 0)
-        die(1, "tests/ref/lstm_ref.py failed");
-    printf("reference: %.1f s\n", time_now() - t0);
+    char *args = xasprintf("lstm_ref.py --emb 2048 "
+                           "--hidden 2048 --lengths 3,2 --steps 1 --summary --out '%s'", out);
+    run_ref_script(args);
+    free(args);
 
     hid_t f = h5_open_read(out);
     hsize_t dims[8];
@@ -115,7 +112,7 @@ int main(void)
     if (!h5_attr_read_f64(f, "lr", &lr) || !h5_attr_read_f64(f, "hidden", &hidden))
         die(1, "%s: lr or hidden attribute missing", out);
 
-    t0 = time_now();
+    double t0 = time_now();
     nn_backend_t *be = nn_backend_create("cpu");
     char err[256];
     seqmodel_t *m = seqmodel_create(be, width, (int)hidden, 0, err, sizeof(err));
@@ -178,7 +175,6 @@ int main(void)
     free(emb);
     free(labels);
     free(lengths);
-    free(cmd);
     free(out);
     if (failures) {
         fprintf(stderr, "%d failures\n", failures);

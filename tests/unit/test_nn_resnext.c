@@ -34,6 +34,7 @@
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/resnext.h"
+#include "refdump.h"
 
 typedef struct {
     const char *model;
@@ -99,14 +100,7 @@ static void compare_mode(hid_t f, const char *path, const float *c, size_t n, do
         free(norm);
         free(maxv);
     } else {
-        hsize_t dims[8];
-        int rank = h5_dims(f, path, dims);
-        size_t total = 1;
-        for (int i = 0; i < rank; i++)
-            total *= dims[i];
-        if (total != n)
-            die(1, "%s: reference has %zu values, engine %zu", path, total, n);
-        float *ref = h5_read(f, path, H5T_NATIVE_FLOAT, -1, NULL);
+        float *ref = read_ref_exact(f, path, n);
         errs = xmalloc(n * sizeof(float));
         compared = n;
         for (size_t i = 0; i < n; i++) {
@@ -325,8 +319,7 @@ static void run_case(const nn_case_t *tc, const char *dir)
 
 int main(void)
 {
-    if (system("cd tests/ref && ${PY:-/usr/bin/python3} -c 'import torch, torchvision, h5py'"
-               " 2>/dev/null") != 0) {
+    if (!python_has("torch, torchvision, h5py")) {
         printf("skip: python3 with torch, torchvision and h5py is not available\n");
         return 77;
     }
