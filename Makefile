@@ -40,13 +40,51 @@ $(shell mkdir -p $(BUILD) && printf '#define ICH_VERSION "%s"\n' '$(VERSION)' >$
     { cmp -s $(VERSION_H).new $(VERSION_H) && rm -f $(VERSION_H).new || mv $(VERSION_H).new $(VERSION_H); })
 LIBS = $(DCMTK_LIBS) $(HDF5_LIBS) $(JPEG_LIBS) $(ZLIB_LIBS) $(DNNL_LIBS) -lm -pthread
 
+# MPI and NCCL (mk/probe.sh) reach only common/dist.c. A build without MPI runs each program
+# as one process; `make MPI=0 BUILD=build-nompi BIN=bin-nompi` makes one. dist.c uses NCCL
+# only in a build with the CUDA backend (ICH_HAVE_CUDA); otherwise --as-needed drops it.
+ifneq ($(MPI),0)
+ifeq ($(HAVE_MPI),1)
+$(BUILD)/common/dist.o: CPPFLAGS += $(MPI_CFLAGS) -DICH_HAVE_MPI
+LIBS += $(MPI_LIBS)
+ifeq ($(HAVE_NCCL),1)
+$(BUILD)/common/dist.o: CPPFLAGS += $(NCCL_CFLAGS) -DICH_HAVE_NCCL
+LIBS += -Wl,--push-state,--as-needed $(NCCL_LIBS) -Wl,--pop-state
+endif
+endif
+endif
+
 PROGRAMS = $(patsubst tools/%.c,%,$(wildcard tools/*.c))
 COMMON_C = $(wildcard common/*.c common/nn/*.c)
 COMMON_CXX = $(wildcard common/*.cpp)
 COMMON_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(COMMON_C)) $(patsubst %.cpp,$(BUILD)/%.o,$(COMMON_CXX))
 UNIT_TESTS = $(patsubst tests/unit/%.c,%,$(wildcard tests/unit/test_*.c))
 
-.PHONY: all deps test test-long test-asan demo bench clean
+# The CUDA backend (common/nn/*.cu) when mk/probe.sh found nvcc, cudart, cuDNN and cuBLAS under
+# CUDA_HOME / CUDNN_HOME; kernels for CUDA_ARCHS (SASS) plus PTX of the last one for newer
+# GPUs. Without it, "cuda" devices answer with the reason (common/nn/backend_select.c).
+export CUDA_HOME ?= /usr/local/cuda
+export CUDNN_HOME ?= $(CUDA_HOME)
+export NCCL_HOME ?= $(CUDA_HOME)
+CUDA_ARCHS ?= 80 90
+# The backend is a plugin, libichpipe_cuda.so beside the programs, that nn_backend_open loads
+# on the first "cuda" device: programs never load CUDA's libraries (hundreds of MiB) unless
+# asked to, and run where they are absent. The plugin takes die() and the log from the program
+# (-rdynamic).
+ifeq ($(HAVE_CUDA),1)
+CUDA_PLUGIN = $(BUILD)/libichpipe_cuda.so
+CPPFLAGS += -DICH_HAVE_CUDA
+LIBS += -rdynamic -ldl
+NVCCFLAGS = -std=c++17 $(OPT) -g -lineinfo -fmad=false -Xcompiler -fPIC,-Wall,-Wextra,-pthread \
+    $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+    -gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS))
+endif
+
+# GPU checks (tests/gpu/run.sh): the parity and benchmark program, and the folder of binaries
+# and Debian libraries that carries them to a GPU machine without this build's libraries.
+GPU_BUNDLE ?= $(BUILD)/gpu-bundle
+
+.PHONY: all deps test test-long test-asan demo bench clean gpu-bundle
 .DELETE_ON_ERROR:
 
 all: $(addprefix $(BIN)/,$(PROGRAMS)) $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
@@ -77,6 +115,30 @@ $(BIN)/%: $(BUILD)/tools/%.o $(BUILD)/libichpipe.a
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libichpipe.a
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/%.o: %.cu $(CONFIG) $(wildcard common/*.h common/nn/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(CPPFLAGS) $(CUDA_CFLAGS) $(NVCCFLAGS) -c $< -o $@
+
+all: $(BUILD)/tests/gpu_parity
+
+ifeq ($(HAVE_CUDA),1)
+all: $(CUDA_PLUGIN) $(BIN)/libichpipe_cuda.so
+
+$(CUDA_PLUGIN): $(patsubst %.cu,$(BUILD)/%.o,$(wildcard common/nn/*.cu))
+	$(CXX) -shared $^ -o $@ $(CUDA_LIBS)
+
+$(BIN)/libichpipe_cuda.so: $(CUDA_PLUGIN)
+	@mkdir -p $(BIN)
+	cp $< $@
+endif
+
+$(BUILD)/tests/gpu_parity: $(BUILD)/tests/gpu/gpu_parity.o $(BUILD)/libichpipe.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+
+gpu-bundle: all
+	@sh tests/gpu/bundle.sh $(BUILD) $(BIN) $(GPU_BUNDLE)
 
 deps:
 	@sh mk/deps.sh

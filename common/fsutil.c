@@ -285,6 +285,34 @@ void tmp_discard(const char *tmp_path)
     tmp_unregister(tmp_path);
 }
 
+/*
+ * The PID in a temporary's name ".NAME.tmp-PID-N", or 0 when the name is not one of ours.
+ * The last ".tmp-" counts: NAME itself may contain one.
+ */
+static long tmp_owner_pid(const char *name)
+{
+    const char *mark = NULL;
+    for (const char *p = strstr(name, ".tmp-"); p; p = strstr(p + 1, ".tmp-"))
+        mark = p;
+    if (name[0] != '.' || !mark)
+        return 0;
+    char *end;
+    errno = 0;
+    long pid = strtol(mark + 5, &end, 10);
+    if (errno || pid <= 0 || end == mark + 5 || *end != '-' || !end[1])
+        return 0;
+    for (const char *p = end + 1; *p; p++)
+        if (*p < '0' || *p > '9')
+            return 0;
+    return pid;
+}
+
+/* Is pid a process of this host's PID namespace (alive, or not ours to signal)? */
+static int pid_alive(long pid)
+{
+    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+}
+
 int tmp_sweep(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -293,7 +321,9 @@ int tmp_sweep(const char *dir)
     int removed = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] != '.' || !strstr(e->d_name, ".tmp-"))
+        long pid = tmp_owner_pid(e->d_name);
+        /* A live writer's file, this process's own included, is still being made. */
+        if (pid == 0 || pid == (long)getpid() || pid_alive(pid))
             continue;
         char *path = path_join(dir, e->d_name);
         if (unlink(path) == 0)

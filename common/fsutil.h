@@ -38,7 +38,15 @@ void read_list_file(const char *path, strlist_t *out);
 char *tmp_path_for(const char *final_path);
 int tmp_commit(const char *tmp_path, const char *final_path); /* 0 ok, -1 errno set */
 void tmp_discard(const char *tmp_path);
-/* Remove leftovers of killed runs ("DIR/.*.tmp-*") in one folder; returns how many. */
+/*
+ * Remove leftovers of killed runs in one folder: the temporaries ("DIR/.NAME.tmp-PID-N") whose
+ * PID is no process on this host (kill(PID, 0) fails with ESRCH), so that jobs writing into
+ * one folder at once keep each other's files. Returns how many it removed.
+ * Limits: the PID is only checked on this host and PID namespace. A folder that jobs on
+ * several hosts (NFS) or containers write at once may lose a live writer's temporary when its
+ * PID is free here: give such jobs separate folders, or sweep only where one writer runs. A
+ * dead writer's PID taken by another process keeps its leftover until a later sweep.
+ */
 int tmp_sweep(const char *dir);
 
 #endif

@@ -35,4 +35,15 @@ double metric_row_loss(double p, int label);
  */
 void metric_score(const double *prob, const int8_t *label, size_t n, metric_result_t *out);
 
+/*
+ * Each label's prevalence over the rows listed in rows (n_rows of them; every row when rows
+ * is NULL, n_rows then the row count), labels -1 left out; NaN where no row has the label.
+ */
+void metric_prevalence(const int8_t *label, const size_t *rows, size_t n_rows,
+                       double prevalence[N_SUBTYPES]);
+
+/* The score of predicting prevalence[t] for every row of subtype t (the prevalence baseline). */
+void metric_score_constant(const double prevalence[N_SUBTYPES], const int8_t *label, size_t n,
+                           metric_result_t *out);
+
 #endif

@@ -61,13 +61,52 @@ int main(int c, char **v) { MPI_Init(&c, &v); return MPI_Finalize(); }' \
         echo "MPI_CFLAGS = $(pkg-config --cflags ompi-c 2>/dev/null)"
         echo "MPI_LIBS = $(pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)"
     fi
-    nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-    if [ -x "$nvcc" ]; then
-        found="$found cuda"
+    # NCCL (the GPU all-reduce of common/dist.c) under NCCL_HOME, default the CUDA toolkit.
+    cuda_home=${CUDA_HOME:-/usr/local/cuda}
+    nccl_home=${NCCL_HOME:-$cuda_home}
+    nccl_inc="-I$cuda_home/include" nccl_ld="-L$cuda_home/lib64 -Wl,-rpath,$cuda_home/lib64"
+    if [ "$nccl_home" != "$cuda_home" ]; then
+        nccl_inc="-I$nccl_home/include $nccl_inc"
+        nccl_ld="-L$nccl_home/lib64 -Wl,-rpath,$nccl_home/lib64 $nccl_ld"
+    fi
+    if probe nccl c '#include <nccl.h>
+int main(void) { int v; return ncclGetVersion(&v) != ncclSuccess; }' \
+        $nccl_inc $nccl_ld -lnccl -lcudart; then
+        echo "HAVE_NCCL = 1"
+        echo "NCCL_CFLAGS = $nccl_inc"
+        echo "NCCL_LIBS = $nccl_ld -lnccl -lcudart"
+    fi
+    # CUDA: the NN backend (common/nn/*.cu) is built when nvcc, cudart, cuDNN and cuBLAS are
+    # all found under CUDA_HOME / CUDNN_HOME (default /usr/local/cuda).
+    cudnn_home=${CUDNN_HOME:-$cuda_home}
+    cuda_inc="-I$cuda_home/include"
+    [ "$cudnn_home" = "$cuda_home" ] || cuda_inc="$cuda_inc -I$cudnn_home/include"
+    cuda_dirs="$cuda_home/lib64"
+    [ "$cudnn_home" = "$cuda_home" ] || cuda_dirs="$cuda_dirs $cudnn_home/lib64 $cudnn_home/lib"
+    cuda_ldflags=""
+    for d in $cuda_dirs; do
+        [ -d "$d" ] && cuda_ldflags="$cuda_ldflags -L$d -Wl,-rpath,$d"
+    done
+    nvcc=$cuda_home/bin/nvcc
+    if [ -x "$nvcc" ]; then found="$found nvcc"; else missing="$missing nvcc"; fi
+    probe cudart c '#include <cuda_runtime.h>
+int main(void) { int n; return cudaGetDeviceCount(&n) == cudaSuccess && 0; }' \
+        $cuda_inc $cuda_ldflags -lcudart
+    probe cudnn c '#include <cudnn.h>
+int main(void) { return cudnnGetVersion() == 0; }' $cuda_inc $cuda_ldflags -lcudnn
+    probe cublas c '#include <cublas_v2.h>
+int main(void) { cublasHandle_t h; return cublasCreate(&h) == 0 && 0; }' \
+        $cuda_inc $cuda_ldflags -lcublas
+    cuda_parts=0
+    for part in nvcc cudart cudnn cublas; do
+        case " $found " in *" $part "*) cuda_parts=$((cuda_parts + 1)) ;; esac
+    done
+    if [ $cuda_parts -eq 4 ]; then
         echo "HAVE_CUDA = 1"
         echo "NVCC = $nvcc"
-    else
-        missing="$missing cuda"
+        echo "CUDA_CFLAGS = $cuda_inc"
+        # Linked into the backend's plugin (libichpipe_cuda.so) only, never into the programs.
+        echo "CUDA_LIBS =$cuda_ldflags -lcudnn -lcublas -lcudart"
     fi
     echo "PROBE_FOUND =$found"
     echo "PROBE_MISSING =$missing"

@@ -18,8 +18,9 @@ fail() {
 for p in mkphantom dcm2jpg mkfolds cnntrain; do
     [ -x "$BIN/$p" ] || fail "$BIN/$p is missing"
 done
-# Same thread count in every run: the engine's sums are deterministic for a fixed count.
-OMP_NUM_THREADS=2
+# Same thread count in every run: the engine's sums are deterministic for a fixed count. One
+# thread: on a loaded machine two threads per process were measured up to 20x slower.
+OMP_NUM_THREADS=1
 export OMP_NUM_THREADS
 
 ph=$WORK/phantom

@@ -18,11 +18,12 @@
 #include "metric.h"
 #include "opt.h"
 #include "predfile.h"
+#include "slicelist.h"
 
 typedef struct {
-    const char *out, *weights, *labels, *scores, *h5_out;
+    const char *out, *weights, *labels, *scores, *h5_out, *baseline;
     double clip;
-    int require_labels;
+    int require_labels, baseline_holdout;
 } bagavg_options_t;
 
 /* One input: its path and weight (before normalising). */
@@ -234,11 +235,37 @@ static char *write_submission_tmp(const char *out, const pred_table_t *t, const 
 typedef struct {
     metric_result_t result;
     size_t labelled_without_prediction, predicted_without_labels;
+    int has_baseline;
+    metric_result_t baseline; /* predicting each label's prevalence, same slices */
+    double prevalence[N_SUBTYPES];
+    size_t prevalence_slices;
 } bag_score_t;
 
 static int compare_id_key(const void *key, const void *elem)
 {
     return strcmp((const char *)key, *(char *const *)elem);
+}
+
+/* The prevalence baseline: each label's prevalence among the labelled slices of the folds
+ * file (outside the held-out fold), predicted for every scored slice. */
+static void score_baseline(const bagavg_options_t *o, const int8_t *label, size_t n,
+                           bag_score_t *score)
+{
+    slicelist_t folds;
+    slicelist_read_folds(&folds, o->baseline);
+    size_t *rows = xmalloc((folds.count ? folds.count : 1) * sizeof *rows), n_rows = 0;
+    for (size_t i = 0; i < folds.count; i++)
+        if (folds.fold[i] >= 0 && folds.fold[i] != o->baseline_holdout)
+            rows[n_rows++] = i;
+    if (!n_rows)
+        die(EXIT_BAD_INPUT, "%s: no labelled slices outside fold %d for the baseline",
+            o->baseline, o->baseline_holdout);
+    metric_prevalence(folds.labels, rows, n_rows, score->prevalence);
+    metric_score_constant(score->prevalence, label, n, &score->baseline);
+    score->prevalence_slices = n_rows;
+    score->has_baseline = 1;
+    free(rows);
+    slicelist_free(&folds);
 }
 
 static void score_predictions(const bagavg_options_t *o, const pred_table_t *t,
@@ -287,6 +314,8 @@ static void score_predictions(const bagavg_options_t *o, const pred_table_t *t,
             o->labels, labels.count, t->count ? t->ids[0] : "-",
             labels.count ? labels.slices[0].id : "-");
     metric_score(prob, label, n, &score->result);
+    if (o->baseline)
+        score_baseline(o, label, n, score);
     free(prob);
     free(label);
     labels_free(&labels);
@@ -301,6 +330,12 @@ static void print_score(const bag_score_t *s)
     for (int t = 0; t < N_SUBTYPES; t++)
         printf("  %-17s %.6f  (%zu rows, weight %g)\n", SUBTYPE_NAMES[t], r->subtype[t],
                r->rows[t], METRIC_WEIGHTS[t]);
+    if (s->has_baseline)
+        printf("prevalence baseline %.6f  (each label's prevalence among %zu labelled slices, "
+               "predicted for every slice); score / baseline = %.3f: %s\n",
+               s->baseline.score, s->prevalence_slices, r->score / s->baseline.score,
+               r->score < s->baseline.score ? "better than the baseline"
+                                            : "NOT better than the baseline");
     fflush(stdout);
 }
 
@@ -321,6 +356,12 @@ static char *write_scores_tmp(const char *path, const bag_score_t *s, int files)
     fprintf(f, "predicted_without_labels=%zu\n", s->predicted_without_labels);
     fprintf(f, "labelled_without_prediction=%zu\n", s->labelled_without_prediction);
     fprintf(f, "prediction_files=%d\n", files);
+    if (s->has_baseline) {
+        fprintf(f, "baseline=%.17g\n", s->baseline.score);
+        fprintf(f, "baseline_slices=%zu\n", s->prevalence_slices);
+        for (int t = 0; t < N_SUBTYPES; t++)
+            fprintf(f, "prevalence_%s=%.17g\n", SUBTYPE_NAMES[t], s->prevalence[t]);
+    }
     if (ferror(f) | (fclose(f) != 0))
         die(EXIT_IO, "%s: write failed (disk full?)", tmp);
     return tmp;
@@ -373,7 +414,7 @@ static void commit(char *tmp, const char *final_path)
 int main(int argc, char **argv)
 {
     log_init("bagavg", LOG_INFO);
-    bagavg_options_t o = {.clip = METRIC_CLIP};
+    bagavg_options_t o = {.clip = METRIC_CLIP, .baseline_holdout = -1};
     const opt_t options[] = {
         {'o', "out", OPT_STRING, &o.out, "FILE",
          "submission CSV to write, gzip when it ends in .gz (required)", 1, 0, NULL},
@@ -387,6 +428,11 @@ int main(int argc, char **argv)
          "also write the metric as key=value lines (needs --labels)", 1, 0, NULL},
         {0, "h5-out", OPT_STRING, &o.h5_out, "FILE",
          "also write the mean as a predictions.h5 (the CSV's values, float32)", 1, 0, NULL},
+        {0, "baseline", OPT_STRING, &o.baseline, "FOLDS.h5",
+         "also score predicting each label's prevalence among the labelled slices of this "
+         "folds.h5 (needs --labels)", 1, 0, NULL},
+        {0, "baseline-holdout", OPT_INT, &o.baseline_holdout, "F",
+         "leave fold F out of --baseline's prevalence (-1: none)", -1, 1000, NULL},
         {0, "require-labels", OPT_FLAG, &o.require_labels, NULL,
          "every slice of --labels must have a prediction (exit 3 otherwise)", 1, 0, NULL},
         {0},
@@ -429,6 +475,8 @@ int main(int argc, char **argv)
         usage_fail("%s", "-o SUBMISSION.csv is required");
     if (o.scores && !o.labels)
         usage_fail("%s", "--scores needs --labels");
+    if (o.baseline && !o.labels)
+        usage_fail("%s", "--baseline needs --labels");
 
     bag_input_t *inputs = xmalloc((size_t)n * sizeof *inputs);
     for (int i = 0; i < n; i++)

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "dist.h"
 #include "exitcodes.h"
 #include "fsutil.h"
 #include "h5io.h"
@@ -22,15 +23,16 @@
 #include "nn/resnext.h"
 #include "opt.h"
 #include "pool.h"
+#include "slicelist.h"
 
 typedef struct {
-    const char *out_dir, *arch, *init, *crop, *precision;
+    const char *out_dir, *arch, *init, *crop, *precision, *device;
     int fold, size, batch, micro_batch, epochs, threads, save_every, log_every, resume;
     double lr;
     long long seed;
 } train_options_t;
 
-/* The slices of folds.h5 with their image files and labels. */
+/* The slices of folds.h5 with their image files, split into training and validation. */
 typedef struct {
     size_t count;
     char **ids;
@@ -38,43 +40,17 @@ typedef struct {
     int8_t *labels; /* count x N_SUBTYPES */
     size_t *train, *val;
     size_t n_train, n_val;
+    slicelist_t list;
 } dataset_t;
-
-static char *image_path(const char *dir, const char *id)
-{
-    char *path = xasprintf("%s/%s.jpg", dir, id);
-    if (path_is_file(path))
-        return path;
-    free(path);
-    path = xasprintf("%s/%s.ppm", dir, id);
-    if (path_is_file(path))
-        return path;
-    die(EXIT_BAD_INPUT, "%s: no image %s.jpg or %s.ppm", dir, id, id);
-}
-
-static int fully_labelled(const int8_t *label)
-{
-    for (int k = 0; k < N_SUBTYPES; k++)
-        if (label[k] != 0 && label[k] != 1)
-            return 0;
-    return 1;
-}
 
 /* Training rows: labelled, fold >= 0 and not the held-out one; validation: fold == held. */
 static void dataset_load(dataset_t *d, const char *folds_path, const char *image_dir, int held)
 {
-    hid_t f = h5_open_read(folds_path);
-    hsize_t dims[8];
-    d->ids = h5_read_strings(f, "id", &d->count);
-    d->labels = h5_read(f, "label", H5T_NATIVE_INT8, 2, dims);
-    if (dims[0] != d->count || dims[1] != N_SUBTYPES)
-        die(EXIT_BAD_INPUT, "%s: /label is %llux%llu, expected %zux%d", folds_path,
-            (unsigned long long)dims[0], (unsigned long long)dims[1], d->count, N_SUBTYPES);
-    int32_t *fold = h5_read(f, "fold", H5T_NATIVE_INT32, 1, dims);
-    if (dims[0] != d->count)
-        die(EXIT_BAD_INPUT, "%s: /fold has %llu rows, /id %zu", folds_path,
-            (unsigned long long)dims[0], d->count);
-    h5_close(f);
+    slicelist_read_folds(&d->list, folds_path);
+    d->count = d->list.count;
+    d->ids = d->list.ids;
+    d->labels = d->list.labels;
+    const int32_t *fold = d->list.fold;
 
     d->paths = xcalloc(d->count ? d->count : 1, sizeof *d->paths);
     d->train = xmalloc((d->count ? d->count : 1) * sizeof *d->train);
@@ -83,18 +59,17 @@ static void dataset_load(dataset_t *d, const char *folds_path, const char *image
     for (size_t i = 0; i < d->count; i++) {
         if (fold[i] < 0)
             continue;
-        if (!fully_labelled(d->labels + i * N_SUBTYPES)) {
+        if (!slicelist_fully_labelled(d->labels + i * N_SUBTYPES)) {
             partial++;
             continue;
         }
         int is_val = held >= 0 && fold[i] == held;
-        d->paths[i] = image_path(image_dir, d->ids[i]);
+        d->paths[i] = slicelist_image_path(image_dir, d->ids[i]);
         if (is_val)
             d->val[d->n_val++] = i;
         else
             d->train[d->n_train++] = i;
     }
-    free(fold);
     if (partial)
         log_warn("%s: %zu labelled slices lack some of the six labels; skipped", folds_path,
                  partial);
@@ -105,20 +80,13 @@ static void dataset_load(dataset_t *d, const char *folds_path, const char *image
 /* Weighted log loss of predicting each label's training prevalence on the validation rows. */
 static double prevalence_baseline(const dataset_t *d)
 {
-    double prevalence[N_SUBTYPES] = {0};
-    for (size_t k = 0; k < d->n_train; k++)
-        for (int j = 0; j < N_SUBTYPES; j++)
-            prevalence[j] += d->labels[d->train[k] * N_SUBTYPES + j];
-    double *prob = xmalloc(d->n_val * N_SUBTYPES * sizeof *prob);
+    double prevalence[N_SUBTYPES];
+    metric_prevalence(d->labels, d->train, d->n_train, prevalence);
     int8_t *label = xmalloc(d->n_val * N_SUBTYPES);
     for (size_t k = 0; k < d->n_val; k++)
-        for (int j = 0; j < N_SUBTYPES; j++) {
-            prob[k * N_SUBTYPES + j] = prevalence[j] / (double)d->n_train;
-            label[k * N_SUBTYPES + j] = d->labels[d->val[k] * N_SUBTYPES + j];
-        }
+        memcpy(&label[k * N_SUBTYPES], &d->labels[d->val[k] * N_SUBTYPES], N_SUBTYPES);
     metric_result_t r;
-    metric_score(prob, label, d->n_val, &r);
-    free(prob);
+    metric_score_constant(prevalence, label, d->n_val, &r);
     free(label);
     return r.score;
 }
@@ -144,9 +112,12 @@ static nn_tensor_t flat(float *data, size_t count)
 
 static void trainer_init(trainer_t *t, const train_options_t *o)
 {
-    t->be = nn_backend_create("cpu");
+    /* Under mpirun each rank takes the GPU of its local rank. */
+    const char *device = dist_device_for_rank(o->device);
+    char why[512];
+    t->be = nn_backend_open(device, why, sizeof why);
     if (!t->be)
-        die(EXIT_INTERNAL, "no CPU backend");
+        die(EXIT_USAGE, "--device %s: %s", device, why);
     t->model = resnext_create(t->be, o->arch, N_SUBTYPES);
     nn_paramset_t *ps = &t->model->ps;
     nn_params_alloc_adam(ps);
@@ -195,12 +166,14 @@ static void forward_micro(trainer_t *t, const float *images, int n, int size, in
 }
 
 /*
- * One optimizer step over a batch of n images, in micro-batches: each micro-batch's loss
- * gradient is scaled by its share of the batch so that the summed gradients are those of the
- * batch mean. Returns the batch's mean loss (NaN or infinite when it went wrong).
+ * One optimizer step over a batch of n images, of which this rank holds `mine` (all of them
+ * without mpirun), in micro-batches: each micro-batch's loss gradient is scaled by its share
+ * of the whole batch so that the gradients summed over micro-batches and ranks are those of
+ * the batch mean; every rank then takes the same Adam step. Returns the batch's mean loss
+ * (NaN or infinite when it went wrong on any rank).
  */
-static double train_step(trainer_t *t, const float *images, const int8_t *const *labels, int n,
-                         int size, int64_t step)
+static double train_step(trainer_t *t, const float *images, const int8_t *const *labels,
+                         int mine, int n, int size, int64_t step)
 {
     nn_backend_t *be = t->be;
     nn_paramset_t *ps = &t->model->ps;
@@ -210,8 +183,8 @@ static double train_step(trainer_t *t, const float *images, const int8_t *const 
     nn_tensor_t zeros = flat(t->zeros, ps->param_count);
     double loss = 0;
 
-    for (int start = 0; start < n; start += t->micro) {
-        int m = n - start < t->micro ? n - start : t->micro;
+    for (int start = 0; start < mine; start += t->micro) {
+        int m = mine - start < t->micro ? mine - start : t->micro;
         forward_micro(t, images + (size_t)start * image, m, size, 1);
 
         for (int k = 0; k < m; k++)
@@ -231,6 +204,11 @@ static double train_step(trainer_t *t, const float *images, const int8_t *const 
         resnext_backward(t->model, dlogits);
         be->add(be, &grads, start == 0 ? &zeros : &accum, &accum);
     }
+    if (mine == 0) /* a short last batch can leave a rank without images */
+        be->add(be, &zeros, &zeros, &accum);
+
+    dist_allreduce_backend(be, t->accum, ps->param_count);
+    dist_allreduce_sum_f64(&loss, 1);
     if (!isfinite(loss))
         return loss;
 
@@ -244,34 +222,49 @@ static double sigmoid(double z)
     return 1.0 / (1.0 + exp(-z));
 }
 
-/* The challenge metric of the model (eval mode) on the validation slices. */
+/*
+ * The challenge metric of the model (eval mode) on the validation slices, on rank 0 (NaN on
+ * the others). Each rank predicts a run of whole micro-batches with rank 0's batch norm
+ * statistics, those its checkpoint keeps; rank 0 gathers the rows in their order.
+ */
 static double validate(trainer_t *t, const dataset_t *d, loader_t *loader, int size)
 {
-    size_t n = d->n_val;
-    double *prob = xmalloc(n * N_SUBTYPES * sizeof *prob);
-    int8_t *label = xmalloc(n * N_SUBTYPES);
-    size_t batches = (n + (size_t)t->micro - 1) / (size_t)t->micro;
+    size_t n = d->n_val, micro = (size_t)t->micro;
+    if (dist_size() > 1) {
+        nn_paramset_t *ps = &t->model->ps;
+        dist_broadcast_backend(t->be, ps->buffers, ps->buffer_count, 0);
+        t->be->weights_changed(t->be);
+    }
+    dist_range_t own = dist_share(n, micro);
+    size_t mine = own.end - own.begin;
+    double *mine_prob = xmalloc((mine ? mine : 1) * N_SUBTYPES * sizeof *mine_prob);
+    size_t batches = (mine + micro - 1) / micro;
     for (size_t b = 0; b <= batches; b++) {
         if (b < batches) {
-            size_t first = b * (size_t)t->micro;
-            int m = (int)(n - first < (size_t)t->micro ? n - first : (size_t)t->micro);
-            loader_submit(loader, d->val + first, m, 0);
+            size_t first = b * micro;
+            int m = (int)(mine - first < micro ? mine - first : micro);
+            loader_submit(loader, d->val + own.begin + first, m, 0);
         }
         if (b == 0)
             continue;
         int m;
         const float *images = loader_wait(loader, &m, NULL);
-        size_t first = (b - 1) * (size_t)t->micro;
+        size_t first = (b - 1) * micro;
         forward_micro(t, images, m, size, 0);
         t->be->to_host(t->be, t->host_logits, t->model->logits.data,
                        (size_t)m * N_SUBTYPES * sizeof(float));
-        for (int k = 0; k < m; k++)
-            for (int j = 0; j < N_SUBTYPES; j++) {
-                size_t row = (first + (size_t)k) * N_SUBTYPES + (size_t)j;
-                prob[row] = sigmoid(t->host_logits[k * N_SUBTYPES + j]);
-                label[row] = d->labels[d->val[first + (size_t)k] * N_SUBTYPES + j];
-            }
+        for (int k = 0; k < m * N_SUBTYPES; k++)
+            mine_prob[first * N_SUBTYPES + (size_t)k] = sigmoid(t->host_logits[k]);
     }
+
+    double *prob = dist_is_root() ? xmalloc((n ? n : 1) * N_SUBTYPES * sizeof *prob) : NULL;
+    dist_gather_rows(mine_prob, prob, N_SUBTYPES * sizeof *prob, n, micro);
+    free(mine_prob);
+    if (!prob)
+        return NAN;
+    int8_t *label = xmalloc((n ? n : 1) * N_SUBTYPES);
+    for (size_t k = 0; k < n; k++)
+        memcpy(label + k * N_SUBTYPES, d->labels + d->val[k] * N_SUBTYPES, N_SUBTYPES);
     metric_result_t r;
     metric_score(prob, label, n, &r);
     free(prob);
@@ -279,10 +272,50 @@ static double validate(trainer_t *t, const dataset_t *d, loader_t *loader, int s
     return r.score;
 }
 
+/*
+ * Every rank must hold the same weights and Adam moments after the same steps: compare a
+ * hash of them (once an epoch; about a second for ResNeXt-101).
+ */
+static void check_ranks_agree(trainer_t *t)
+{
+    if (dist_size() < 2)
+        return;
+    nn_paramset_t *ps = &t->model->ps;
+    size_t bytes = ps->param_count * sizeof(float);
+    float *host = xmalloc(bytes);
+    float *slabs[3] = {ps->params, ps->adam_m, ps->adam_v};
+    uint64_t hash = 0;
+    for (int s = 0; s < 3; s++) {
+        t->be->to_host(t->be, host, slabs[s], bytes);
+        hash = hash * 0x100000001b3ull ^ dist_hash_bytes(host, bytes);
+    }
+    free(host);
+    int differs = dist_check_same(hash);
+    if (differs >= 0)
+        die(EXIT_INTERNAL, "rank %d's weights differ from rank 0's after the same steps",
+            differs);
+    log_info("parameters identical on all %d ranks (hash %016llx)", dist_size(),
+             (unsigned long long)hash);
+}
+
+/* Start every rank from rank 0's state (weights, statistics, moments, counters). */
+static void share_start(trainer_t *t)
+{
+    if (dist_size() < 2)
+        return;
+    nn_paramset_t *ps = &t->model->ps;
+    dist_broadcast_backend(t->be, ps->params, ps->param_count, 0);
+    dist_broadcast_backend(t->be, ps->adam_m, ps->param_count, 0);
+    dist_broadcast_backend(t->be, ps->adam_v, ps->param_count, 0);
+    dist_broadcast_backend(t->be, ps->buffers, ps->buffer_count, 0);
+    dist_broadcast(ps->counters, ps->counter_count * sizeof *ps->counters, 0);
+    t->be->weights_changed(t->be);
+}
+
 /* ---- checkpoints ---- */
 
 typedef struct {
-    int fold, batch, size;
+    int fold, batch, size, ranks;
     long long seed;
     size_t n_train;
     const char *crop;
@@ -307,6 +340,7 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
     h5_attr_i64(f, "train_seed", run->seed);
     h5_attr_i64(f, "train_slices", (int64_t)run->n_train);
     h5_attr_str(f, "train_crop", run->crop);
+    h5_attr_i64(f, "train_ranks", run->ranks);
     if (!isnan(val_loss))
         h5_attr_f64(f, "val_loss", val_loss);
     if (H5Fclose(f) < 0)
@@ -365,6 +399,13 @@ static void check_resume_attr(hid_t f, const char *path, const char *name, int64
 
 /* ---- the program ---- */
 
+/* Images in batch b of an epoch (the last one may be short). */
+static size_t batch_size(const dataset_t *d, const train_options_t *o, int64_t b)
+{
+    size_t start = (size_t)b * (size_t)o->batch;
+    return d->n_train - start < (size_t)o->batch ? d->n_train - start : (size_t)o->batch;
+}
+
 /* The epoch's order of the training slices: a seeded Fisher-Yates shuffle. */
 static void shuffle_epoch(const dataset_t *d, uint64_t seed, int epoch, size_t *order)
 {
@@ -377,15 +418,6 @@ static void shuffle_epoch(const dataset_t *d, uint64_t seed, int epoch, size_t *
         order[i - 1] = order[j];
         order[j] = tmp;
     }
-}
-
-static img_crop_t parse_crop(const char *name)
-{
-    if (!strcmp(name, "plain"))
-        return IMG_CROP_PLAIN;
-    if (!strcmp(name, "none"))
-        return IMG_CROP_NONE;
-    return IMG_CROP_MINFILTER;
 }
 
 /* Load initial weights, keeping the fresh 6-output head whatever the file's head is. */
@@ -409,9 +441,9 @@ static void load_init(trainer_t *t, const char *path, const char *arch)
 
 int main(int argc, char **argv)
 {
-    train_options_t o = {.arch = "resnext101_32x8d", .crop = "intended", .fold = 0,
-                         .size = IMG_DEFAULT_SIZE, .batch = 64, .micro_batch = 16, .epochs = 5,
-                         .threads = 2, .save_every = 0, .log_every = 10, .lr = 2e-5,
+    train_options_t o = {.arch = "resnext101_32x8d", .device = "cpu", .crop = "intended",
+                         .fold = 0, .size = IMG_DEFAULT_SIZE, .batch = 64, .micro_batch = 16,
+                         .epochs = 5, .threads = 2, .save_every = 0, .log_every = 10, .lr = 2e-5,
                          .seed = 1, .precision = "fp32"};
     const opt_t options[] = {
         {'o', "out", OPT_STRING, &o.out_dir, "DIR", "checkpoint folder (created; required)", 1, 0,
@@ -431,11 +463,13 @@ int main(int argc, char **argv)
         {0, "epochs", OPT_INT, &o.epochs, "N", "epochs to train (in all, resumed ones included)",
          1, 1000, NULL},
         {0, "crop", OPT_CHOICE, &o.crop, "MODE", "black border crop", 1, 0,
-         "intended|plain|none"},
+         SLICELIST_CROP_CHOICES},
         {0, "precision", OPT_CHOICE, &o.precision, "P",
          "convolution arithmetic (bf16: mixed, fp32 weights and sums; see common/nn/resnext.h)",
          1, 0, "fp32|bf16"},
         {0, "seed", OPT_INT64, &o.seed, "S", "seed of the shuffles and augmentations", 0, 9e15,
+         NULL},
+        {0, "device", OPT_STRING, &o.device, "NAME", "NN backend: cpu, cuda, cuda:N", 1, 0,
          NULL},
         {'j', "threads", OPT_INT, &o.threads, "N", "image loader threads", 1, 256, NULL},
         {0, "save-every", OPT_INT, &o.save_every, "N",
@@ -467,7 +501,13 @@ int main(int argc, char **argv)
             "the one with the most steps and continues mid-epoch if need be, with the same\n"
             "shuffles and augmentations as an uninterrupted run; it refuses another --fold,\n"
             "--batch, --seed, --size, --crop or training set than the checkpoint's.\n"
-            "A non-finite loss stops the run (exit 1); earlier checkpoints stay intact.",
+            "A non-finite loss stops the run (exit 1); earlier checkpoints stay intact.\n"
+            "Under `mpirun -np N` the ranks train data-parallel: each takes a contiguous run\n"
+            "of the micro-batches of every --batch (micro-batches of at most batch / N\n"
+            "images), gradients are summed over ranks before the one Adam step, batch norm\n"
+            "statistics stay per rank; rank 0 alone logs and writes checkpoints (attribute\n"
+            "train_ranks; --resume accepts another N). A rank that dies ends the job; one\n"
+            "that hangs is given up after ICH_DIST_TIMEOUT seconds (default 1800), exit 1.",
         .options = options,
         .min_positional = 2,
         .max_positional = 2,
@@ -475,10 +515,20 @@ int main(int argc, char **argv)
     log_init("cnntrain", LOG_INFO);
     char **pos;
     opt_parse(&spec, argc, argv, &pos);
+    dist_init(&argc, &argv);
     if (!o.out_dir)
         die(EXIT_USAGE, "-o CKPT_DIR is required");
-    if (o.micro_batch > o.batch)
-        o.micro_batch = o.batch;
+    /* Every rank gets a micro-batch of each full batch. */
+    int per_rank = (o.batch + dist_size() - 1) / dist_size();
+    if (o.micro_batch > per_rank) {
+        if (dist_size() > 1)
+            log_info("micro-batches of %d images: %d ranks share batches of %d", per_rank,
+                     dist_size(), o.batch);
+        o.micro_batch = per_rank;
+    }
+    if (dist_size() > o.batch)
+        log_warn("%d ranks for batches of %d images: ranks %d and above stay idle",
+                 dist_size(), o.batch, o.batch);
 
     dataset_t d = {0};
     dataset_load(&d, pos[1], pos[0], o.fold);
@@ -496,7 +546,7 @@ int main(int argc, char **argv)
     nn_params_fill_hashed(ps);
     t.be->weights_changed(t.be);
 
-    run_info_t run = {o.fold, o.batch, o.size, o.seed, d.n_train, o.crop};
+    run_info_t run = {o.fold, o.batch, o.size, dist_size(), o.seed, d.n_train, o.crop};
     nn_ckpt_meta_t meta;
     nn_ckpt_meta_init(&meta, o.arch);
     nn_ckpt_meta_resnext(&meta, t.model);
@@ -504,7 +554,16 @@ int main(int argc, char **argv)
     snprintf(meta.precision, sizeof meta.precision, "%s", o.precision);
     nn_rng_seed(&meta.rng, (uint64_t)o.seed);
 
-    char *resume_from = o.resume ? newest_checkpoint(o.out_dir) : NULL;
+    /* Rank 0 picks the checkpoint; every rank reads it (the folder is shared). */
+    char *resume_from = o.resume && dist_is_root() ? newest_checkpoint(o.out_dir) : NULL;
+    if (o.resume && dist_size() > 1) {
+        char chosen[4096] = "";
+        if (resume_from)
+            snprintf(chosen, sizeof chosen, "%s", resume_from);
+        dist_broadcast(chosen, sizeof chosen, 0);
+        free(resume_from);
+        resume_from = chosen[0] ? xstrdup(chosen) : NULL;
+    }
     if (resume_from) {
         hid_t f = h5_open_read(resume_from);
         check_resume_attr(f, resume_from, "train_fold", o.fold);
@@ -517,6 +576,8 @@ int main(int argc, char **argv)
             die(EXIT_USAGE, "%s: --resume with --crop %s, the checkpoint has %s", resume_from,
                 o.crop, crop);
         free(crop);
+        int64_t ranks_before = 1;
+        h5_attr_read_i64(f, "train_ranks", &ranks_before);
         h5_close(f);
         nn_ckpt_load_or_die(resume_from, ps, o.arch, NN_CKPT_ADAM, &meta);
         meta.adam = t.adam;
@@ -524,6 +585,10 @@ int main(int argc, char **argv)
         t.be->weights_changed(t.be);
         log_info("resuming from %s (step %lld, epoch %lld)", resume_from,
                  (long long)meta.step, (long long)meta.epoch);
+        if (ranks_before != dist_size())
+            log_info("resuming with %d ranks a run made with %lld: the same batches, shuffles "
+                     "and augmentations; batch norm statistics from its rank 0", dist_size(),
+                     (long long)ranks_before);
         free(resume_from);
     } else {
         if (o.resume)
@@ -532,9 +597,13 @@ int main(int argc, char **argv)
             load_init(&t, o.init, o.arch);
     }
 
+    share_start(&t);
+
     /* Created only now: a rejected input or initial checkpoint leaves nothing behind. */
-    mkdir_p(o.out_dir);
-    tmp_sweep(o.out_dir);
+    if (dist_is_root()) {
+        mkdir_p(o.out_dir);
+        tmp_sweep(o.out_dir);
+    }
     if (meta.epoch >= o.epochs)
         log_info("%s: already %lld epochs of %d; nothing to do", o.out_dir,
                  (long long)meta.epoch, o.epochs);
@@ -547,8 +616,8 @@ int main(int argc, char **argv)
             (long long)meta.step, (long long)meta.epoch, (long long)steps_per_epoch);
 
     loader_config_t lc = {.paths = (const char *const *)d.paths, .count = d.count,
-                          .size = o.size, .crop = parse_crop(o.crop), .augment = 1,
-                          .seed = (uint64_t)o.seed, .threads = o.threads,
+                          .size = o.size, .crop = (img_crop_t)slicelist_parse_crop(o.crop),
+                          .augment = 1, .seed = (uint64_t)o.seed, .threads = o.threads,
                           .max_batch = o.batch};
     loader_t *loader = loader_create(&lc);
     loader_config_t vc = lc;
@@ -566,21 +635,27 @@ int main(int argc, char **argv)
         shuffle_epoch(&d, (uint64_t)o.seed, epoch, order);
         int64_t first = meta.step - (int64_t)epoch * steps_per_epoch;
         for (int64_t b = first; b <= steps_per_epoch; b++) {
+            /* This rank loads only its share of each batch. */
             if (b < steps_per_epoch) {
                 size_t start = (size_t)b * (size_t)o.batch;
-                size_t n = d.n_train - start < (size_t)o.batch ? d.n_train - start
-                                                               : (size_t)o.batch;
-                loader_submit(loader, order + start, (int)n, (uint64_t)epoch);
+                dist_range_t own = dist_share(batch_size(&d, &o, b), (size_t)o.micro_batch);
+                if (own.end > own.begin)
+                    loader_submit(loader, order + start + own.begin,
+                                  (int)(own.end - own.begin), (uint64_t)epoch);
             }
             if (b == first)
                 continue;
-            int n;
-            double waited;
-            const float *images = loader_wait(loader, &n, &waited);
-            size_t start = (size_t)(b - 1) * (size_t)o.batch;
-            for (int k = 0; k < n; k++)
-                batch_labels[k] = d.labels + order[start + (size_t)k] * N_SUBTYPES;
-            double loss = train_step(&t, images, batch_labels, n, o.size, meta.step + 1);
+            size_t start = (size_t)(b - 1) * (size_t)o.batch, n = batch_size(&d, &o, b - 1);
+            dist_range_t own = dist_share(n, (size_t)o.micro_batch);
+            int mine = 0;
+            double waited = 0;
+            const float *images = NULL;
+            if (own.end > own.begin)
+                images = loader_wait(loader, &mine, &waited);
+            for (int k = 0; k < mine; k++)
+                batch_labels[k] = d.labels + order[start + own.begin + (size_t)k] * N_SUBTYPES;
+            double loss = train_step(&t, images, batch_labels, mine, (int)n, o.size,
+                                     meta.step + 1);
             if (!isfinite(loss))
                 die(EXIT_INTERNAL,
                     "loss is %g at step %lld (epoch %d): stopped; the checkpoints in %s "
@@ -589,7 +664,7 @@ int main(int argc, char **argv)
             meta.step++;
             steps_this_run++;
             window_wait += waited;
-            window_images += n;
+            window_images += (int64_t)n;
             window_loss += loss;
             window_steps++;
 
@@ -608,7 +683,8 @@ int main(int argc, char **argv)
                 window_loss = 0;
                 window_steps = 0;
             }
-            if (o.save_every > 0 && meta.step % o.save_every == 0 && b < steps_per_epoch) {
+            if (o.save_every > 0 && meta.step % o.save_every == 0 && b < steps_per_epoch &&
+                dist_is_root()) {
                 char *path = xasprintf("%s/step%lld.h5", o.out_dir, (long long)meta.step);
                 save_checkpoint(&t, path, &meta, &run, NAN);
                 free(path);
@@ -622,9 +698,12 @@ int main(int argc, char **argv)
             log_info("epoch %d: validation weighted log loss %.6f (prevalence %.6f)", epoch + 1,
                      val_loss, baseline);
         }
-        char *path = xasprintf("%s/epoch%d.h5", o.out_dir, epoch + 1);
-        save_checkpoint(&t, path, &meta, &run, val_loss);
-        free(path);
+        check_ranks_agree(&t);
+        if (dist_is_root()) {
+            char *path = xasprintf("%s/epoch%d.h5", o.out_dir, epoch + 1);
+            save_checkpoint(&t, path, &meta, &run, val_loss);
+            free(path);
+        }
     }
 
     loader_free(loader);
@@ -637,7 +716,7 @@ int main(int argc, char **argv)
     free(d.paths);
     free(d.train);
     free(d.val);
-    free(d.labels);
-    h5_free_strings(d.ids, d.count);
+    slicelist_free(&d.list);
+    dist_finalize();
     return EXIT_OK;
 }

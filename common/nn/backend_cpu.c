@@ -1303,9 +1303,4 @@ nn_backend_t *nn_backend_cpu_create(void)
     return be;
 }
 
-nn_backend_t *nn_backend_create(const char *name)
-{
-    if (strcmp(name, "cpu") == 0)
-        return nn_backend_cpu_create();
-    return NULL;
-}
+/* nn_backend_create / nn_backend_open (the choice by name): backend_select.c. */

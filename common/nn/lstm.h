@@ -16,12 +16,15 @@
  * run over every step, padding included, as an unpacked torch.nn.LSTM does.
  *
  * Arithmetic: one oneDNN sgemm for the input projections of all steps, one small sgemm
- * over the batch per step for the recurrence, gate loops in plain C.
- * missing: speed. On the method's shapes (6144 in, 2048 hidden, batch 4, 40 steps) the whole
- * sequence model trains at ~19 slices/s (PyTorch: ~11; target 8x) on this loaded machine;
- * the per-step products re-read W_hh (64 MiB) at batch 4 and are memory bound. Still to do:
- * bf16 weights for the recurrence, gate arithmetic fused / vectorised, threads over
- * directions; no GPU version.
+ * over the batch per step for the recurrence (from 8 series on, against a transposed copy of
+ * W_hh kept until the weights change: oneDNN's sgemm is slow on a transposed operand at
+ * those sizes),
+ * gate loops in plain C.
+ * missing: speed in training. The per-step products re-read W_hh (64 MiB fp32 per direction
+ * at hidden 2048) for 4 series and are bound by memory bandwidth: 40 steps x 2 directions x
+ * 2 layers x (forward + backward) read about 20 GB per batch of 4 series of 40 slices
+ * (bench/README.md). Only fewer bytes help there: bf16 weights for the recurrence (not done);
+ * no GPU version.
  */
 #ifndef ICH_NN_LSTM_H
 #define ICH_NN_LSTM_H
@@ -52,10 +55,19 @@ typedef struct {
     float *h_prev;            /* [batch][steps][H] scratch */
     float *carry_h, *carry_c; /* [batch][H] scratch */
     size_t cap_batch;
+    float *w_hh_t[2];         /* per direction [H][4H]: W_hh transposed, for wide batches */
+    const float *w_hh_t_of[2]; /* the W_hh each copy was made from; NULL: none or stale */
 } nn_lstm_t;
 
 void nn_lstm_init(nn_lstm_t *l, int in, int hidden, int pad_like_original);
 void nn_lstm_free(nn_lstm_t *l);
+
+/*
+ * The weights were written (an optimizer step, a load): drop the transposed copies of W_hh
+ * that forwards of 8 series or more keep between calls. nn_lstm_backward calls it itself,
+ * since an optimizer step follows it.
+ */
+void nn_lstm_weights_changed(nn_lstm_t *l);
 
 /* Sizes of the tensors of one direction, for declaring parameters. */
 static inline size_t nn_lstm_w_ih_count(const nn_lstm_t *l)

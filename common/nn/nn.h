@@ -1,7 +1,7 @@
 /*
  * The NN engine's core: tensors, op descriptors and the backend interface.
  *
- * A backend (CPU on oneDNN here, later a GPU one on cuDNN/cuBLAS) implements every op as a
+ * A backend (CPU on oneDNN, GPU on cuDNN/cuBLAS) implements every op as a
  * function in nn_backend_t. Ops are described by small structs (nn_conv_t, nn_bnorm_t, ...)
  * that also carry a backend-owned plan: whatever the backend builds on the first call for a
  * given input shape (primitives, algorithm choices, workspaces) and reuses afterwards.
@@ -19,7 +19,9 @@
  * - The backward of an op with a plan (max pool, batch norm) must follow the forward of the
  *   same op object for the same batch.
  *
- * missing: concat; the LSTM (common/nn/lstm.c) behind this interface; a GPU backend.
+ * Backends: "cpu" (backend_cpu.c, oneDNN) and "cuda" (backend_cuda.cu: cuDNN, cuBLAS and own
+ * kernels, device memory; built when mk/probe.sh finds CUDA).
+ * missing: concat; the LSTM (common/nn/lstm.c) behind this interface.
  */
 #ifndef ICH_NN_H
 #define ICH_NN_H
@@ -194,9 +196,22 @@ struct nn_backend {
     void (*destroy)(nn_backend_t *be);
 };
 
-/* The backend for a name ("cpu"); NULL if unknown or not compiled in. */
+/*
+ * The backend for a name: "cpu", "cuda" (GPU 0) or "cuda:N" (GPU N, as nvidia-smi numbers
+ * them under CUDA_VISIBLE_DEVICES). On failure returns NULL and says why in err (when not
+ * NULL; err_size bytes, truncated): an unknown name, a build without the CUDA backend, no
+ * usable GPU or driver, an N past the GPUs present, a cuDNN or cuBLAS that does not load.
+ * Programs print that reason and exit EXIT_USAGE (2): the option names a device this machine
+ * or build does not have.
+ */
+nn_backend_t *nn_backend_open(const char *name, char *err, size_t err_size);
+/* nn_backend_open without the buffer; the reason for its last NULL (in this thread) is
+ * nn_backend_create_error(), "" after a success. */
 nn_backend_t *nn_backend_create(const char *name);
+const char *nn_backend_create_error(void);
 nn_backend_t *nn_backend_cpu_create(void);
+/* 1 when the build has the CUDA backend (nvcc, cuDNN, cuBLAS found by mk/probe.sh). */
+int nn_backend_cuda_compiled(void);
 
 /* Host reference arithmetic shared by the backends (and checked by the tests). */
 double nn_host_bce_loss(const float *logits, const float *labels, int n, float *dlogits);

@@ -4,6 +4,7 @@
 #include "check.h"
 #include "exitcodes.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,43 @@ seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_
     m->lin_w = declare_linear(&m->ps, "linear", 2 * hidden, SEQ_OUTPUTS, &m->lin_b);
     nn_params_alloc(&m->ps);
     return m;
+}
+
+/* Uniform values in +-bound into one tensor (host memory, then the backend's). */
+static void fill_uniform(seqmodel_t *m, size_t entry, double bound, nn_rng_t *rng)
+{
+    size_t count = m->ps.entries[entry].count;
+    float *host = xmalloc(count * sizeof(float));
+
+    for (size_t i = 0; i < count; i++)
+        host[i] = (float)((2.0 * nn_rng_uniform(rng) - 1.0) * bound);
+    m->be->to_device(m->be, nn_params_value(&m->ps, entry), host, count * sizeof(float));
+    free(host);
+}
+
+void seqmodel_weights_changed(seqmodel_t *m)
+{
+    nn_lstm_weights_changed(&m->lstm1);
+    nn_lstm_weights_changed(&m->lstm2);
+}
+
+void seqmodel_init_default(seqmodel_t *m, nn_rng_t *rng)
+{
+    seqmodel_weights_changed(m);
+    double lstm_bound = 1.0 / sqrt((double)m->hidden);
+    double wide_bound = 1.0 / sqrt(2.0 * m->hidden);
+    size_t linears[3][2] = {{m->lin1_w, m->lin1_b}, {m->lin2_w, m->lin2_b},
+                            {m->lin_w, m->lin_b}};
+
+    for (int k = 0; k < 8; k++) {
+        fill_uniform(m, m->lstm1_first + k, lstm_bound, rng);
+        fill_uniform(m, m->lstm2_first + k, lstm_bound, rng);
+    }
+    /* Every linear layer here reads the 2H-wide hidden state. */
+    for (int k = 0; k < 3; k++) {
+        fill_uniform(m, linears[k][0], wide_bound, rng);
+        fill_uniform(m, linears[k][1], wide_bound, rng);
+    }
 }
 
 static void free_batch(seqmodel_t *m)
@@ -241,10 +279,47 @@ void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int ste
                    nn_params_value(ps, m->lin_b), m->logits);
 }
 
+/*
+ * The method's loss over n rows leaving out negative (unknown) labels: each of its two means
+ * is taken over the known entries only; a mean without entries contributes nothing.
+ */
+static double masked_bce_loss(const float *logits, const float *labels, int n, float *dlogits)
+{
+    const int k = SEQ_OUTPUTS, any = SEQ_OUTPUTS - 1;
+    double all_sum = 0.0, any_sum = 0.0;
+    long all_count = 0, any_count = 0;
+
+    for (int i = 0; i < n * k; i++) {
+        if (labels[i] < 0.0f)
+            continue;
+        double z = logits[i], y = labels[i];
+        double term = fmax(z, 0.0) - z * y + log1p(exp(-fabs(z)));
+        all_sum += term;
+        all_count++;
+        if (i % k == any) {
+            any_sum += term;
+            any_count++;
+        }
+    }
+    double w_all = all_count ? 6.0 / 7.0 / (double)all_count : 0.0;
+    double w_any = any_count ? 1.0 / 7.0 / (double)any_count : 0.0;
+
+    if (dlogits)
+        for (int i = 0; i < n * k; i++) {
+            if (labels[i] < 0.0f) {
+                dlogits[i] = 0.0f;
+                continue;
+            }
+            double diff = 1.0 / (1.0 + exp(-(double)logits[i])) - labels[i];
+            dlogits[i] = (float)((w_all + (i % k == any ? w_any : 0.0)) * diff);
+        }
+    return w_all * all_sum + w_any * any_sum;
+}
+
 double seqmodel_loss(seqmodel_t *m, const float *labels, int with_grad)
 {
     const size_t k = SEQ_OUTPUTS;
-    int n = 0;
+    int n = 0, unknown = 0;
 
     /* Gather the valid rows, take the method's loss over them, scatter the gradient back. */
     for (int b = 0; b < m->batch; b++)
@@ -252,9 +327,12 @@ double seqmodel_loss(seqmodel_t *m, const float *labels, int with_grad)
             size_t row = (size_t)b * m->steps + t;
             memcpy(m->valid_logits + n * k, m->logits + row * k, k * sizeof(float));
             memcpy(m->valid_labels + n * k, labels + row * k, k * sizeof(float));
+            for (size_t j = 0; j < k; j++)
+                unknown |= labels[row * k + j] < 0.0f;
         }
-    double loss = nn_host_bce_loss(m->valid_logits, m->valid_labels, n,
-                                   with_grad ? m->valid_dlogits : NULL);
+    float *dvalid = with_grad ? m->valid_dlogits : NULL;
+    double loss = unknown ? masked_bce_loss(m->valid_logits, m->valid_labels, n, dvalid)
+                          : nn_host_bce_loss(m->valid_logits, m->valid_labels, n, dvalid);
     if (!with_grad)
         return loss;
 

@@ -15,7 +15,8 @@
  *
  * Batches: embeddings [batch][steps][emb], series front-padded to steps, lengths[b] real
  * slices at the end; padded rows of E are ignored (X is built per series). The loss is the
- * method's weighted BCE with its means over the valid slices only.
+ * method's weighted BCE with its means over the valid slices only; a negative label (unknown)
+ * is left out of both means.
  *
  * missing: bf16; a GPU backend (the activations and the parameter slabs are host memory,
  * so the model runs on the "cpu" backend only).
@@ -26,6 +27,7 @@
 #include "nn/lstm.h"
 #include "nn/nn.h"
 #include "nn/params.h"
+#include "nn/rng.h"
 
 #include <stddef.h>
 
@@ -60,13 +62,28 @@ seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_
                             char *err, size_t err_len);
 void seqmodel_destroy(seqmodel_t *m);
 
+/*
+ * PyTorch's default initialisation, drawn from rng: every LSTM tensor uniform in
+ * +-1/sqrt(hidden) (torch.nn.LSTM), each linear weight and bias uniform in +-1/sqrt(in)
+ * (torch.nn.Linear). The draws differ from torch's; the distributions are the same.
+ */
+void seqmodel_init_default(seqmodel_t *m, nn_rng_t *rng);
+
+/*
+ * The parameter values were written by other means than a training step (a checkpoint
+ * load, a fill): drop what the forward keeps derived from them (nn_lstm_weights_changed).
+ * seqmodel_init_default and seqmodel_backward call it themselves.
+ */
+void seqmodel_weights_changed(seqmodel_t *m);
+
 /* Forward over a front-padded batch; fills m->logits (padded rows hold unused values). */
 void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int steps,
                       const int *lengths);
 
 /*
- * The loss over the valid slices of the last forward, labels [batch][steps][6]; when
- * with_grad is 1 also m->dlogits (zero at padded rows).
+ * The loss over the valid slices of the last forward, labels [batch][steps][6] (0, 1, or
+ * negative for unknown: left out of the means, zero gradient); when with_grad is 1 also
+ * m->dlogits (zero at padded rows). With every label unknown the loss is 0.
  */
 double seqmodel_loss(seqmodel_t *m, const float *labels, int with_grad);
 

@@ -249,6 +249,54 @@ def test_metric():
           "--require-labels: exit 3 (%d) naming ID_zzzz00000, no output" % proc.returncode)
 
 
+def write_folds(path, ids, labels, folds):
+    """The datasets of folds.h5 that bagavg --baseline reads (data-layout.md)."""
+    with h5py.File(path, "w") as f:
+        f["id"] = np.array([x.encode() for x in ids], dtype="S%d" % max(len(x) for x in ids))
+        f["label"] = np.asarray(labels, dtype=np.int8)
+        f["fold"] = np.asarray(folds, dtype=np.int32)
+    return path
+
+
+def test_baseline():
+    """--baseline: each label's prevalence over the folds file's labelled slices (outside
+    --baseline-holdout), predicted for every scored slice, scored like the predictions."""
+    n_folds, n_pred = 400, 120
+    fold_ids = random_ids(n_folds)
+    fold_labels = (rng.random((n_folds, 6)) < 0.15).astype(int)
+    fold_labels[::11, 3] = -1  # missing rows stay out of the prevalence
+    folds = rng.integers(-1, 3, n_folds)
+    fpath = write_folds(os.path.join(WORK, "base_folds.h5"), fold_ids, fold_labels, folds)
+    ids = random_ids(n_pred)
+    prob = rng.random((n_pred, 6)).astype(np.float32)
+    labels = (rng.random((n_pred, 6)) < 0.2).astype(int)
+    pred = write_pred(os.path.join(WORK, "base.h5"), ids, prob)
+    lab = write_labels(os.path.join(WORK, "base_labels.csv"), labels, ids)
+    for holdout in (-1, 1):
+        rows = (folds >= 0) & (folds != holdout)
+        prevalence = []
+        for t in range(6):
+            known = fold_labels[rows, t] >= 0
+            prevalence.append(float(np.mean(fold_labels[rows, t][known])))
+        want = metric_ref.score(np.tile(prevalence, (n_pred, 1)), labels)[0]
+        scores = os.path.join(WORK, "base.scores")
+        proc = run("bagavg", "-o", os.path.join(WORK, "base.csv"), "--labels", lab,
+                   "--scores", scores, "--baseline", fpath, "--baseline-holdout", str(holdout),
+                   pred)
+        s = read_scores(scores) if proc.returncode == 0 else {}
+        got = float(s.get("baseline", "nan"))
+        prev_err = max(abs(float(s.get("prevalence_" + t, "nan")) - p)
+                       for t, p in zip(SUBTYPES, prevalence)) if s else float("nan")
+        check(proc.returncode == 0 and abs(got - want) <= 1e-9 and prev_err <= 1e-12
+              and s.get("baseline_slices") == str(int(rows.sum()))
+              and "prevalence baseline" in proc.stdout,
+              "--baseline (holdout %d): %.9f = numpy %.9f, prevalences within %.1e, over %s "
+              "slices" % (holdout, got, want, prev_err, s.get("baseline_slices")))
+    proc = run("bagavg", "-o", os.path.join(WORK, "base2.csv"), "--baseline", fpath, pred)
+    check(proc.returncode == 2 and "--labels" in proc.stderr,
+          "--baseline without --labels: exit 2 (%d)" % proc.returncode)
+
+
 def test_real_labels():
     path = os.path.join(DATA or "", "rsna_labels", "stage_2_train_format_labels.csv")
     if not testlib.have_data("constant 0.5 on the challenge labels", "rsna_labels",
@@ -348,6 +396,7 @@ def main():
     test_averaging()
     test_clipping_and_format()
     test_metric()
+    test_baseline()
     test_real_labels()
     test_bad_inputs()
     testlib.finish("bagavg")

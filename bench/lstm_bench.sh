@@ -1,0 +1,91 @@
+#!/bin/sh
+# The stage-5 sequence model (common/nn/seqmodel.h) against Debian's PyTorch on the method's
+# shapes (embeddings 2048 wide, so 6144 LSTM inputs; hidden 2048; series of 40 slices):
+# training slices/s at batch 4 (forward, loss, backward, Adam) and inference slices/s at
+# batch 16 (forward), and each process's peak resident memory. Both sides on the same
+# threads (OMP_NUM_THREADS, 2 by default).
+#
+# Each measurement is its own process, REPS rounds alternating PyTorch and the engine; the
+# best round of each side counts; the table gives engine / PyTorch. The load average is
+# printed before and after: the machine is shared, compare ratios rather than rates.
+#
+#   sh bench/lstm_bench.sh   (EMB=2048 HIDDEN=2048 STEPS=40 TRAIN_BATCH=4 EVAL_BATCH=16
+#                             REPS=1 ITERS=1 THREADS=2 BUILD=build PY=/usr/bin/python3)
+#
+# The C driver (bench/lstm_bench.c) is compiled here against $BUILD/libichpipe.a; run `make`
+# first. Needs about 5 GB of memory (PyTorch and the engine each hold the 268 M parameters,
+# their gradients and Adam moments in fp32).
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+BUILD=${BUILD:-build}
+PY=${PY:-/usr/bin/python3}
+EMB=${EMB:-2048}
+HIDDEN=${HIDDEN:-2048}
+STEPS=${STEPS:-40}
+TRAIN_BATCH=${TRAIN_BATCH:-4}
+EVAL_BATCH=${EVAL_BATCH:-16}
+REPS=${REPS:-1}
+ITERS=${ITERS:-1}
+OMP_NUM_THREADS=${THREADS:-2}
+export OMP_NUM_THREADS PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+
+if [ ! -f "$BUILD/libichpipe.a" ] || [ ! -f "$BUILD/config.mk" ]; then
+    echo "lstm bench: $BUILD/libichpipe.a is missing: run make first" >&2
+    exit 1
+fi
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+    echo "lstm bench: $PY has no torch, nothing to compare with"
+    exit 0
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/lstm-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# Every library the archive may need, as config.mk found them.
+libs=$(sed -n 's/^[A-Z0-9]*_LIBS = //p' "$BUILD/config.mk")
+${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -pthread -Icommon \
+    $(sed -n 's/^HDF5_CFLAGS = //p' "$BUILD/config.mk") -c bench/lstm_bench.c \
+    -o "$work/lstm_bench.o"
+# shellcheck disable=SC2086
+${CXX:-c++} -pthread "$work/lstm_bench.o" "$BUILD/libichpipe.a" -o "$work/lstm_bench" $libs -lm
+
+echo "lstm bench: emb $EMB, hidden $HIDDEN, $STEPS slices a series, train batch" \
+    "$TRAIN_BATCH, eval batch $EVAL_BATCH, $OMP_NUM_THREADS threads, $REPS rounds of $ITERS" \
+    "iterations; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+log=$work/results.txt
+for mode in train eval; do
+    batch=$TRAIN_BATCH
+    [ "$mode" = eval ] && batch=$EVAL_BATCH
+    round=1
+    while [ "$round" -le "$REPS" ]; do
+        "$PY" bench/lstm_bench_ref.py "$mode" "$EMB" "$HIDDEN" "$batch" "$STEPS" "$ITERS" |
+            tee -a "$log"
+        "$work/lstm_bench" "$mode" "$EMB" "$HIDDEN" "$batch" "$STEPS" "$ITERS" | tee -a "$log"
+        round=$((round + 1))
+    done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# The best round of each side per mode, and engine / PyTorch.
+awk '
+{
+    side = $1; mode = $2
+    for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    key = side " " mode
+    if (!(key in rate) || v["slices_per_s"] > rate[key]) {
+        rate[key] = v["slices_per_s"]; mem[key] = v["peak_rss_mib"]
+    }
+}
+END {
+    printf "| mode | PyTorch slices/s | engine slices/s | ratio | PyTorch MiB | engine MiB |\n"
+    printf "|---|---|---|---|---|---|\n"
+    split("train eval", modes, " ")
+    for (k = 1; k <= 2; k++) {
+        m = modes[k]
+        if (!(("torch " m) in rate) || !(("engine " m) in rate))
+            continue
+        printf "| %s | %.1f | %.1f | %.2fx | %d | %d |\n", m, rate["torch " m],
+            rate["engine " m], rate["engine " m] / rate["torch " m], mem["torch " m],
+            mem["engine " m]
+    }
+}' "$log"

@@ -1,0 +1,102 @@
+/* Slice lists of folds.h5 and meta.h5, and image lookup in a dcm2jpg folder. */
+#include "slicelist.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "exitcodes.h"
+#include "fsutil.h"
+#include "h5io.h"
+
+void slicelist_read_folds(slicelist_t *list, const char *folds_path)
+{
+    hid_t f = h5_open_read(folds_path);
+    hsize_t dims[8];
+    list->ids = h5_read_strings(f, "id", &list->count);
+    list->labels = h5_read(f, "label", H5T_NATIVE_INT8, 2, dims);
+    if (dims[0] != list->count || dims[1] != N_SUBTYPES)
+        die(EXIT_BAD_INPUT, "%s: /label is %llux%llu, expected %zux%d", folds_path,
+            (unsigned long long)dims[0], (unsigned long long)dims[1], list->count,
+            N_SUBTYPES);
+    list->fold = h5_read(f, "fold", H5T_NATIVE_INT32, 1, dims);
+    if (dims[0] != list->count)
+        die(EXIT_BAD_INPUT, "%s: /fold has %llu rows, /id %zu", folds_path,
+            (unsigned long long)dims[0], list->count);
+    h5_close(f);
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void slicelist_read_meta(slicelist_t *list, const char *meta_path)
+{
+    hid_t f = h5_open_read(meta_path);
+    size_t rows, status_rows;
+    char **ids = h5_read_strings(f, "id", &rows);
+    char **status = h5_read_strings(f, "status", &status_rows);
+    h5_close(f);
+    if (status_rows != rows)
+        die(EXIT_BAD_INPUT, "%s: /status has %zu rows, /id %zu", meta_path, status_rows, rows);
+
+    list->ids = xmalloc((rows ? rows : 1) * sizeof *list->ids);
+    list->count = 0;
+    for (size_t i = 0; i < rows; i++)
+        if ((!strcmp(status[i], "ok") || !strcmp(status[i], "exists")) && ids[i][0])
+            list->ids[list->count++] = xstrdup(ids[i]);
+    h5_free_strings(ids, rows);
+    h5_free_strings(status, rows);
+
+    qsort(list->ids, list->count, sizeof *list->ids, compare_strings);
+    for (size_t i = 1; i < list->count; i++)
+        if (!strcmp(list->ids[i - 1], list->ids[i]))
+            die(EXIT_BAD_INPUT, "%s: slice %s is on two usable rows", meta_path, list->ids[i]);
+
+    size_t n = list->count ? list->count : 1;
+    list->labels = xmalloc(n * N_SUBTYPES);
+    memset(list->labels, -1, n * N_SUBTYPES);
+    list->fold = xmalloc(n * sizeof *list->fold);
+    for (size_t i = 0; i < list->count; i++)
+        list->fold[i] = -1;
+}
+
+void slicelist_free(slicelist_t *list)
+{
+    h5_free_strings(list->ids, list->count);
+    free(list->labels);
+    free(list->fold);
+    memset(list, 0, sizeof *list);
+}
+
+int slicelist_fully_labelled(const int8_t *label)
+{
+    for (int k = 0; k < N_SUBTYPES; k++)
+        if (label[k] != 0 && label[k] != 1)
+            return 0;
+    return 1;
+}
+
+char *slicelist_image_path(const char *dir, const char *id)
+{
+    char *path = xasprintf("%s/%s.jpg", dir, id);
+    if (path_is_file(path))
+        return path;
+    free(path);
+    path = xasprintf("%s/%s.ppm", dir, id);
+    if (path_is_file(path))
+        return path;
+    die(EXIT_BAD_INPUT, "%s: no image %s.jpg or %s.ppm", dir, id, id);
+}
+
+int slicelist_parse_crop(const char *name)
+{
+    if (!strcmp(name, "intended"))
+        return IMG_CROP_MINFILTER;
+    if (!strcmp(name, "plain"))
+        return IMG_CROP_PLAIN;
+    if (!strcmp(name, "none"))
+        return IMG_CROP_NONE;
+    return -1;
+}

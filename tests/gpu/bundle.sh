@@ -1,0 +1,42 @@
+#!/bin/sh
+# Put what tests/gpu/run.sh needs on a GPU machine that lacks this build's Debian libraries
+# into one folder: the check program and the CUDA backend's plugin beside it (stripped), and
+# the shared libraries they load, except
+# glibc's (the GPU machine's own) and CUDA's (its toolkit and PyTorch's wheels; run.sh finds
+# them). The folder must stay under 64 MiB, what the device tool carries.
+# Usage: bundle.sh BUILD BIN OUT
+set -eu
+build=$1 out=$3
+limit_mib=64
+prog=$build/tests/gpu_parity
+[ -x "$prog" ] || { echo "bundle: $prog missing; run make" >&2; exit 1; }
+grep -q '^HAVE_CUDA = 1' "$build/config.mk" ||
+    { echo "bundle: this build has no CUDA backend (build/config.mk)" >&2; exit 1; }
+
+rm -rf "$out.tmp"
+mkdir -p "$out.tmp/bin" "$out.tmp/lib"
+strip -o "$out.tmp/bin/gpu_parity" "$prog"
+strip --strip-unneeded -o "$out.tmp/bin/libichpipe_cuda.so" "$build/libichpipe_cuda.so"
+
+# Every library ldd resolves, but the C library's own and CUDA's.
+ldd "$prog" "$build/libichpipe_cuda.so" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do
+    case "$name" in
+    libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux*) continue ;;
+    libcuda* | libcudnn* | libcublas* | libnccl* | libnv*) continue ;;
+    esac
+    [ -f "$out.tmp/lib/$name" ] || cp -L "$path" "$out.tmp/lib/$name"
+done
+
+{
+    echo "# made by tests/gpu/bundle.sh on $(date -u +%Y-%m-%dT%H:%MZ) from $(git describe \
+--always --dirty 2>/dev/null || echo unknown)"
+    (cd "$out.tmp" && find . -type f | sort | xargs du -k)
+} >"$out.tmp/MANIFEST"
+size_kib=$(du -sk "$out.tmp" | cut -f1)
+if [ "$size_kib" -gt $((limit_mib * 1024)) ]; then
+    echo "bundle: $size_kib KiB is over the $limit_mib MiB the device tool carries" >&2
+    exit 1
+fi
+rm -rf "$out"
+mv "$out.tmp" "$out"
+echo "bundle: $out, $((size_kib / 1024)) MiB:" $(ls "$out/lib")
