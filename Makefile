@@ -24,7 +24,9 @@ endif
 CC ?= cc
 CXX ?= c++
 WARN = -Wall -Wextra
-CFLAGS = -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -pthread $(SANFLAGS)
+# -fno-math-errno: nothing reads errno after a math call, and with it sqrtf and friends
+# vectorise (Adam over the sequence model's 268 M parameters: measured 1.6x faster).
+CFLAGS = -std=c11 $(OPT) -g $(WARN) -fno-math-errno -D_GNU_SOURCE -pthread $(SANFLAGS)
 CXXFLAGS = -std=c++17 $(OPT) -g $(WARN) -pthread $(SANFLAGS)
 VERSION := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 

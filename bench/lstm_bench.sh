@@ -12,6 +12,10 @@
 #   sh bench/lstm_bench.sh   (EMB=2048 HIDDEN=2048 STEPS=40 TRAIN_BATCH=4 EVAL_BATCH=16
 #                             REPS=1 ITERS=1 THREADS=2 BUILD=build PY=/usr/bin/python3)
 #
+# PyTorch's side needs an optimised BLAS to be a fair baseline: Debian's OpenBLAS
+# (libopenblas0-pthread, which becomes the libblas.so.3 alternative); the script warns
+# otherwise.
+#
 # The C driver (bench/lstm_bench.c) is compiled here against $BUILD/libichpipe.a; run `make`
 # first. Needs about 5 GB of memory (PyTorch and the engine each hold the 268 M parameters,
 # their gradients and Adam moments in fp32).
@@ -49,6 +53,15 @@ ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -pthread -Icommon \
 # shellcheck disable=SC2086
 ${CXX:-c++} -pthread "$work/lstm_bench.o" "$BUILD/libichpipe.a" -o "$work/lstm_bench" $libs -lm
 
+# PyTorch's linear layers and LSTM run on the system BLAS (Debian's torch has no own GEMM):
+# the reference netlib one is about 40x slower than OpenBLAS here, so say which one it is.
+blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo unknown)
+case $blas in
+*openblas*) ;;
+*) echo "lstm bench: warning: PyTorch runs on $blas, not OpenBLAS" \
+    "(apt-get install libopenblas0-pthread for a fair baseline)" ;;
+esac
+echo "lstm bench: PyTorch BLAS $blas"
 echo "lstm bench: emb $EMB, hidden $HIDDEN, $STEPS slices a series, train batch" \
     "$TRAIN_BATCH, eval batch $EVAL_BATCH, $OMP_NUM_THREADS threads, $REPS rounds of $ITERS" \
     "iterations; load before: $(cut -d' ' -f1-3 /proc/loadavg)"

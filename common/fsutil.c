@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -294,12 +295,13 @@ static long tmp_owner_pid(const char *name)
     const char *mark = NULL;
     for (const char *p = strstr(name, ".tmp-"); p; p = strstr(p + 1, ".tmp-"))
         mark = p;
-    if (name[0] != '.' || !mark)
+    if (name[0] != '.' || !mark || mark[5] < '0' || mark[5] > '9')
         return 0;
     char *end;
     errno = 0;
     long pid = strtol(mark + 5, &end, 10);
-    if (errno || pid <= 0 || end == mark + 5 || *end != '-' || !end[1])
+    /* Only a positive PID: kill() reads 0 and negative ones as process groups. */
+    if (errno || pid <= 0 || pid > INT_MAX || end == mark + 5 || *end != '-' || !end[1])
         return 0;
     for (const char *p = end + 1; *p; p++)
         if (*p < '0' || *p > '9')

@@ -16,6 +16,10 @@ endif
 
 BIN ?= bin
 OUT ?= work
+ifneq ($(words $(OUT)),1)
+$(error OUT='$(OUT)': the output folder's path must not hold spaces (make cannot name such \
+    files as targets); the programs themselves take any path)
+endif
 # DICOM: folders (or files) of slices; LABELS: the labels CSV in the challenge format.
 DICOM ?= $(error set DICOM to the folders of DICOM slices)
 LABELS ?= $(error set LABELS to the labels CSV (challenge format))
@@ -105,11 +109,21 @@ LSTM_OPTIONS = --hidden $(LSTM_HIDDEN) --epochs $(LSTM_EPOCHS) --bag $(LSTM_BAG)
 # depends on it: changing a setting on the command line or in a config redoes that stage and
 # what follows, and nothing else. Thread counts, the device and launchers do not change outputs
 # and are left out. (The temporary name carries the shell's PID: concurrent cluster jobs parse
-# this file at the same time.)
+# this file at the same time.) A run that only looks (make -n, make -q, `dag`, `lsf-resources`,
+# lsf/submit --dry-run) writes nothing: a changed setting then names a missing file
+# (<stage>.changed), so the stage shows as out of date without its outputs being touched.
 SETTINGS = $(OUT)/.settings
+LOOK_ONLY := $(strip $(filter dag lsf-resources,$(MAKECMDGOALS)) \
+    $(findstring n,$(firstword -$(MAKEFLAGS))) $(findstring q,$(firstword -$(MAKEFLAGS))))
+ifeq ($(LOOK_ONLY),)
 settings_file = $(shell mkdir -p $(SETTINGS) && f=$(SETTINGS)/$(1) && \
     printf '%s\n' '$(strip $(2))' >$$f.new$$$$ && \
     { cmp -s $$f.new$$$$ $$f && rm -f $$f.new$$$$ || mv $$f.new$$$$ $$f; } && echo $$f)
+else
+settings_file = $(shell f=$(SETTINGS)/$(1) && \
+    { printf '%s\n' '$(strip $(2))' | cmp -s - $$f 2>/dev/null && echo $$f || echo $$f.changed; })
+endif
+$(SETTINGS)/%.changed: ;
 DCM2JPG_SETTINGS := $(call settings_file,dcm2jpg,$(DCM2JPG_OPTIONS))
 MKFOLDS_SETTINGS := $(call settings_file,mkfolds,$(MKFOLDS_ARGS))
 CNN_SETTINGS := $(call settings_file,cnntrain,$(CNN_OPTIONS))

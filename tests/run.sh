@@ -67,7 +67,7 @@ for t in tests/py/test_*.py; do
     run_one "$(basename "$t" .py)" "$PY" "$t"
 done
 
-[ $failed -eq 0 ] && rm -rf "$logdir"
+[ $failed -eq 0 ] && [ -z "${KEEP_LOGS:-}" ] && rm -rf "$logdir"
 [ $failed -eq 0 ] || echo "failed:$failed_names (logs in $logdir)"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ $failed -eq 0 ]

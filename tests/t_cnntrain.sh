@@ -69,6 +69,26 @@ victim=$(ls "$bad"/*.jpg | sed -n 50p)
 head -c 300 "$WORK/folds.h5" >"$victim"
 expect_refused "a damaged JPEG" "$victim"
 
+# Batch norm in training needs two images per micro-batch; folds must exist.
+usage_refused() {
+    rc=0
+    "$BIN/cnntrain" -q --arch tiny --size 32 --epochs 1 -o "$WORK/bad2" "$@" "$WORK/jpg" \
+        "$WORK/folds.h5" 2>"$WORK/bad2.err" || rc=$?
+    [ "$rc" -eq 2 ] && [ ! -e "$WORK/bad2" ] || fail "$*: exit $rc, $(cat "$WORK/bad2.err")"
+    echo "ok    $*: exit 2, '$(head -n 1 "$WORK/bad2.err")'"
+}
+usage_refused --batch 9 --micro-batch 8
+usage_refused --batch 1
+usage_refused --fold 5
+# 501 training slices in batches of 16 leave 5, in micro-batches of 4 a last one of 1 image:
+# the epoch leaves that image out and trains.
+"$BIN/cnntrain" --arch tiny --size 32 --epochs 1 --batch 16 --micro-batch 4 -j 2 \
+    -o "$WORK/odd" "$WORK/jpg" "$WORK/folds.h5" 2>"$WORK/odd.err" ||
+    fail "an epoch ending in a micro-batch of one: exit $?, $(tail -n 2 "$WORK/odd.err")"
+grep -q "leaves its last image out" "$WORK/odd.err" && [ -s "$WORK/odd/epoch1.h5" ] ||
+    fail "no note about the left-out image, or no checkpoint"
+echo "ok    an epoch ending in a micro-batch of one image leaves it out, says so, trains"
+
 "$PY" - "$WORK" <<'EOF'
 import sys
 import h5py

@@ -19,22 +19,11 @@
 # Needs no shared data; skipped when mpirun or the build's MPI is missing. About 12-25 s.
 set -eu
 : "${BIN:?}" "${BUILD:?}" "${WORK:?}" "${PY:=/usr/bin/python3}"
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
+. "$(dirname "$0")/mpi_env.sh"
 for p in mkphantom dcm2jpg mkfolds cnntrain; do
     [ -x "$BIN/$p" ] || fail "$BIN/$p is missing"
 done
-if ! command -v mpirun >/dev/null || ! nm "$BUILD/libichpipe.a" | grep -q "U MPI_Init"; then
-    echo "skip: no mpirun, or a build without MPI (make MPI=0, or none found)"
-    exit 77
-fi
-# Tests run as root; OpenMPI's leaks are not ours to report under AddressSanitizer.
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader \
-    OMPI_MCA_oob_tcp_if_include=lo ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-# One thread per rank and in the plain runs: the engine's sums depend on the thread count.
-export OMP_NUM_THREADS=1
+mpi_require_or_skip
 mpi="mpirun --oversubscribe"
 
 ph=$WORK/phantom
@@ -109,12 +98,7 @@ fault() {
         --micro-batch 8 --fold 0 -j 1 --epochs 50 --save-every 5 --log-every 1 -o "$out" \
         "$WORK/jpg" "$WORK/folds.h5" >"$out.log" 2>&1 &
     launcher=$!
-    waited=0
-    until grep -qs "step 7/" "$out.log"; do
-        sleep 0.2
-        waited=$((waited + 1))
-        [ "$waited" -lt 600 ] || { kill "$launcher"; fail "$1: training never started"; }
-    done
+    wait_for_log "$out.log" "step 7/" "$launcher" "$1"
     victim=""
     for pid in $(ps -o pid= --ppid "$launcher"); do
         if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1

@@ -11,19 +11,10 @@
 # Needs no shared data; skipped when mpirun or the build's MPI is missing.
 set -eu
 : "${BUILD:?}" "${WORK:?}"
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
+. "$(dirname "$0")/mpi_env.sh"
 prog=$BUILD/tests/test_mpi_dist
 [ -x "$prog" ] || fail "$prog is missing"
-if ! command -v mpirun >/dev/null || ! nm "$BUILD/libichpipe.a" | grep -q "U MPI_Init"; then
-    echo "skip: no mpirun, or a build without MPI (make MPI=0, or none found)"
-    exit 77
-fi
-# Tests run as root; OpenMPI's leaks are not ours to report under AddressSanitizer.
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader \
-    OMPI_MCA_oob_tcp_if_include=lo ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+mpi_require_or_skip
 
 for n in 2 3; do
     timeout 120 mpirun --oversubscribe -np $n "$prog" >"$WORK/np$n.out" 2>&1 ||

@@ -56,4 +56,16 @@ rc=0
     fail "a failed import changed the existing output (exit $rc)"
 [ "$(ls -A "$out")" = "a.h5" ] || fail "left in the output folder: $(ls -A "$out")"
 echo "ok    a failed import leaves an existing output as it was"
+
+# -o naming the input (either direction): exit 2, the input unchanged.
+for args in "-o $out/a.h5 --to-pth $out/a.h5" "-o $WORK/fix/sd.pth $WORK/fix/sd.pth"; do
+    input=${args##* }
+    before=$(cksum <"$input")
+    rc=0
+    # shellcheck disable=SC2086
+    "$BIN/pth2h5" -q $args 2>"$WORK/err" || rc=$?
+    [ $rc -eq 2 ] && grep -q "is the input" "$WORK/err" &&
+        [ "$(cksum <"$input")" = "$before" ] || fail "pth2h5 $args: exit $rc, $(cat "$WORK/err")"
+done
+echo "ok    -o naming the input: exit 2, the input unchanged (both directions)"
 echo "all pth2h5 command-line checks passed"

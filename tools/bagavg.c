@@ -115,7 +115,8 @@ static void settle_weights(const bagavg_options_t *o, bag_input_t *inputs, int n
 }
 
 static void refuse_overwriting_inputs(const char *output, const char *what,
-                                      const bag_input_t *inputs, int n, const char *labels)
+                                      const bag_input_t *inputs, int n, const char *labels,
+                                      const char *baseline)
 {
     for (int i = 0; i < n; i++)
         if (path_same_file(output, inputs[i].path)) {
@@ -126,6 +127,11 @@ static void refuse_overwriting_inputs(const char *output, const char *what,
     if (labels && path_same_file(output, labels)) {
         fprintf(stderr, "bagavg: error: %s %s is the labels file: it would be overwritten\n",
                 what, output);
+        exit(EXIT_USAGE);
+    }
+    if (baseline && path_same_file(output, baseline)) {
+        fprintf(stderr, "bagavg: error: %s %s is the --baseline folds file: it would be "
+                "overwritten\n", what, output);
         exit(EXIT_USAGE);
     }
 }
@@ -482,11 +488,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++)
         inputs[i] = parse_input(positional[i]);
     settle_weights(&o, inputs, n);
-    refuse_overwriting_inputs(o.out, "-o", inputs, n, o.labels);
+    refuse_overwriting_inputs(o.out, "-o", inputs, n, o.labels, o.baseline);
     if (o.scores)
-        refuse_overwriting_inputs(o.scores, "--scores", inputs, n, o.labels);
+        refuse_overwriting_inputs(o.scores, "--scores", inputs, n, o.labels, o.baseline);
     if (o.h5_out)
-        refuse_overwriting_inputs(o.h5_out, "--h5-out", inputs, n, o.labels);
+        refuse_overwriting_inputs(o.h5_out, "--h5-out", inputs, n, o.labels, o.baseline);
     if ((o.scores && strcmp(o.scores, o.out) == 0) || (o.h5_out && strcmp(o.h5_out, o.out) == 0)
         || (o.scores && o.h5_out && strcmp(o.scores, o.h5_out) == 0))
         usage_fail("%s", "-o, --scores and --h5-out must name different files");
@@ -495,13 +501,14 @@ int main(int argc, char **argv)
     pred_table_t *tables = xmalloc((size_t)n * sizeof *tables);
     for (int i = 0; i < n; i++) {
         predfile_read(inputs[i].path, &tables[i]);
-        if (!tables[i].count)
-            die(EXIT_BAD_INPUT, "%s: no slices", inputs[i].path);
         if (i > 0)
             require_same_slices(&tables[0], &tables[i]);
         log_debug("%s: %zu slices, weight %.6g", inputs[i].path, tables[i].count,
                   inputs[i].weight);
     }
+    /* No slices at all (a dataset without test slices): the submission is its header only. */
+    if (!tables[0].count)
+        log_warn("the prediction files hold no slices: %s will have its header only", o.out);
     require_plain_ids(&tables[0]);
     double *mean = average(tables, inputs, n, o.clip);
 

@@ -40,6 +40,7 @@ typedef struct {
     int8_t *labels; /* count x N_SUBTYPES */
     size_t *train, *val;
     size_t n_train, n_val;
+    size_t n_epoch; /* training slices used per epoch (n_train, or one fewer: see main) */
     slicelist_t list;
 } dataset_t;
 
@@ -389,6 +390,18 @@ static char *newest_checkpoint(const char *dir)
     return best;
 }
 
+/* A --fold the folds file does not have would silently train on everything. */
+static void refuse_unknown_fold(const char *folds_path, int fold)
+{
+    hid_t f = h5_open_read(folds_path);
+    int64_t folds;
+    int known = h5_attr_read_i64(f, "folds", &folds);
+    H5Fclose(f);
+    if (known && fold >= folds)
+        die(EXIT_USAGE, "--fold %d: %s has folds 0 to %lld (-1: train on all)", fold,
+            folds_path, (long long)folds - 1);
+}
+
 static void check_resume_attr(hid_t f, const char *path, const char *name, int64_t expected)
 {
     int64_t value;
@@ -403,7 +416,7 @@ static void check_resume_attr(hid_t f, const char *path, const char *name, int64
 static size_t batch_size(const dataset_t *d, const train_options_t *o, int64_t b)
 {
     size_t start = (size_t)b * (size_t)o->batch;
-    return d->n_train - start < (size_t)o->batch ? d->n_train - start : (size_t)o->batch;
+    return d->n_epoch - start < (size_t)o->batch ? d->n_epoch - start : (size_t)o->batch;
 }
 
 /* The epoch's order of the training slices: a seeded Fisher-Yates shuffle. */
@@ -500,7 +513,10 @@ int main(int argc, char **argv)
             "absent when the fold is empty). Files appear only when complete. --resume picks\n"
             "the one with the most steps and continues mid-epoch if need be, with the same\n"
             "shuffles and augmentations as an uninterrupted run; it refuses another --fold,\n"
-            "--batch, --seed, --size, --crop or training set than the checkpoint's.\n"
+            "--lr, --batch, --seed, --size, --crop or training set than the checkpoint's.\n"
+            "Batch norm in training needs two images per micro-batch: --batch must not leave\n"
+            "a micro-batch of one (exit 2), and an epoch whose last batch would end in one\n"
+            "leaves its last shuffled image out (said once). --fold must exist in FOLDS.h5.\n"
             "A non-finite loss stops the run (exit 1); earlier checkpoints stay intact.\n"
             "Under `mpirun -np N` the ranks train data-parallel: each takes a contiguous run\n"
             "of the micro-batches of every --batch (micro-batches of at most batch / N\n"
@@ -526,12 +542,17 @@ int main(int argc, char **argv)
                      dist_size(), o.batch);
         o.micro_batch = per_rank;
     }
+    if (o.micro_batch == 1 || o.batch % o.micro_batch == 1)
+        die(EXIT_USAGE, "--batch %d in micro-batches of %d leaves a micro-batch of one image: "
+            "batch norm in training needs two (choose other sizes%s)", o.batch, o.micro_batch,
+            dist_size() > 1 ? "; with several ranks a micro-batch is at most batch / ranks" : "");
     if (dist_size() > o.batch)
         log_warn("%d ranks for batches of %d images: ranks %d and above stay idle",
                  dist_size(), o.batch, o.batch);
 
     dataset_t d = {0};
     dataset_load(&d, pos[1], pos[0], o.fold);
+    refuse_unknown_fold(pos[1], o.fold);
     free(pos); /* the strings belong to argv */
     if (o.fold >= 0 && !d.n_val)
         log_warn("fold %d has no labelled slices: no validation", o.fold);
@@ -576,6 +597,13 @@ int main(int argc, char **argv)
             die(EXIT_USAGE, "%s: --resume with --crop %s, the checkpoint has %s", resume_from,
                 o.crop, crop);
         free(crop);
+        double lr_before;
+        hid_t adam = H5Gopen2(f, "adam", H5P_DEFAULT);
+        if (adam >= 0 && h5_attr_read_f64(adam, "lr", &lr_before) && lr_before != o.lr)
+            die(EXIT_USAGE, "%s: --resume with --lr %g, the checkpoint has %g", resume_from,
+                o.lr, lr_before);
+        if (adam >= 0)
+            H5Gclose(adam);
         int64_t ranks_before = 1;
         h5_attr_read_i64(f, "train_ranks", &ranks_before);
         h5_close(f);
@@ -608,7 +636,19 @@ int main(int argc, char **argv)
         log_info("%s: already %lld epochs of %d; nothing to do", o.out_dir,
                  (long long)meta.epoch, o.epochs);
 
-    int64_t steps_per_epoch = (int64_t)((d.n_train + (size_t)o.batch - 1) / (size_t)o.batch);
+    /* Batch norm in training needs two images per micro-batch: an epoch whose last batch would
+     * end in a micro-batch of one image leaves that image (the last of its shuffled order,
+     * another one every epoch) out. */
+    d.n_epoch = d.n_train;
+    if (d.n_train % (size_t)o.batch % (size_t)o.micro_batch == 1) {
+        d.n_epoch--;
+        log_info("each epoch leaves its last image out: it would be a micro-batch of one, and "
+                 "batch norm needs two");
+    }
+    int64_t steps_per_epoch = (int64_t)((d.n_epoch + (size_t)o.batch - 1) / (size_t)o.batch);
+    if (!steps_per_epoch)
+        die(EXIT_BAD_INPUT, "%s: one training slice: batch norm in training needs two",
+            pos[1]);
     int64_t total_steps = steps_per_epoch * o.epochs;
     int64_t into_epoch = meta.step - meta.epoch * steps_per_epoch;
     if (into_epoch < 0 || into_epoch >= steps_per_epoch)

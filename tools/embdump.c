@@ -596,7 +596,10 @@ int main(int argc, char **argv)
             "model, fold, epoch, split, size, crop, tta, embed_dim, storage, precision,\n"
             "folds_file, jpeg_dir.\n"
             "An empty split (e.g. no test slices) writes a file with N = 0 and says so.\n"
-            "Written under a temporary name and renamed when complete.",
+            "Written under a temporary name and renamed when complete; temporaries of\n"
+            "killed runs in its folder are removed (not those of live processes).\n"
+            "Under `mpirun -np N` each rank embeds a contiguous run of the batches one\n"
+            "process forms, and rank 0 alone writes: the file equals one process's.",
         .exit_codes =
             "  embdump: 2 also for --device naming a backend this machine or build lacks,\n"
             "           -o naming an input, a train/val/test split without FOLDS.h5, or a\n"

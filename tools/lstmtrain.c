@@ -100,6 +100,55 @@ static void read_rows(hid_t ds, hid_t space, size_t first, size_t n, size_t widt
     H5Sclose(memspace);
 }
 
+/* An input inside OUTDIR could be one of the files this run writes there (val.h5, test.h5). */
+static void refuse_inputs_in_out_dir(const char *out_dir, char *const *inputs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char *dir = xstrdup(inputs[i]);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            slash[slash == dir ? 1 : 0] = 0;
+        if (path_same_file(slash ? dir : ".", out_dir))
+            die(EXIT_USAGE, "input %s lies in the output folder %s, whose files (epoch*.h5, "
+                "val.h5, test.h5, ...) would overwrite it: give another -o", inputs[i],
+                out_dir);
+        free(dir);
+    }
+}
+
+/*
+ * Embeddings made by different classifiers, or by a classifier that trained on this run's
+ * validation fold, give a run that looks fine and means nothing: say so.
+ */
+static void check_embedding_sources(char *const *paths, int n_files, int held)
+{
+    char *first_checkpoint = NULL;
+    int fold_warned = 0;
+    for (int i = 0; i < n_files; i++) {
+        hid_t f = h5_open_read(paths[i]);
+        char *checkpoint = h5_attr_read_str(f, "checkpoint");
+        int64_t fold;
+        if (h5_attr_read_i64(f, "fold", &fold) && held >= 0 && fold >= 0 && fold != held &&
+            !fold_warned++)
+            log_warn("%s: embeddings of a classifier that held out fold %lld, validating on "
+                     "fold %d: the classifier has seen these validation slices", paths[i],
+                     (long long)fold, held);
+        h5_close(f);
+        if (!checkpoint)
+            continue;
+        if (!first_checkpoint)
+            first_checkpoint = checkpoint;
+        else if (strcmp(checkpoint, first_checkpoint) != 0) {
+            log_warn("%s: embeddings of checkpoint %s, those of %s of %s", paths[i], checkpoint,
+                     paths[0], first_checkpoint);
+            free(checkpoint);
+        } else {
+            free(checkpoint);
+        }
+    }
+    free(first_checkpoint);
+}
+
 static void embeddings_read(embeddings_t *e, char *const *paths, int n_files)
 {
     char ***file_ids = xcalloc((size_t)n_files, sizeof *file_ids);
@@ -771,7 +820,11 @@ static void count_known(const batch_t *b, int n, int steps, double counts[2])
         }
 }
 
-/* The weight of an entry of column j in the loss's two means over counts entries. */
+/*
+ * The weight of a known entry of column j in the loss with its two means over counts
+ * entries: seqmodel_loss's definition (6/7 of the mean over all known entries plus 1/7 of
+ * the mean over the known 'any' ones); t_mpi_lstmtrain.sh fails if the two part ways.
+ */
 static double entry_weight(const double counts[2], int j)
 {
     double w = counts[0] > 0 ? 6.0 / 7.0 / counts[0] : 0.0;
@@ -959,7 +1012,13 @@ int main(int argc, char **argv)
             "A split without slices still gets its files, with no rows. --resume continues\n"
             "from the newest epoch<E>.h5 and gives the result of an uninterrupted run (with\n"
             "the same thread count); it refuses other model sizes, --fold, --batch, --seed,\n"
-            "--lr, --lr-decay or training series than the checkpoint's.",
+            "--lr, --lr-decay or training series than the checkpoint's.\n"
+            "Under `mpirun -np N` each --batch of series is split over the ranks, the\n"
+            "gradients summed so that the step is the whole batch's (equal to one process\n"
+            "but for the order of the sums), and the prediction batches shared; rank 0\n"
+            "alone logs and writes (attribute lstm_ranks; --resume accepts another N). A\n"
+            "rank that dies ends the job; one that hangs is given up after ICH_DIST_TIMEOUT\n"
+            "seconds (default 1800), exit 1.",
         .exit_codes =
             "  2  also: --hidden larger than the embedding width, a --device that cannot\n"
             "     be created (another one that can is replaced by cpu, with a warning),\n"
@@ -974,16 +1033,15 @@ int main(int argc, char **argv)
     dist_init(&argc, &argv);
     if (!o.out_dir)
         die(EXIT_USAGE, "-o OUTDIR is required");
+    refuse_inputs_in_out_dir(o.out_dir, pos, n_pos);
     if (strcmp(o.precision, "fp32") != 0)
         die(EXIT_USAGE, "--precision %s: the sequence model computes in fp32 only so far",
             o.precision);
     set_threads(o.threads);
-    nn_backend_t *be = nn_backend_create(o.device);
+    char why[512];
+    nn_backend_t *be = nn_backend_open(dist_device_for_rank(o.device), why, sizeof why);
     if (!be)
-        die(EXIT_USAGE,
-            "--device %s: this NN backend cannot be created (an unknown name, one not built "
-            "in, or no such device here); cpu always can",
-            o.device);
+        die(EXIT_USAGE, "--device %s: %s", o.device, why);
     if (strcmp(be->name, "cpu") != 0) {
         /* The model keeps its tensors in host memory (seqmodel.h): it cannot use another. */
         log_warn("--device %s: the sequence model runs on the cpu backend only; using it",
@@ -994,6 +1052,7 @@ int main(int argc, char **argv)
 
     run_t run = {.o = &o, .seq_path = pos[0], .folds_path = pos[1]};
     dataset_t d = {0};
+    check_embedding_sources(pos + 2, n_pos - 2, o.fold);
     embeddings_read(&d.emb, pos + 2, n_pos - 2);
     dataset_build(&d, pos[0], pos[1], o.fold);
     run.d = &d;

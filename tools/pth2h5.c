@@ -507,6 +507,8 @@ int main(int argc, char **argv)
     free(positional);
     if (!o.list && !o.out)
         die(EXIT_USAGE, "-o OUT.h5 is required (or --list)");
+    if (o.out && path_same_file(o.out, input))
+        die(EXIT_USAGE, "-o %s is the input %s: it would be overwritten", o.out, input);
     const uint16_t probe = 1;
     if (*(const uint8_t *)&probe != 1)
         die(EXIT_INTERNAL, "this program reads little-endian tensors on little-endian hosts");

@@ -9,7 +9,8 @@ LSF_STANDIN_DIR=$WORK/cluster
 PATH=$(pwd)/tests/lsf:$PATH
 export LSF_STANDIN_DIR PATH
 
-# Skips the test when the programs of the whole pipeline are not all built.
+# Skips the test when the programs of the whole pipeline are not all built. Else both runs
+# use one copy of them: a build during the test must not give the two runs different programs.
 need_programs() {
     for p in mkphantom dcm2jpg mkfolds seqbuild cnntrain embdump lstmtrain bagavg; do
         if [ ! -x "$BIN/$p" ]; then
@@ -17,6 +18,8 @@ need_programs() {
             exit 77
         fi
     done
+    cp -Rp "$BIN" "$WORK/bin" || fail "copying $BIN"
+    BIN=$WORK/bin
 }
 
 # plain_run CONFIG OUT: the configuration by plain make, the reference for the LSF run. When

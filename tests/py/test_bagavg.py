@@ -297,6 +297,30 @@ def test_baseline():
           "--baseline without --labels: exit 2 (%d)" % proc.returncode)
 
 
+def test_empty_and_baseline_output():
+    """No slices at all (a dataset without test slices): a header-only submission, exit 0.
+    An output naming the --baseline folds file: exit 2, the file kept."""
+    empty = write_pred(os.path.join(WORK, "empty.h5"), [], np.zeros((0, 6)))
+    out = os.path.join(WORK, "empty.csv")
+    proc = run_plain("bagavg", "-o", out, empty, empty)
+    header, rows = read_submission(out) if proc.returncode == 0 else (None, None)
+    check(proc.returncode == 0 and header == ["ID", "Label"] and rows == []
+          and "no slices" in proc.stderr,
+          "no slices in any file: exit 0 (%d), header-only CSV, a warning" % proc.returncode)
+    ids = random_ids(10)
+    pred = write_pred(os.path.join(WORK, "ten.h5"), ids, rng.random((10, 6)))
+    lab = write_labels(os.path.join(WORK, "ten.csv"), np.zeros((10, 6), int), ids)
+    folds = write_folds(os.path.join(WORK, "ten_folds.h5"), ids, np.zeros((10, 6), int),
+                        np.zeros(10))
+    before = testlib.file_bytes(folds)
+    proc = run("bagavg", "-o", os.path.join(WORK, "ten_out.csv"), "--labels", lab,
+               "--baseline", folds, "--h5-out", folds, pred)
+    check(proc.returncode == 2 and "--baseline" in proc.stderr
+          and testlib.file_bytes(folds) == before,
+          "--h5-out naming the --baseline file: exit 2 (%d), the file unchanged"
+          % proc.returncode)
+
+
 def test_real_labels():
     path = os.path.join(DATA or "", "rsna_labels", "stage_2_train_format_labels.csv")
     if not testlib.have_data("constant 0.5 on the challenge labels", "rsna_labels",
@@ -397,6 +421,7 @@ def main():
     test_clipping_and_format()
     test_metric()
     test_baseline()
+    test_empty_and_baseline_output()
     test_real_labels()
     test_bad_inputs()
     testlib.finish("bagavg")

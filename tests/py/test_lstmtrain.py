@@ -285,7 +285,11 @@ def main():
     # Resume: stop after epoch 1 (as a killed run leaves it), then continue to epoch 3.
     part = os.path.join(work, "resumed")
     train_ok(data, part, "--epochs", "1")
-    with open(os.path.join(part, ".epoch2.h5.tmp-1-1"), "wb") as f:
+    # A killed run's temporary: its PID is that of a process that has ended (the sweep keeps
+    # those of live processes).
+    ended = os.spawnlp(os.P_NOWAIT, "true", "true")
+    os.waitpid(ended, 0)
+    with open(os.path.join(part, ".epoch2.h5.tmp-%d-1" % ended), "wb") as f:
         f.write(b"partial")
     first_epoch = os.stat(os.path.join(part, "epoch1.h5")).st_mtime_ns
     proc = T.run_plain("lstmtrain", "--hidden", "8", "--epochs", "3", "--bag", "2", "--lr",
@@ -398,6 +402,14 @@ def main():
         assert pattern in proc.stderr, "%s: message %r" % (what, proc.stderr)
         assert not os.path.exists(bad), "%s: %s was created" % (what, bad)
         T.passed("%s: exit %d, '%s', nothing written" % (what, code, first[:110]))
+    # -o naming the folder an input lies in: its val.h5 / test.h5 could overwrite an input.
+    emb_dir = os.path.dirname(os.path.abspath(data["emb"]))
+    before = sorted(os.listdir(emb_dir))
+    proc = T.run_plain("lstmtrain", "--hidden", "8", "--epochs", "1", "-o", emb_dir,
+                       data["sequences"], data["folds"], data["emb"])
+    assert proc.returncode == 2 and "output folder" in proc.stderr, proc.stderr
+    assert sorted(os.listdir(emb_dir)) == before, "files written into the input's folder"
+    T.passed("-o the folder of an input: exit 2, nothing written")
     shutil.rmtree(os.path.join(work, "data"))
     T.finish("lstmtrain")
 

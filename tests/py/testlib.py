@@ -265,6 +265,14 @@ def h5_datasets(path):
     return out
 
 
+def h5_contents(path):
+    """Every dataset (h5_datasets) and the root attributes but the provenance that differs
+    between two identical runs (command_line, created)."""
+    with h5py.File(path, "r") as f:
+        attrs = {k: f.attrs[k] for k in f.attrs if k not in ("command_line", "created")}
+    return h5_datasets(path), attrs
+
+
 def same_datasets(a, b):
     """Do two HDF5 files hold the same datasets with equal values (NaN equal to NaN)?"""
     da, db = h5_datasets(a), h5_datasets(b)
