@@ -1,15 +1,15 @@
 # The demo: phantom head-CT series generated on the spot, a tiny classifier at 64 pixels and a
 # small sequence model, one fold. Sized to finish in a few minutes on 2 cores.
 PHANTOM = 1
-PHANTOM_ARGS = --series 96 --slices 16-24 --size 128 --seed 1 --prevalence 0.9 \
+PHANTOM_ARGS = --series 160 --slices 20-28 --size 128 --seed 1 --prevalence 0.9 \
     --test-fraction 0.25
 THREADS = 2
 
 FOLDS_TRAINED = 0
 CNN_ARCH = tiny
 CNN_INIT =
-CNN_EPOCHS = 3
-CNN_SIZE = 64
+CNN_EPOCHS = 5
+CNN_SIZE = 96
 CNN_LR = 1e-3
 CNN_BATCH = 16
 CNN_MICRO_BATCH = 8
