@@ -80,6 +80,7 @@ usage_refused() {
 usage_refused --batch 9 --micro-batch 8
 usage_refused --batch 1
 usage_refused --fold 5
+usage_refused -o "$WORK/jpg"
 # 501 training slices in batches of 16 leave 5, in micro-batches of 4 a last one of 1 image:
 # the epoch leaves that image out and trains.
 "$BIN/cnntrain" --arch tiny --size 32 --epochs 1 --batch 16 --micro-batch 4 -j 2 \

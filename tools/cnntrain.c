@@ -534,6 +534,10 @@ int main(int argc, char **argv)
     dist_init(&argc, &argv);
     if (!o.out_dir)
         die(EXIT_USAGE, "-o CKPT_DIR is required");
+    for (int i = 0; i < 2; i++)
+        if (path_same_file(o.out_dir, pos[i]))
+            die(EXIT_USAGE, "-o %s is the input %s: give the checkpoints a folder of their own",
+                o.out_dir, pos[i]);
     /* Every rank gets a micro-batch of each full batch. */
     int per_rank = (o.batch + dist_size() - 1) / dist_size();
     if (o.micro_batch > per_rank) {
