@@ -27,10 +27,12 @@ need_programs() {
 # that failure, this one skips.
 plain_run() {
     start=$(date +%s)
-    if ! make --no-print-directory -f pipeline/pipeline.mk CONFIG="$1" OUT="$2" BIN="$BIN" \
-        >"$2.log" 2>&1; then
-        tail -n 20 "$2.log"
-        why=$(grep -m 1 -i error "$2.log" || tail -n 1 "$2.log")
+    cfg=$1 out=$2
+    shift 2
+    if ! make --no-print-directory -f pipeline/pipeline.mk CONFIG="$cfg" OUT="$out" BIN="$BIN" \
+        "$@" >"$out.log" 2>&1; then
+        tail -n 20 "$out.log"
+        why=$(grep -m 1 -i error "$out.log" || tail -n 1 "$out.log")
         echo "skip: plain make of the configuration fails ($why)"
         exit 77
     fi
