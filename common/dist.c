@@ -662,3 +662,15 @@ void dist_broadcast_backend(nn_backend_t *be, float *buf, size_t count, int root
 {
     backend_collective(be, buf, count, root);
 }
+
+char *dist_broadcast_path(char *path)
+{
+    if (dist_size() < 2)
+        return path;
+    char chosen[4096] = "";
+    if (dist_is_root() && path)
+        snprintf(chosen, sizeof chosen, "%s", path);
+    dist_broadcast(chosen, sizeof chosen, 0);
+    free(path);
+    return chosen[0] ? xstrdup(chosen) : NULL;
+}

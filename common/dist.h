@@ -57,6 +57,9 @@ void dist_allreduce_max_i64(int64_t *buf, size_t count);
 void dist_allreduce_min_i64(int64_t *buf, size_t count);
 /* Copy root's bytes to every rank (host memory). */
 void dist_broadcast(void *buf, size_t bytes, int root);
+/* Rank 0's path (a heap string, or NULL) on every rank; takes ownership of path (other
+ * ranks' argument is ignored and freed). Paths up to 4095 bytes. */
+char *dist_broadcast_path(char *path);
 
 /* Bytes per all-reduce call: ICH_DIST_BUCKET_MIB, default DIST_BUCKET_BYTES. */
 #define DIST_BUCKET_BYTES ((size_t)64 << 20)

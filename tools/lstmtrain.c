@@ -1090,14 +1090,8 @@ int main(int argc, char **argv)
 
     /* Rank 0 picks the checkpoint; every rank reads it (the folder is shared). */
     char *resume_from = o.resume && dist_is_root() ? newest_epoch_checkpoint(o.out_dir) : NULL;
-    if (o.resume && dist_size() > 1) {
-        char chosen[4096] = "";
-        if (resume_from)
-            snprintf(chosen, sizeof chosen, "%s", resume_from);
-        dist_broadcast(chosen, sizeof chosen, 0);
-        free(resume_from);
-        resume_from = chosen[0] ? xstrdup(chosen) : NULL;
-    }
+    if (o.resume)
+        resume_from = dist_broadcast_path(resume_from);
     if (resume_from) {
         nn_ckpt_meta_t saved;
         char *message = NULL;
