@@ -34,6 +34,20 @@ static inline void run_ref_script(const char *script_and_args)
     free(cmd);
 }
 
+/*
+ * Run "SCRIPT ARGS --out $WORK/NAME" (/tmp without WORK) and open the dump it wrote; *path
+ * receives the file's name (heap).
+ */
+static inline hid_t open_ref_dump(const char *script_and_args, const char *name, char **path)
+{
+    const char *work = getenv("WORK") ? getenv("WORK") : "/tmp";
+    *path = xasprintf("%s/%s", work, name);
+    char *cmd = xasprintf("%s --out '%s'", script_and_args, *path);
+    run_ref_script(cmd);
+    free(cmd);
+    return h5_open_read(*path);
+}
+
 /* A whole reference tensor, which must hold exactly n values (any shape). */
 static inline float *read_ref_exact(hid_t f, const char *path, size_t n)
 {

@@ -294,14 +294,9 @@ int main(void)
         printf("skip: python3 with torch and h5py is not available for the PyTorch part\n");
         return 77;
     }
-    const char *work = getenv("WORK") ? getenv("WORK") : "/tmp";
-    char *out = xasprintf("%s/lstm_ref.h5", work);
-    char *args = xasprintf("lstm_ref.py --emb 16 "
-                           "--hidden 8 --lengths 5,3,1 --steps 3 --out '%s'", out);
-    run_ref_script(args);
-    free(args);
-
-    hid_t f = h5_open_read(out);
+    char *out;
+    hid_t f = open_ref_dump("lstm_ref.py --emb 16 --hidden 8 --lengths 5,3,1 --steps 3",
+                            "lstm_ref.h5", &out);
     against_torch(f, "default", 0);
     against_torch(f, "original", 1);
     h5_close(f);

@@ -95,14 +95,9 @@ int main(void)
         printf("skip: python3 with torch and h5py is not available\n");
         return 77;
     }
-    const char *work = getenv("WORK") ? getenv("WORK") : "/tmp";
-    char *out = xasprintf("%s/lstm_full.h5", work);
-    char *args = xasprintf("lstm_ref.py --emb 2048 "
-                           "--hidden 2048 --lengths 3,2 --steps 1 --summary --out '%s'", out);
-    run_ref_script(args);
-    free(args);
-
-    hid_t f = h5_open_read(out);
+    char *out;
+    hid_t f = open_ref_dump("lstm_ref.py --emb 2048 --hidden 2048 --lengths 3,2 --steps 1 "
+                            "--summary", "lstm_full.h5", &out);
     hsize_t dims[8];
     float *emb = h5_read(f, "embeddings", H5T_NATIVE_FLOAT, 3, dims);
     int batch = (int)dims[0], steps = (int)dims[1], width = (int)dims[2];
