@@ -4,7 +4,8 @@
 #   make demo       install what is missing, build, run the pipeline on phantom data
 #   make test-long  the long tests only (full-size models, full-size round trips)
 #   make test-asan  the tests again under AddressSanitizer and UBSan (bin-asan/); the NN
-#                   parity tests run on the tiny model only (ResNeXt-101 is too slow there)
+#                   parity tests run on the tiny model only (ResNeXt-101 is too slow there);
+#                   a second test-asan waits for the first one's tests to end
 #   make bench      side-by-side benchmarks (bench/README.md)
 #   make deps       install the Debian packages the build and tests need
 
@@ -109,14 +110,17 @@ $(BUILD)/%.o: %.cpp $(CONFIG) $(wildcard common/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
 
-# C++ linker because of the DCMTK wrapper.
+# C++ linker because of the DCMTK wrapper. Programs are linked under a hidden temporary name
+# and renamed into place: a link that fails (a file mid-edit, another make writing the same
+# objects) leaves the previous program, never a missing or half-written one under a test run.
+LINK_TMP = $(dir $@).$(notdir $@).tmp$$$$
 $(BIN)/%: $(BUILD)/tools/%.o $(BUILD)/libichpipe.a
 	@mkdir -p $(BIN)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+	$(CXX) $(CXXFLAGS) $^ -o $(LINK_TMP) $(LIBS) && mv -f $(LINK_TMP) $@
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/libichpipe.a
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+	$(CXX) $(CXXFLAGS) $^ -o $(LINK_TMP) $(LIBS) && mv -f $(LINK_TMP) $@
 
 $(BUILD)/%.o: %.cu $(CONFIG) $(wildcard common/*.h common/nn/*.h)
 	@mkdir -p $(dir $@)
@@ -128,16 +132,16 @@ ifeq ($(HAVE_CUDA),1)
 all: $(CUDA_PLUGIN) $(BIN)/libichpipe_cuda.so
 
 $(CUDA_PLUGIN): $(patsubst %.cu,$(BUILD)/%.o,$(wildcard common/nn/*.cu))
-	$(CXX) -shared $^ -o $@ $(CUDA_LIBS)
+	$(CXX) -shared $^ -o $(LINK_TMP) $(CUDA_LIBS) && mv -f $(LINK_TMP) $@
 
 $(BIN)/libichpipe_cuda.so: $(CUDA_PLUGIN)
 	@mkdir -p $(BIN)
-	cp $< $@
+	cp $< $(LINK_TMP) && mv -f $(LINK_TMP) $@
 endif
 
 $(BUILD)/tests/gpu_parity: $(BUILD)/tests/gpu/gpu_parity.o $(BUILD)/libichpipe.a
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LIBS)
+	$(CXX) $(CXXFLAGS) $^ -o $(LINK_TMP) $(LIBS) && mv -f $(LINK_TMP) $@
 
 gpu-bundle: all
 	@sh tests/gpu/bundle.sh $(BUILD) $(BIN) $(GPU_BUNDLE)
@@ -153,10 +157,17 @@ test-long: deps
 	@$(MAKE) --no-print-directory all
 	@ICH_LONG_TESTS=1 TESTS=$${TESTS:-_long} BIN=$(BIN) BUILD=$(BUILD) sh tests/run.sh
 
+# One test-asan at a time: a second one would rebuild bin-asan/ under the first one's tests.
+# Each step waits for the lock on build-asan/.lock, so a second run builds before or after
+# the first one's tests, never during them.
+ASAN_LOCK = build-asan/.lock
 test-asan: deps
-	@$(MAKE) --no-print-directory SAN=1 all
+	@mkdir -p build-asan
+	@flock -n $(ASAN_LOCK) true || echo "test-asan: another make test-asan uses build-asan/" \
+	    "and bin-asan/: waiting for it"
+	@flock $(ASAN_LOCK) $(MAKE) --no-print-directory SAN=1 all
 	@BIN=bin-asan BUILD=build-asan ASAN_OPTIONS=detect_leaks=1 \
-	    UBSAN_OPTIONS=print_stacktrace=1 NN_TEST_MODELS=tiny sh tests/run.sh
+	    UBSAN_OPTIONS=print_stacktrace=1 NN_TEST_MODELS=tiny flock $(ASAN_LOCK) sh tests/run.sh
 
 demo: deps
 	@$(MAKE) --no-print-directory all

@@ -5,12 +5,16 @@
 # batch 16 (forward), and each process's peak resident memory. Both sides on the same
 # threads (OMP_NUM_THREADS, 2 by default).
 #
-# Each measurement is its own process, REPS rounds alternating PyTorch and the engine; the
-# best round of each side counts; the table gives engine / PyTorch. The load average is
-# printed before and after: the machine is shared, compare ratios rather than rates.
+# Each measurement is its own process, REPS rounds alternating PyTorch and the engine in each
+# of PRECISIONS (fp32: all fp32; bf16: the engine's mixed precision, against the same fp32
+# PyTorch); the best round of each side counts; the table gives engine / PyTorch. The load
+# average is printed before and after and in every engine line: the machine is shared,
+# compare ratios rather than rates. Then the recurrence's products alone (lstm_bench
+# products, per-call medians, fp32 against bf16), which a loaded machine disturbs less.
 #
 #   sh bench/lstm_bench.sh   (EMB=2048 HIDDEN=2048 STEPS=40 TRAIN_BATCH=4 EVAL_BATCH=16
-#                             REPS=1 ITERS=1 THREADS=2 BUILD=build PY=/usr/bin/python3)
+#                             REPS=1 ITERS=1 THREADS=2 PRECISIONS="fp32 bf16" BUILD=build
+#                             PY=/usr/bin/python3)
 #
 # PyTorch's side needs an optimised BLAS to be a fair baseline: Debian's OpenBLAS
 # (libopenblas0-pthread, which becomes the libblas.so.3 alternative); the script warns
@@ -31,6 +35,7 @@ TRAIN_BATCH=${TRAIN_BATCH:-4}
 EVAL_BATCH=${EVAL_BATCH:-16}
 REPS=${REPS:-1}
 ITERS=${ITERS:-1}
+PRECISIONS=${PRECISIONS:-fp32 bf16}
 OMP_NUM_THREADS=${THREADS:-2}
 export OMP_NUM_THREADS PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
 
@@ -73,32 +78,40 @@ for mode in train eval; do
     while [ "$round" -le "$REPS" ]; do
         "$PY" bench/lstm_bench_ref.py "$mode" "$EMB" "$HIDDEN" "$batch" "$STEPS" "$ITERS" |
             tee -a "$log"
-        "$work/lstm_bench" "$mode" "$EMB" "$HIDDEN" "$batch" "$STEPS" "$ITERS" | tee -a "$log"
+        for precision in $PRECISIONS; do
+            "$work/lstm_bench" "$mode" "$EMB" "$HIDDEN" "$batch" "$STEPS" "$ITERS" \
+                "$precision" | tee -a "$log"
+        done
         round=$((round + 1))
     done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$work/lstm_bench" products "$TRAIN_BATCH" "$HIDDEN" 20
+"$work/lstm_bench" products "$EVAL_BATCH" "$HIDDEN" 10
 
-# The best round of each side per mode, and engine / PyTorch.
+# The best round of each side per mode (and precision), and engine / PyTorch.
 awk '
 {
     side = $1; mode = $2
     for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+    if (side == "engine")
+        side = "engine " v["precision"]
     key = side " " mode
     if (!(key in rate) || v["slices_per_s"] > rate[key]) {
         rate[key] = v["slices_per_s"]; mem[key] = v["peak_rss_mib"]
     }
 }
 END {
-    printf "| mode | PyTorch slices/s | engine slices/s | ratio | PyTorch MiB | engine MiB |\n"
-    printf "|---|---|---|---|---|---|\n"
+    printf "| mode | precision | PyTorch slices/s | engine slices/s | ratio | PyTorch MiB |"
+    printf " engine MiB |\n|---|---|---|---|---|---|---|\n"
     split("train eval", modes, " ")
-    for (k = 1; k <= 2; k++) {
-        m = modes[k]
-        if (!(("torch " m) in rate) || !(("engine " m) in rate))
-            continue
-        printf "| %s | %.1f | %.1f | %.2fx | %d | %d |\n", m, rate["torch " m],
-            rate["engine " m], rate["engine " m] / rate["torch " m], mem["torch " m],
-            mem["engine " m]
-    }
+    split("fp32 bf16", precisions, " ")
+    for (k = 1; k <= 2; k++)
+        for (p = 1; p <= 2; p++) {
+            m = modes[k]; e = "engine " precisions[p] " " m
+            if (!(("torch " m) in rate) || !(e in rate))
+                continue
+            printf "| %s | %s | %.1f | %.1f | %.2fx | %d | %d |\n", m, precisions[p],
+                rate["torch " m], rate[e], rate[e] / rate["torch " m], mem["torch " m], mem[e]
+        }
 }' "$log"

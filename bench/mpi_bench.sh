@@ -39,7 +39,7 @@ cc=${CC:-cc}
 cxx=${CXX:-c++}
 $cc -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -pthread -Icommon $(config HDF5_CFLAGS) \
     -c bench/mpi_bench.c -o "$work/mpi_bench.o"
-$cxx -pthread "$work/mpi_bench.o" "$BUILD/libichpipe.a" -o "$work/mpi_bench" \
+$cxx -pthread -rdynamic "$work/mpi_bench.o" "$BUILD/libichpipe.a" -o "$work/mpi_bench" \
     $(config DCMTK_LIBS) $(config HDF5_LIBS) $(config JPEG_LIBS) $(config ZLIB_LIBS) \
     $(config DNNL_LIBS) $(config MPI_LIBS) -Wl,--as-needed $(config NCCL_LIBS) \
     $(config CUDA_LIBS) -lm

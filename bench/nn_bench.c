@@ -34,17 +34,25 @@ static double peak_rss_mib(void)
     return ru.ru_maxrss / 1024.0; /* Linux reports KiB */
 }
 
-/* "fp32" or "bf16", optionally with "+cache" (inference keeps reordered weights). */
-static int parse_precision(const char *s, int *cache)
+/* "fp32" or "bf16", optionally with "+cache" (inference keeps reordered weights) and
+ * "+native" (weights kept in the backend's order, resnext_set_native_weights). */
+static int parse_precision(const char *s, int *cache, int *native)
 {
     *cache = RESNEXT_WEIGHT_CACHE_AUTO;
+    *native = 0;
     if (!s)
         return NN_PRECISION_FP32;
     size_t len = strcspn(s, "+");
-    if (strcmp(s + len, "+cache") == 0)
-        *cache = RESNEXT_WEIGHT_CACHE_ON;
-    else if (s[len])
-        die(2, "unknown option %s (fp32, bf16, with +cache)", s + len);
+    for (const char *opt = s + len; *opt;) {
+        size_t n = strcspn(opt + 1, "+");
+        if (n == 5 && strncmp(opt + 1, "cache", 5) == 0)
+            *cache = RESNEXT_WEIGHT_CACHE_ON;
+        else if (n == 6 && strncmp(opt + 1, "native", 6) == 0)
+            *native = 1;
+        else
+            die(2, "unknown option %s (fp32, bf16, with +cache, +native)", opt);
+        opt += 1 + n;
+    }
     if (len == 4 && strncmp(s, "fp32", 4) == 0)
         return NN_PRECISION_FP32;
     if (len == 4 && strncmp(s, "bf16", 4) == 0)
@@ -57,12 +65,13 @@ static int parse_precision(const char *s, int *cache)
 static int bench_model(const char *model, int size, int batch, const char *mode, int iters,
                        const char *variant)
 {
-    int cache, precision = parse_precision(variant, &cache);
+    int cache, native, precision = parse_precision(variant, &cache, &native);
     int training = strcmp(mode, "train") == 0;
     nn_backend_t *be = nn_backend_create("cpu");
     resnext_t *m = resnext_create(be, model, 6);
     resnext_set_precision(m, precision);
     resnext_set_weight_cache(m, cache);
+    resnext_set_native_weights(m, native);
     nn_params_fill_hashed(&m->ps);
     if (training)
         nn_params_alloc_adam(&m->ps);
@@ -76,28 +85,47 @@ static int bench_model(const char *model, int size, int batch, const char *mode,
     nn_tensor_t x = {.data = input, .n = batch, .c = 3, .h = size, .w = size};
     nn_adam_t hp = {1e-4, 0.9, 0.999, 1e-8, 1e-4};
 
-    double best = 1e30, total = 0.0;
+    /* Phases (forward, backward with the loss, Adam): of the best iteration, and each
+     * phase's own best over the iterations (on a shared machine a phase is often
+     * undisturbed in an iteration that is not). */
+    double best = 1e30, total = 0.0, phases[3] = {0}, best_phases[3] = {0};
+    double min_phases[3] = {1e30, 1e30, 1e30};
     for (int it = 0; it <= iters; it++) {
         double t0 = time_now();
         resnext_forward(m, &x, training);
+        be->synchronize(be);
+        double t1 = time_now(), t2 = t1;
         if (training) {
             be->bce_loss(be, m->logits.data, labels, batch, m->dlogits.data);
             resnext_backward(m, m->dlogits.data);
+            be->synchronize(be);
+            t2 = time_now();
             be->adam_step(be, &hp, it + 1, m->ps.params, m->ps.grads, m->ps.adam_m,
                           m->ps.adam_v, m->ps.param_count);
         }
         be->synchronize(be);
-        double dt = time_now() - t0;
+        double t3 = time_now(), dt = t3 - t0;
+        phases[0] = t1 - t0;
+        phases[1] = t2 - t1;
+        phases[2] = t3 - t2;
         if (it == 0)
             continue; /* warm-up: primitives are built on the first call */
         total += dt;
-        if (dt < best)
+        for (int k = 0; k < 3; k++)
+            if (phases[k] < min_phases[k])
+                min_phases[k] = phases[k];
+        if (dt < best) {
             best = dt;
+            memcpy(best_phases, phases, sizeof(phases));
+        }
     }
     printf("result side=ours model=%s size=%d batch=%d mode=%s precision=%s iters=%d "
-           "mean_s=%.4f best_s=%.4f images_per_s=%.4f peak_rss_mib=%.0f\n",
+           "mean_s=%.4f best_s=%.4f images_per_s=%.4f peak_rss_mib=%.0f forward_s=%.4f "
+           "backward_s=%.4f adam_s=%.4f min_forward_s=%.4f min_backward_s=%.4f "
+           "min_adam_s=%.4f\n",
            model, size, batch, mode, variant ? variant : "fp32", iters,
-           total / iters, best, batch / best, peak_rss_mib());
+           total / iters, best, batch / best, peak_rss_mib(), best_phases[0], best_phases[1],
+           best_phases[2], min_phases[0], min_phases[1], min_phases[2]);
     be->release(be, input);
     be->release(be, labels);
     resnext_free(m);
@@ -359,12 +387,12 @@ int main(int argc, char **argv)
         return bench_model(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], atoi(argv[6]),
                            argc > 7 ? argv[7] : NULL);
     if (argc >= 6 && strcmp(argv[1], "convs") == 0) {
-        int cache;
+        int cache, native;
         return bench_convs(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
-                           parse_precision(argc > 6 ? argv[6] : NULL, &cache));
+                           parse_precision(argc > 6 ? argv[6] : NULL, &cache, &native));
     }
     fprintf(stderr, "usage: nn_bench model MODEL SIZE BATCH eval|train ITERS "
-                    "[fp32|bf16][+cache]\n"
+                    "[fp32|bf16][+cache][+native]\n"
                     "       nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]\n");
     return 2;
 }

@@ -10,11 +10,14 @@
 # table gives the ratio engine / PyTorch (above 1: the engine is faster or, for memory, uses
 # more). The machine is shared: compare ratios, not absolute rates, between runs.
 #
-#   sh bench/nn_bench.sh   (SIZES="224 480" REPS=2 ITERS=2 PRECISIONS="fp32 fp32+cache bf16"
-#                           CONVS=1 MODEL=resnext101_32x8d BATCH=2 BUILD=build
-#                           PY=/usr/bin/python3)
+#   sh bench/nn_bench.sh   (SIZES="224 480" MODES="eval train" REPS=2 ITERS=2
+#                           PRECISIONS="fp32 fp32+native fp32+cache bf16" CONVS=1
+#                           MODEL=resnext101_32x8d BATCH=2 BUILD=build PY=/usr/bin/python3)
 # fp32+cache: inference keeps the reordered fp32 weights (faster, +1 copy of the weights);
 # bf16 caches its half-size copy by default. Training is the same with or without.
+# +native: weights (in training also their gradients and Adam moments) kept in the
+# backend's order (resnext_set_native_weights), so that no step reorders them but the
+# backward data.
 #
 # The C driver (bench/nn_bench.c) is compiled here against $BUILD/libichpipe.a with the
 # flags of $BUILD/config.mk; run `make` first.
@@ -28,7 +31,8 @@ BATCH=${BATCH:-2}
 SIZES=${SIZES:-224 480}
 REPS=${REPS:-2}
 ITERS=${ITERS:-2}
-PRECISIONS=${PRECISIONS:-fp32 fp32+cache bf16}
+PRECISIONS=${PRECISIONS:-fp32 fp32+native fp32+cache bf16}
+MODES=${MODES:-eval train}
 CONVS=${CONVS:-1}
 export OMP_NUM_THREADS=2 PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
 
@@ -56,7 +60,7 @@ log=$work/results.txt
 echo "nn bench: $MODEL batch $BATCH, sizes $SIZES, $REPS rounds of $ITERS iterations," \
     "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for size in $SIZES; do
-    for mode in eval train; do
+    for mode in $MODES; do
         round=1
         while [ "$round" -le "$REPS" ]; do
             "$PY" bench/nn_bench_ref.py "$MODEL" "$size" "$BATCH" "$mode" "$ITERS" | tee -a "$log"

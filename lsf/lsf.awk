@@ -651,6 +651,51 @@ function job_label(i) {
     return row[i, "job_id"] (row[i, "index"] != "0" ? "[" row[i, "index"] "]" : "")
 }
 
+# The exit code of the program whose failure stopped a job: a job runs make, which exits 2
+# whatever its recipe's command exited with, and says "*** [FILE:LINE: TARGET] Error N" last
+# in the job's error log. Empty when the log names none (make's own error, a killed job).
+function program_exit_code(path,    line, code) {
+    code = ""
+    if (system("test -f " shell_quote(path) " && test -r " shell_quote(path)) != 0) return code
+    while ((getline line < path) > 0) {
+        sub(/\r$/, "", line)
+        if (line ~ /\*\*\* \[.*\] Error [0-9]+$/) {
+            code = line
+            sub(/.* Error /, "", code)
+        }
+    }
+    close(path)
+    return code
+}
+
+# What an exit code means: those of common/exitcodes.h, the shell's, or a signal.
+function exit_meaning(code, long) {
+    if (code == 1) return long ? "internal error: a bug or an unexpected library failure" \
+        : "internal error"
+    if (code == 2) return "bad command line"
+    if (code == 3) return long ? "bad input: an input is missing, unreadable or invalid; " \
+        "nothing written" : "bad input"
+    if (code == 4) return long ? "partial: some inputs failed and were skipped; the rest " \
+        "was written" : "partial"
+    if (code == 5) return long ? "output not written: disk full or permissions" \
+        : "output not written"
+    if (code == 126 || code == 127) return "command not found or not executable"
+    if (code > 128 && code < 160) return "killed by signal " (code - 128)
+    return "not an exit code of the project's programs"
+}
+
+# A failed node's exit code with its meaning: its program's when the job's log names it,
+# else the job's own. Short: "exit 3 (bad input)"; long: "3, bad input: ... (make exited 2)".
+function describe_failure(i, long,    code, from_log) {
+    code = program_exit_code(row[i, "stderr"])
+    from_log = code != ""
+    if (!from_log) code = row[i, "exit_code"]
+    if (code !~ /^[0-9]+$/) return long ? code : "exit " code
+    if (!long) return "exit " code " (" exit_meaning(code + 0, 0) ")"
+    return code ", " exit_meaning(code + 0, 1) (from_log ? " (make exited " row[i, "exit_code"] \
+        ")" : " (the job's exit code: its log names no failed program)")
+}
+
 # lsf/status: a line per node, a count per state, then every failed node's logs.
 function print_status(    i, width, counts, state, note, states, count, summary, lines, k) {
     classify()
@@ -660,7 +705,7 @@ function print_status(    i, width, counts, state, note, states, count, summary,
         state = row[i, "state"]
         counts[state]++
         if (state == "NEVER") note = "waits on failed " row[i, "blocked_by"]
-        else if (state == "EXIT") note = "exit " row[i, "exit_code"] ", log " row[i, "stderr"]
+        else if (state == "EXIT") note = describe_failure(i, 0) ", log " row[i, "stderr"]
         else note = row[i, "stdout"]
         lines[i] = note
     }
@@ -674,8 +719,9 @@ function print_status(    i, width, counts, state, note, states, count, summary,
     print row_count " nodes: " substr(summary, 3)
     for (i = 1; i <= row_count; i++) {
         if (row[i, "state"] != "EXIT") continue
-        printf "\nfailed: %s (job %s, exit %s)\n  output: %s\n  errors: %s\n", row[i, "node"],
-            job_label(i), row[i, "exit_code"], row[i, "stdout"], row[i, "stderr"]
+        printf "\nfailed: %s (job %s)\n  exit:   %s\n  output: %s\n  errors: %s\n",
+            row[i, "node"], job_label(i), describe_failure(i, 1), row[i, "stdout"],
+            row[i, "stderr"]
         print_log_end(row[i, "stderr"], 5)
     }
     if ("EXIT" in counts) {

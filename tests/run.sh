@@ -22,6 +22,21 @@ logdir=$(mktemp -d "${TMPDIR:-/tmp}/ichpipe-tests.XXXXXX")
 passed=0 failed=0 skipped=0
 failed_names=""
 
+# The programs under test as they were at the start (name, inode, time). Another build into
+# the same folders during the run (someone's make) replaces or removes them under the tests:
+# a failure is then marked, and the programs that changed are named at the end.
+programs_state() {
+    stat -c '%n %i %Y' "$BIN"/* "$BUILD"/tests/test_* 2>/dev/null
+}
+programs_state >"$logdir/programs.start"
+# Their names, the first six and a count of the others.
+programs_changed() {
+    programs_state | diff "$logdir/programs.start" - | sed -n 's/^[<>] \([^ ]*\) .*/\1/p' |
+        sed 's|.*/||' | sort -u |
+        awk '{ n++; if (n <= 6) s = s (n > 1 ? " " : "") $0 }
+             END { if (n > 6) s = s " and " n - 6 " more"; printf "%s", s }'
+}
+
 run_one() {
     name=$1
     shift
@@ -47,6 +62,11 @@ run_one() {
         printf 'FAIL  %-40s %4ss (exit %d), last lines of %s:\n' "$name" "$secs" $rc \
             "$logdir/$name.log"
         tail -n 25 "$logdir/$name.log" | sed 's/^/      | /'
+        changed=$(programs_changed)
+        if [ -n "$changed" ]; then
+            echo "      (programs changed by another build since the run began: $changed;" \
+                "rerun this test alone)"
+        fi
     fi
 }
 
@@ -67,7 +87,15 @@ for t in tests/py/test_*.py; do
     run_one "$(basename "$t" .py)" "$PY" "$t"
 done
 
+changed=$(programs_changed)
+if [ -n "$changed" ]; then
+    echo "warning: another build changed or removed programs during the run: $changed"
+fi
 [ $failed -eq 0 ] && [ -z "${KEEP_LOGS:-}" ] && rm -rf "$logdir"
 [ $failed -eq 0 ] || echo "failed:$failed_names (logs in $logdir)"
 echo "tests: $passed passed, $failed failed, $skipped skipped"
+if [ $((passed + failed + skipped)) -eq 0 ]; then
+    echo "no test matched TESTS=\"${TESTS:-}\" (it is one substring of the test names)" >&2
+    exit 2
+fi
 [ $failed -eq 0 ]

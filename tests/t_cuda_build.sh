@@ -2,8 +2,9 @@
 # The CUDA backend on a machine without a GPU: when mk/probe.sh found CUDA, the plugin
 # libichpipe_cuda.so holds kernels for sm_80 and sm_90 and is linked with cuDNN, cuBLAS and
 # cudart, while no program is; the kernels' arithmetic (loss, Adam, batch norm's partial sums
-# and mask, max pooling) equals the host code (checked on the host); asking for "cuda" without
-# a GPU, or without the plugin, fails with the reason and exit 2.
+# and mask, max pooling, mixed precision's bf16 and fp16 rounding and NHWC map, loss scaling's
+# overflow check, index math past 2^32 elements) equals the host code (checked on the host);
+# asking for "cuda" without a GPU, or without the plugin, fails with the reason and exit 2.
 set -u
 prog=$BUILD/tests/gpu_parity
 config=$BUILD/config.mk

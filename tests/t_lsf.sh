@@ -3,10 +3,10 @@
 # (tests/lsf/fake.mk, pipeline.mk's shape, recipes that only touch files): the stand-in refuses
 # malformed bsub options and runs arrays and dependencies as LSF does; the dry run prints the
 # resources of pipeline/lsf.mk; a submission runs every node after its inputs; a failed node
-# stops exactly its dependants and a second submit finishes the run; kill and the refusal to
-# submit twice; a bsub refused half way (exit 4) and a run with its logs in a folder whose
-# name has a space; settings that make no bsub command line; a cyclic DAG. Needs no shared
-# data; about 10 seconds.
+# stops exactly its dependants, status shows its program's exit code (not make's) and a
+# second submit finishes the run; kill and the refusal to submit twice; a bsub refused half
+# way (exit 4) and a run with its logs in a folder whose name has a space; settings that make
+# no bsub command line; a cyclic DAG. Needs no shared data; about 10 seconds.
 set -eu
 : "${WORK:?}" "${PY:=/usr/bin/python3}"
 . tests/lsf/lib.sh
@@ -161,8 +161,14 @@ cat "$WORK/status1.txt"
 never=$(awk '$4 == "NEVER" { print $2 }' "$WORK/status1.txt" | tr '\n' ' ')
 [ "$never" = "lstmtrain-f0-e2 bagavg " ] || fail "never-starting nodes: $never"
 [ "$(awk '$4 == "DONE"' "$WORK/status1.txt" | wc -l)" -eq 8 ] || fail "8 nodes done expected"
-grep -q "failed: embdump-f0-e2-val (job 1004\[2\], exit 2)" "$WORK/status1.txt" ||
+# The recipe exits 3 and make 2: the program's code is shown, with its meaning.
+grep -qF "failed: embdump-f0-e2-val (job 1004[2])" "$WORK/status1.txt" ||
     fail "status does not name the failed node"
+grep -qxF "  exit:   3, bad input: an input is missing, unreadable or invalid; nothing \
+written (make exited 2)" "$WORK/status1.txt" || fail "status does not show the program's exit code"
+awk '$2 == "embdump-f0-e2-val" && $4 == "EXIT"' "$WORK/status1.txt" |
+    grep -qF "exit 3 (bad input), log $out/lsf/s1/embdump-f0-e2.1004.2.err" ||
+    fail "the failed node's line does not show its program's exit code"
 grep -qF "errors: $out/lsf/s1/embdump-f0-e2.1004.2.err" "$WORK/status1.txt" ||
     fail "status does not name the failed node's log"
 grep -q "| embdump-f0-e2-val: failing as asked" "$WORK/status1.txt" ||
@@ -192,6 +198,9 @@ lsf/kill --makefile tests/lsf/fake.mk "$cfg" >"$WORK/kill.txt" || fail "kill"
 rc=0
 $status >"$WORK/status3.txt" || rc=$?
 grep -q "^1 nodes: 1 EXIT" "$WORK/status3.txt" || fail "after kill: $(cat "$WORK/status3.txt")"
+# A killed job ran no program: its own exit code is shown, and said to be the job's.
+grep -qx "  exit:   130, killed by signal 2 (the job's exit code: its log names no failed \
+program)" "$WORK/status3.txt" || fail "a killed job's exit: $(cat "$WORK/status3.txt")"
 echo "ok    submit refuses while a submission waits; kill ends it"
 [ ! -s "$refused" ] || fail "the stand-in refused: $(cat "$refused")"
 

@@ -20,7 +20,8 @@ plain_run "$cfg" "$WORK/plain" THREADS=1
 out=$WORK/lsf
 start=$(date +%s)
 submit_and_run "$cfg" OUT="$out" THREADS=1
-lsf/status "$cfg" OUT="$out" BIN="$BIN" THREADS=1 >"$WORK/status.txt" || fail "$(cat "$WORK/status.txt")"
+lsf/status "$cfg" OUT="$out" BIN="$BIN" THREADS=1 >"$WORK/status.txt" ||
+    fail "$(cat "$WORK/status.txt")"
 cat "$WORK/status.txt"
 nodes=$(make --no-print-directory -f pipeline/pipeline.mk CONFIG="$cfg" OUT="$out" dag | wc -l)
 grep -q "^$nodes nodes: $nodes DONE" "$WORK/status.txt" || fail "not every node is done"

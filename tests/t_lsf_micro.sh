@@ -66,7 +66,11 @@ never=$(awk '$4 == "NEVER" { print $2 }' "$WORK/status1.txt" | sort | tr '\n' ' 
 [ "$never" = "bagavg lstmtrain-f0-e1 validation-f0 " ] || fail "never-starting nodes: $never"
 [ "$(awk '$4 == "DONE"' "$WORK/status1.txt" | wc -l)" -eq $((nodes - 4)) ] ||
     fail "every other node should be done"
-echo "ok    a failed embdump stops exactly lstmtrain-f0-e1, validation-f0 and bagavg"
+# The launcher exited 3 (and make 2): status shows the program's code and its meaning.
+grep -qx "  exit:   3, bad input: .* (make exited 2)" "$WORK/status1.txt" ||
+    fail "status does not show the failed program's exit code"
+echo "ok    a failed embdump stops exactly lstmtrain-f0-e1, validation-f0 and bagavg; status" \
+    "shows its exit 3 (bad input), not make's 2"
 
 submit_and_run "$cfg" OUT="$out"
 grep -c '^[0-9]' "$WORK/submit.out" | grep -qx 4 || fail "4 jobs expected in submission 2"

@@ -25,7 +25,7 @@ mpi="timeout 120 mpirun --oversubscribe"
 "$BIN/mkphantom" -q -o "$WORK/ph" --series 10 --slices 5-7 --size 64 --seed 7 \
     --prevalence 0.9 --test-fraction 0.25 -j 2 || fail "mkphantom: exit $?"
 "$BIN/dcm2jpg" -q -j 2 --format ppm -o "$WORK/img" "$WORK/ph" || fail "dcm2jpg: exit $?"
-"$BIN/mkfolds" -q -k 3 -o "$WORK/folds.h5" "$WORK/ph/labels.csv" "$WORK/img/meta.h5" ||
+"$BIN/mkfolds" -q -k 2 -o "$WORK/folds.h5" "$WORK/ph/labels.csv" "$WORK/img/meta.h5" ||
     fail "mkfolds: exit $?"
 "$BIN/cnntrain" -q --arch tiny --size 64 --batch 16 --micro-batch 8 --lr 1e-3 --seed 3 -j 1 \
     --fold 0 --epochs 1 -o "$WORK/ck" "$WORK/img" "$WORK/folds.h5" || fail "cnntrain: exit $?"

@@ -19,6 +19,8 @@
 #include "log.h"
 #include "metric.h"
 #include "nn/checkpoint.h"
+#include "nn/lossscale.h"
+#include "nn/mixed.h"
 #include "nn/nn.h"
 #include "nn/resnext.h"
 #include "opt.h"
@@ -103,7 +105,15 @@ typedef struct {
     float *labels;         /* backend: one micro-batch of labels */
     float *host_labels, *host_dlogits, *host_logits;
     int micro;
+    /* fp16: the loss gradient is scaled by S and the step skipped on overflow. */
+    int loss_scaling;
+    nn_lossscale_t scaler;
+    int skipped_in_row; /* overflows in a row: too many means fp16 cannot train this model */
 } trainer_t;
+
+/* fp16 steps skipped in a row before the run stops: GradScaler would go on halving S for
+ * ever; 40 halvings take S from 65536 below 1e-7, where no gradient survives anyway. */
+enum { MAX_SKIPPED_IN_ROW = 40 };
 
 static nn_tensor_t flat(float *data, size_t count)
 {
@@ -120,10 +130,16 @@ static void trainer_init(trainer_t *t, const train_options_t *o)
     if (!t->be)
         die(EXIT_USAGE, "--device %s: %s", device, why);
     t->model = resnext_create(t->be, o->arch, N_SUBTYPES);
+    /* Weights, gradients and moments in the order the backend computes in: two weight
+     * reorders fewer per convolution and step (bench/README.md); checkpoints stay in
+     * PyTorch's order. */
+    resnext_set_native_weights(t->model, 1);
     nn_paramset_t *ps = &t->model->ps;
     nn_params_alloc_adam(ps);
-    if (!strcmp(o->precision, "bf16"))
-        resnext_set_precision(t->model, NN_PRECISION_BF16);
+    resnext_set_precision(t->model,
+                          nn_mixed_precision_setup(t->be, o->precision, "--precision"));
+    t->loss_scaling = !strcmp(o->precision, "fp16");
+    nn_lossscale_init(&t->scaler);
     t->adam = (nn_adam_t){o->lr, 0.9, 0.999, 1e-8, 0.0};
     t->micro = o->micro_batch;
 
@@ -161,7 +177,7 @@ static void forward_micro(trainer_t *t, const float *images, int n, int size, in
 {
     nn_backend_t *be = t->be;
     size_t floats = (size_t)n * IMG_CHANNELS * size * size;
-    be->to_device(be, t->input, images, floats * sizeof(float));
+    nn_upload_batch(be, t->input, images, floats * sizeof(float));
     nn_tensor_t x = {.data = t->input, .n = n, .c = IMG_CHANNELS, .h = size, .w = size};
     resnext_forward(t->model, &x, training);
 }
@@ -170,11 +186,13 @@ static void forward_micro(trainer_t *t, const float *images, int n, int size, in
  * One optimizer step over a batch of n images, of which this rank holds `mine` (all of them
  * without mpirun), in micro-batches: each micro-batch's loss gradient is scaled by its share
  * of the whole batch so that the gradients summed over micro-batches and ranks are those of
- * the batch mean; every rank then takes the same Adam step. Returns the batch's mean loss
- * (NaN or infinite when it went wrong on any rank).
+ * the batch mean; every rank then takes the same Adam step, Adam's step count being
+ * adam_step. Returns the batch's mean loss (NaN or infinite when it went wrong on any rank).
+ * *taken says whether the step was taken: in fp16 an overflow (in the gradients or already in
+ * the loss) skips it, as GradScaler does, and lowers the loss scale.
  */
 static double train_step(trainer_t *t, const float *images, const int8_t *const *labels,
-                         int mine, int n, int size, int64_t step)
+                         int mine, int n, int size, int64_t adam_step, int *taken)
 {
     nn_backend_t *be = t->be;
     nn_paramset_t *ps = &t->model->ps;
@@ -191,17 +209,19 @@ static double train_step(trainer_t *t, const float *images, const int8_t *const 
         for (int k = 0; k < m; k++)
             for (int j = 0; j < N_SUBTYPES; j++)
                 t->host_labels[k * N_SUBTYPES + j] = labels[start + k][j];
-        be->to_device(be, t->labels, t->host_labels, (size_t)m * N_SUBTYPES * sizeof(float));
+        nn_upload_batch(be, t->labels, t->host_labels, (size_t)m * N_SUBTYPES * sizeof(float));
         float *dlogits = t->model->dlogits.data;
         double share = (double)m / n;
         loss += share * be->bce_loss(be, t->model->logits.data, t->labels, m, dlogits);
 
-        /* Backward is linear in dlogits: scaling it scales this micro-batch's gradients. */
+        /* Backward is linear in dlogits: scaling it scales this micro-batch's gradients
+         * (by the loss scale too in fp16, undone before the step). */
+        double factor = share * (t->loss_scaling ? t->scaler.scale : 1.0);
         size_t dbytes = (size_t)m * N_SUBTYPES * sizeof(float);
         be->to_host(be, t->host_dlogits, dlogits, dbytes);
         for (int k = 0; k < m * N_SUBTYPES; k++)
-            t->host_dlogits[k] = (float)(t->host_dlogits[k] * share);
-        be->to_device(be, dlogits, t->host_dlogits, dbytes);
+            t->host_dlogits[k] = (float)(t->host_dlogits[k] * factor);
+        nn_upload_batch(be, dlogits, t->host_dlogits, dbytes);
         resnext_backward(t->model, dlogits);
         be->add(be, &grads, start == 0 ? &zeros : &accum, &accum);
     }
@@ -210,11 +230,31 @@ static double train_step(trainer_t *t, const float *images, const int8_t *const 
 
     dist_allreduce_backend(be, t->accum, ps->param_count);
     dist_allreduce_sum_f64(&loss, 1);
-    if (!isfinite(loss))
-        return loss;
+    *taken = 0;
 
-    be->adam_step(be, &t->adam, step, ps->params, t->accum, ps->adam_m, ps->adam_v,
+    /* After the sums over ranks, so that every rank takes the same decision. */
+    int overflow = 0;
+    if (t->loss_scaling && !isfinite(loss))
+        overflow = !nn_lossscale_update(&t->scaler, 1);
+    else if (!isfinite(loss))
+        return loss;
+    else if (t->loss_scaling)
+        overflow = !nn_lossscale_unscale(&t->scaler, be, t->accum, ps->param_count);
+    if (overflow) {
+        t->skipped_in_row++;
+        log_info("fp16 %s overflowed: step skipped, loss scale now %g",
+                 isfinite(loss) ? "gradients" : "loss", t->scaler.scale);
+        if (t->skipped_in_row >= MAX_SKIPPED_IN_ROW)
+            die(EXIT_INTERNAL, "fp16 overflowed %d steps in a row (loss scale now %g): "
+                "stopped; train this model in bf16 or fp32", t->skipped_in_row,
+                t->scaler.scale);
+        return loss;
+    }
+    t->skipped_in_row = 0;
+
+    be->adam_step(be, &t->adam, adam_step, ps->params, t->accum, ps->adam_m, ps->adam_v,
                   ps->param_count);
+    *taken = 1;
     return loss;
 }
 
@@ -330,8 +370,14 @@ typedef struct {
 static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t *meta,
                             const run_info_t *run, double val_loss)
 {
+    nn_ckpt_meta_t saved = *meta;
+    if (t->loss_scaling) {
+        saved.loss_scale = t->scaler.scale;
+        saved.loss_scale_clean_steps = t->scaler.clean_steps;
+        saved.skipped_steps = t->scaler.skipped_steps;
+    }
     char *tmp = tmp_path_for(path);
-    nn_ckpt_save(tmp, &t->model->ps, meta, 0);
+    nn_ckpt_save(tmp, &t->model->ps, &saved, 0);
     hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
     if (f < 0)
         die(EXIT_IO, "%s: cannot reopen the checkpoint to add attributes", tmp);
@@ -478,8 +524,9 @@ int main(int argc, char **argv)
         {0, "crop", OPT_CHOICE, &o.crop, "MODE", "black border crop", 1, 0,
          SLICELIST_CROP_CHOICES},
         {0, "precision", OPT_CHOICE, &o.precision, "P",
-         "convolution arithmetic (bf16: mixed, fp32 weights and sums; see common/nn/resnext.h)",
-         1, 0, "fp32|bf16"},
+         "convolution arithmetic (bf16, fp16: mixed, fp32 weights and sums; fp16 on cuda "
+         "only, with dynamic loss scaling; see common/nn/resnext.h, common/nn/lossscale.h)",
+         1, 0, NN_PRECISION_CHOICES},
         {0, "seed", OPT_INT64, &o.seed, "S", "seed of the shuffles and augmentations", 0, 9e15,
          NULL},
         {0, "device", OPT_STRING, &o.device, "NAME", "NN backend: cpu, cuda, cuda:N", 1, 0,
@@ -606,6 +653,14 @@ int main(int argc, char **argv)
         h5_attr_read_i64(f, "train_ranks", &ranks_before);
         h5_close(f);
         nn_ckpt_load_or_die(resume_from, ps, o.arch, NN_CKPT_ADAM, &meta);
+        if (meta.has_loss_scale && t.loss_scaling) {
+            t.scaler.scale = (float)meta.loss_scale;
+            t.scaler.clean_steps = (int)meta.loss_scale_clean_steps;
+            t.scaler.skipped_steps = meta.skipped_steps;
+        } else if (meta.has_loss_scale) {
+            /* Adam's step count goes on from the steps the fp16 run took. */
+            t.scaler.skipped_steps = meta.skipped_steps;
+        }
         meta.adam = t.adam;
         snprintf(meta.precision, sizeof meta.precision, "%s", o.precision);
         t.be->weights_changed(t.be);
@@ -692,9 +747,11 @@ int main(int argc, char **argv)
                 images = loader_wait(loader, &mine, &waited);
             for (int k = 0; k < mine; k++)
                 batch_labels[k] = d.labels + order[start + own.begin + (size_t)k] * N_SUBTYPES;
+            /* Adam counts the steps taken (fp16 skips some), as torch.optim.Adam does. */
+            int taken = 0;
             double loss = train_step(&t, images, batch_labels, mine, (int)n, o.size,
-                                     meta.step + 1);
-            if (!isfinite(loss))
+                                     meta.step + 1 - t.scaler.skipped_steps, &taken);
+            if (!isfinite(loss) && !t.loss_scaling)
                 die(EXIT_INTERNAL,
                     "loss is %g at step %lld (epoch %d): stopped; the checkpoints in %s "
                     "are those of the last good steps",
@@ -703,8 +760,10 @@ int main(int argc, char **argv)
             steps_this_run++;
             window_wait += waited;
             window_images += (int64_t)n;
-            window_loss += loss;
-            window_steps++;
+            if (isfinite(loss)) {
+                window_loss += loss;
+                window_steps++;
+            }
 
             if (meta.step % o.log_every == 0 || b == steps_per_epoch) {
                 double now = time_now(), span = now - window_start;
@@ -713,7 +772,8 @@ int main(int argc, char **argv)
                 log_info("step %lld/%lld epoch %d loss %.5f lr %.3g %.1f img/s data wait "
                          "%.2f s (%.0f%%) ETA %.0f s",
                          (long long)meta.step, (long long)total_steps, epoch + 1,
-                         window_loss / window_steps, o.lr, (double)window_images / span,
+                         window_steps ? window_loss / window_steps : NAN, o.lr,
+                         (double)window_images / span,
                          window_wait, 100.0 * window_wait / span, eta);
                 window_start = now;
                 window_wait = 0;

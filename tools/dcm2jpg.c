@@ -142,6 +142,9 @@ static int compare_strings(const void *a, const void *b)
 /* ---------------------------------------------------------------------------------------- */
 /* Input gathering                                                                           */
 
+/* A 0-byte file, whether named or found in a walk (where only *.dcm names make it an error). */
+#define EMPTY_FILE "empty file (0 bytes)"
+
 typedef struct {
     char *path;
     int walked;    /* found in a folder walk: non-DICOM files there are counted, not errors */
@@ -156,6 +159,8 @@ static int compare_inputs(const void *a, const void *b)
 typedef struct {
     input_t *items;
     size_t count, cap;
+    const char *out_dir; /* -o as given, for messages */
+    char *out_real;      /* -o as an absolute path without links, "." or ".." */
 } inputs_t;
 
 static void inputs_add(inputs_t *in, const char *path, int walked, const char *problem)
@@ -167,6 +172,96 @@ static void inputs_add(inputs_t *in, const char *path, int walked, const char *p
     in->items[in->count++] = (input_t){xstrdup(path), walked, problem ? xstrdup(problem) : NULL};
 }
 
+/* path + "/" + name, with no doubled slash after the root. */
+static char *append_component(char *path, const char *name)
+{
+    size_t len = strlen(path), extra = strlen(name);
+    int slash = !(len == 1 && path[0] == '/');
+    path = xrealloc(path, len + (size_t)slash + extra + 1);
+    if (slash)
+        path[len++] = '/';
+    memcpy(path + len, name, extra + 1);
+    return path;
+}
+
+/*
+ * The absolute path a folder has, or will have once made: its longest leading part that
+ * exists resolved by realpath (links, ".."), the rest appended with "." and ".." applied by
+ * name (folders that do not exist yet are no links).
+ */
+static char *resolve_future_path(const char *path)
+{
+    char *full;
+    if (path[0] == '/') {
+        full = xstrdup(path);
+    } else {
+        char *cwd = getcwd(NULL, 0);
+        if (cwd == NULL)
+            die(EXIT_IO, "cannot read the current folder: %s", strerror(errno));
+        full = path_join(cwd, path);
+        free(cwd);
+    }
+
+    size_t cut = strlen(full);
+    char *resolved;
+    for (;;) {
+        char saved = full[cut];
+        full[cut] = '\0';
+        resolved = realpath(cut ? full : "/", NULL);
+        full[cut] = saved;
+        if (resolved != NULL || cut == 0)
+            break;
+        do
+            cut--;
+        while (cut > 0 && full[cut] != '/');
+    }
+    if (resolved == NULL)
+        die(EXIT_IO, "%s: cannot resolve the path: %s", path, strerror(errno));
+
+    char *save = NULL;
+    for (char *name = strtok_r(full + cut, "/", &save); name; name = strtok_r(NULL, "/", &save)) {
+        if (strcmp(name, ".") == 0)
+            continue;
+        if (strcmp(name, "..") == 0) {
+            char *last = strrchr(resolved, '/');
+            last[last == resolved] = '\0';
+            continue;
+        }
+        resolved = append_component(resolved, name);
+    }
+    free(full);
+    return resolved;
+}
+
+/*
+ * An output folder that is an input folder, or one the walk of an input folder reaches (not
+ * below a hidden folder, which walks skip), would have its images and meta.h5 read back as
+ * inputs on the next run: a usage error, before anything is read or written.
+ */
+static void refuse_output_in_input(const inputs_t *in, const char *folder)
+{
+    char *folder_real = realpath(folder, NULL);
+    if (folder_real == NULL)
+        return; /* the walk reports it */
+    size_t len = strlen(folder_real);
+    const char *below = NULL;
+    if (strcmp(folder_real, "/") == 0)
+        below = in->out_real;
+    else if (strncmp(in->out_real, folder_real, len) == 0 &&
+             (in->out_real[len] == '/' || in->out_real[len] == '\0'))
+        below = in->out_real + len;
+    free(folder_real);
+    if (below == NULL || strstr(below, "/.") != NULL)
+        return;
+    if (below[0] == '\0')
+        die(EXIT_USAGE, "-o %s is the input folder %s: its images and meta.h5 would be read "
+            "as inputs on the next run; give an output folder outside the inputs", in->out_dir,
+            folder);
+    die(EXIT_USAGE, "-o %s is inside the input folder %s, which is walked for DICOM files: "
+        "its images and meta.h5 would be read as inputs on the next run; give an output "
+        "folder outside the inputs", in->out_dir, folder);
+}
+
 /*
  * A folder is walked: what it holds that cannot be read becomes an error row. A file named
  * explicitly (on the command line or in a list), or a folder that cannot be read at all, must
@@ -175,6 +270,7 @@ static void inputs_add(inputs_t *in, const char *path, int walked, const char *p
 static void add_input(inputs_t *in, const char *path)
 {
     if (path_is_dir(path)) {
+        refuse_output_in_input(in, path);
         strlist_t found = {0}, problem_paths = {0}, problem_reasons = {0};
         walk_files_report(path, &found, &problem_paths, &problem_reasons);
         size_t first = in->count;
@@ -204,6 +300,9 @@ static void add_input(inputs_t *in, const char *path)
     if (f == NULL)
         die(EXIT_BAD_INPUT, "%s: cannot read: %s", path, strerror(errno));
     fclose(f);
+    /* The same words as for an empty *.dcm found in a folder walk. */
+    if (stat(path, &st) == 0 && st.st_size == 0)
+        die(EXIT_BAD_INPUT, "%s: %s", path, EMPTY_FILE);
     if (!dicom_sniff(path))
         die(EXIT_BAD_INPUT, "%s: not a DICOM file (no DICM marker, no DICOM element at start)",
             path);
@@ -378,7 +477,7 @@ static void not_dicom(slice_t *s, const char *reason)
     struct stat st;
     long long bytes = stat(s->path, &st) == 0 ? (long long)st.st_size : -1;
     if (bytes == 0)
-        set_message(s, SLICE_ERROR, "empty file (0 bytes) named like a DICOM file");
+        set_message(s, SLICE_ERROR, "%s", EMPTY_FILE);
     else
         set_message(s, SLICE_ERROR, "named like a DICOM file, but %s (%lld bytes; truncated?)",
                     reason, bytes);
@@ -1185,6 +1284,7 @@ static const char *const DETAILS =
     "is written (exit 3). In a folder walk, files that are not DICOM are counted and ignored,\n"
     "except those named *.dcm or *.dicom (empty or cut files): those are errors, as are\n"
     "unreadable subfolders and broken links. A file reached twice is converted once.\n"
+    "OUTDIR must lie outside every input folder (a hidden folder inside one is not walked).\n"
     "\n"
     "Output: OUTDIR/<SOPInstanceUID>.jpg (.ppm with --format ppm) per slice: channel 0\n"
     "brain (40/80), 1 subdural (80/200), 2 bone (40/380), each clipped, minus its minimum\n"
@@ -1206,7 +1306,8 @@ static const char *const DETAILS =
     "JPEG 2000), two files with the same SOPInstanceUID (both rejected).";
 
 static const char *const EXIT_CODES =
-    "  dcm2jpg: 3 also when no slice could be converted (meta.h5 is then not written);\n"
+    "  dcm2jpg: 2 also when OUTDIR is an input folder or inside one (a walk would read it);\n"
+    "           3 also when no slice could be converted (meta.h5 is then not written);\n"
     "           4 when some inputs failed (listed in meta.h5 with status 'error').\n";
 
 int main(int argc, char **argv)
@@ -1261,7 +1362,7 @@ int main(int argc, char **argv)
     }
     double start = time_now();
 
-    inputs_t in = {0};
+    inputs_t in = {.out_dir = opt.out_dir, .out_real = resolve_future_path(opt.out_dir)};
     if (opt.list_file)
         add_list_file(&in, opt.list_file);
     for (int i = 0; i < npos; i++) {
@@ -1417,6 +1518,7 @@ int main(int argc, char **argv)
         free(in.items[i].problem);
     }
     free(in.items);
+    free(in.out_real);
     pthread_mutex_destroy(&run.record_lock);
     close(lock_fd);
     return code;

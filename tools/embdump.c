@@ -18,6 +18,7 @@
 #include "loader.h"
 #include "log.h"
 #include "nn/checkpoint.h"
+#include "nn/mixed.h"
 #include "nn/nn.h"
 #include "nn/resnext.h"
 #include "opt.h"
@@ -269,8 +270,8 @@ static void embedder_init(embedder_t *e, const embdump_options_t *o, const char 
     nn_ckpt_load_or_die(ckpt_path, &e->model->ps, model_name, 0, NULL);
     /* Inference only: keep the weights in the backend's own layout (measured 10% faster). */
     resnext_set_weight_cache(e->model, RESNEXT_WEIGHT_CACHE_ON);
-    if (!strcmp(o->precision, "bf16"))
-        resnext_set_precision(e->model, NN_PRECISION_BF16);
+    resnext_set_precision(e->model,
+                          nn_mixed_precision_setup(e->be, o->precision, "--precision"));
     e->be->weights_changed(e->be);
 
     size_t image = (size_t)IMG_CHANNELS * size * size;
@@ -324,7 +325,8 @@ static void embed_variant(embedder_t *e, const float *images, int n, img_tta_t v
         make_variant(images, n, e->size, variant, e->variant);
         source = e->variant;
     }
-    be->to_device(be, e->input, source, floats * sizeof(float));
+    /* Not to_device: images are data, and the weights' converted copies stay valid. */
+    nn_upload_batch(be, e->input, source, floats * sizeof(float));
     nn_tensor_t x = {.data = e->input, .n = n, .c = IMG_CHANNELS, .h = e->size, .w = e->size};
     resnext_forward(e->model, &x, 0);
     be->to_host(be, e->host_embed, e->model->embedding.data,
@@ -570,8 +572,9 @@ int main(int argc, char **argv)
         {0, "device", OPT_STRING, &o.device, "NAME", "NN backend: cpu, cuda, cuda:N", 1, 0,
          NULL},
         {0, "precision", OPT_CHOICE, &o.precision, "P",
-         "convolution arithmetic (bf16: bf16 products, fp32 sums; see common/nn/resnext.h)", 1,
-         0, "fp32|bf16"},
+         "convolution arithmetic (bf16, fp16: 16-bit products, fp32 sums; fp16 on cuda only; "
+         "see common/nn/resnext.h)",
+         1, 0, NN_PRECISION_CHOICES},
         {'j', "threads", OPT_INT, &o.threads, "N", "image loader threads", 1, 256, NULL},
         {0},
     };

@@ -565,6 +565,7 @@ static double score(const float *prob, const int8_t *labels, size_t n)
 
 typedef struct {
     const options_t *o;
+    const char *precision; /* in effect: "fp32", or "bf16" where the CPU has AVX512-BF16 */
     const char *seq_path, *folds_path;
     char *emb_list; /* the EMB files, comma-separated */
     const dataset_t *d;
@@ -576,6 +577,7 @@ static void attr_inputs(hid_t f, const run_t *run)
     h5_attr_str(f, "sequences_file", run->seq_path);
     h5_attr_str(f, "folds_file", run->folds_path);
     h5_attr_i64(f, "fold", run->o->fold);
+    h5_attr_str(f, "precision", run->precision);
 }
 
 static char *epoch_file(const char *dir, const char *prefix, int epoch)
@@ -979,8 +981,9 @@ int main(int argc, char **argv)
          9e15, NULL},
         {0, "pad-like-original", OPT_FLAG, &o.pad_like_original, NULL,
          "run the front padding through the LSTMs as the original did", 1, 0, NULL},
-        {0, "precision", OPT_CHOICE, &o.precision, "P", "arithmetic (bf16: not yet)", 1, 0,
-         "fp32|bf16"},
+        {0, "precision", OPT_CHOICE, &o.precision, "P",
+         "arithmetic; bf16: the model's matrix products on bf16 operands with fp32 sums, "
+         "weights and Adam fp32 (fp32 on a CPU without AVX512-BF16)", 1, 0, "fp32|bf16"},
         {0, "device", OPT_STRING, &o.device, "NAME", "NN backend", 1, 0, NULL},
         {'j', "threads", OPT_INT, &o.threads, "N",
          "compute threads (0: OMP_NUM_THREADS, else every core)", 0, 1024, NULL},
@@ -1021,8 +1024,7 @@ int main(int argc, char **argv)
             "seconds (default 1800), exit 1.",
         .exit_codes =
             "  2  also: --hidden larger than the embedding width, a --device that cannot\n"
-            "     be created (another one that can is replaced by cpu, with a warning),\n"
-            "     --precision bf16 (not implemented)\n",
+            "     be created (another one that can is replaced by cpu, with a warning)\n",
         .options = options,
         .min_positional = 3,
         .max_positional = -1,
@@ -1034,9 +1036,6 @@ int main(int argc, char **argv)
     if (!o.out_dir)
         die(EXIT_USAGE, "-o OUTDIR is required");
     refuse_inputs_in_out_dir(o.out_dir, pos, n_pos);
-    if (strcmp(o.precision, "fp32") != 0)
-        die(EXIT_USAGE, "--precision %s: the sequence model computes in fp32 only so far",
-            o.precision);
     set_threads(o.threads);
     char why[512];
     nn_backend_t *be = nn_backend_open(dist_device_for_rank(o.device), why, sizeof why);
@@ -1077,6 +1076,10 @@ int main(int argc, char **argv)
         die(EXIT_USAGE, "--hidden %d with embeddings %d wide (%s): %s", o.hidden, d.emb.width,
             pos[2], err);
     nn_params_alloc_adam(&m->ps);
+    int bf16 = strcmp(o.precision, "bf16") == 0;
+    bf16 = seqmodel_set_precision(m, bf16 ? NN_PRECISION_BF16 : NN_PRECISION_FP32) ==
+           NN_PRECISION_BF16;
+    run.precision = bf16 ? "bf16" : "fp32";
 
     nn_ckpt_meta_t meta;
     nn_ckpt_meta_init(&meta, MODEL_NAME);
@@ -1085,6 +1088,7 @@ int main(int argc, char **argv)
     nn_ckpt_meta_set_arch(&meta, "hidden", 1, &arch[1]);
     nn_ckpt_meta_set_arch(&meta, "pad_like_original", 1, &arch[2]);
     meta.adam.lr = o.lr;
+    snprintf(meta.precision, sizeof meta.precision, "%s", run.precision);
     nn_rng_seed(&meta.rng, (uint64_t)o.seed);
     seqmodel_init_default(m, &meta.rng);
 
@@ -1101,6 +1105,10 @@ int main(int argc, char **argv)
         nn_ckpt_load_or_die(resume_from, &m->ps, MODEL_NAME, NN_CKPT_ADAM, &meta);
         seqmodel_weights_changed(m);
         meta.adam.lr = o.lr;
+        /* The checkpoint holds fp32 master weights: a run may go on in another precision. */
+        if (strcmp(meta.precision, run.precision) != 0)
+            log_info("resuming a %s run in %s", meta.precision, run.precision);
+        snprintf(meta.precision, sizeof meta.precision, "%s", run.precision);
         log_info("resuming from %s (epoch %lld, step %lld)", resume_from, (long long)meta.epoch,
                  (long long)meta.step);
         hid_t f = h5_open_read(resume_from);

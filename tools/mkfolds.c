@@ -101,6 +101,38 @@ static void assign_original(patient_t *patients, size_t np, int k)
         patients[p].fold = (int)(patients[p].first % (size_t)k);
 }
 
+/*
+ * The original rule can leave a fold without patients even when K does not exceed them
+ * (patients whose first slices lie a multiple of K positions apart share a fold). The rule
+ * must stay as it is, so such a split is refused: an empty validation fold would only fail
+ * later in the pipeline.
+ */
+static void require_no_empty_fold(const patient_t *patients, size_t np, int k,
+                                  const char *method, const char *labels_path,
+                                  const char *meta_path)
+{
+    size_t per_fold[MAX_FOLDS] = {0};
+    for (size_t p = 0; p < np; p++)
+        per_fold[patients[p].fold]++;
+    int empty = -1, empty_count = 0;
+    char counts[MAX_FOLDS * 8] = "";
+    size_t used = 0;
+    for (int f = 0; f < k; f++) {
+        if (!per_fold[f] && empty_count++ == 0)
+            empty = f;
+        if (used < sizeof counts)
+            used += (size_t)snprintf(counts + used, sizeof counts - used, "%s%zu",
+                                     f ? " " : "", per_fold[f]);
+    }
+    if (empty < 0)
+        return;
+    die(EXIT_BAD_INPUT, "-k %d --method %s: %d of the %d folds would be empty (first: fold %d) "
+        "for the %zu labelled patients of %s and %s (patients per fold: %s): the rule puts "
+        "a patient in the fold of its first slice's position in ID order modulo %d; give a "
+        "smaller -k or --method stratified", k, method, empty_count, k, empty, np,
+        labels_path, meta_path, counts, k);
+}
+
 static uint64_t splitmix64(uint64_t *state)
 {
     uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
@@ -406,9 +438,10 @@ int main(int argc, char **argv)
             "each without to the fold with the fewest slices.\n"
             "Useless inputs stop the run (exit 3): a labels CSV without rows, a META.h5\n"
             "without usable rows, labels that match none of its slices, fewer labelled\n"
-            "patients than K (or than 2), a labelled slice without PatientID. Labelled\n"
-            "slices lacking some of the six subtype rows are kept (-1 there), with a\n"
-            "warning.\n"
+            "patients than K (or than 2), a fold left without patients (the original\n"
+            "rule can leave one: a smaller K or the stratified method then helps), a\n"
+            "labelled slice without PatientID. Labelled slices lacking some of the six\n"
+            "subtype rows are kept (-1 there), with a warning.\n"
             "Layout of the output: data-layout.md.",
         .exit_codes =
             "  mkfolds: 2 also when -o names one of the inputs (it would be overwritten);\n"
@@ -486,6 +519,7 @@ int main(int argc, char **argv)
         assign_stratified(patients, np, o.folds, (uint64_t)o.seed);
     else
         assign_original(patients, np, o.folds);
+    require_no_empty_fold(patients, np, o.folds, o.method, labels_path, meta_path);
     for (size_t i = 0; i < n; i++) {
         if (!slices[i].labels)
             continue;

@@ -11,7 +11,9 @@
  * weights of inference primitives with nn_conv_t.cache_weights: those keep their reordered
  * copy until the weights generation changes (adam_step, to_device, weights_changed).
  * Training changes the weights every step, so its primitives reorder once per call (= once
- * per step) into the arena and hold no second copy of the weights.
+ * per step) into the arena and hold no second copy of the weights; unless the model keeps a
+ * conv's weights in the order the forward and weight-gradient kernels use
+ * (conv_set_native_weights): then only the backward data reorders them.
  *
  * Threads: oneDNN uses OpenMP here; OMP_NUM_THREADS sets the count. The plain loops here
  * (Adam) split their range over as many threads with the same arithmetic per element, so
@@ -75,6 +77,7 @@ enum {
     CALL_LINEAR_BWD_DATA,
     CALL_LINEAR_BWD_WEIGHTS,
     CALL_ADD,
+    CALL_NATIVE_WEIGHTS, /* a marker, not a primitive (conv_is_native) */
 };
 
 typedef struct prepared {
@@ -248,16 +251,46 @@ static int layout_bits(const nn_tensor_t *a, const nn_tensor_t *b, const nn_tens
     return (a && is_blocked(a)) | (b && is_blocked(b)) << 1 | (c && is_blocked(c)) << 2;
 }
 
-/* Conv weights: oihw, or goihw ([g][out/g][in/g][k][k], same bytes as PyTorch's) if grouped. */
-static dnnl_memory_desc_t md_conv_weights(const nn_conv_t *op, int any, dnnl_data_type_t dt)
+/*
+ * The order the fp32 forward and weight-gradient primitives of oneDNN 2.6 (AVX-512) take a
+ * conv's weights in (DNNL_VERBOSE on ResNeXt's shapes): 1x1 OIhw16i16o, grouped 3x3
+ * gOIhw16i16o (8i8o with 8 channels per group). Only the backward data then reorders them.
+ * undef where no such order is fixed (stem, odd channel counts).
+ */
+static dnnl_format_tag_t native_weights_tag(const nn_conv_t *op)
+{
+    int per_in = op->in_ch / op->groups, per_out = op->out_ch / op->groups;
+    if (op->groups == 1 && op->kernel == 1 && per_in % 16 == 0 && per_out % 16 == 0)
+        return dnnl_OIhw16i16o;
+    if (op->groups > 1 && per_in % 16 == 0 && per_out % 16 == 0)
+        return dnnl_gOIhw16i16o;
+    if (op->groups > 1 && per_in == 8 && per_out == 8)
+        return dnnl_gOIhw8i8o;
+    return dnnl_format_tag_undef;
+}
+
+/* How a conv's weights are laid out: left to oneDNN, PyTorch's, or native_weights_tag. */
+enum { WEIGHTS_ANY, WEIGHTS_PLAIN, WEIGHTS_NATIVE };
+
+/* Conv weights: oihw, or goihw ([g][out/g][in/g][k][k], same bytes as PyTorch's) if grouped;
+ * or any, or native. */
+static dnnl_memory_desc_t md_conv_weights(const nn_conv_t *op, int order, dnnl_data_type_t dt)
 {
     int g = op->groups, k = op->kernel;
+    dnnl_format_tag_t tag = order == WEIGHTS_ANY ? dnnl_format_tag_any
+                            : g == 1             ? dnnl_oihw
+                                                 : dnnl_goihw;
+    if (order == WEIGHTS_NATIVE)
+        tag = native_weights_tag(op);
+    if (tag == dnnl_format_tag_undef)
+        die(EXIT_INTERNAL, "conv %d -> %d (groups %d) has no native weight order", op->in_ch,
+            op->out_ch, g);
     if (g == 1) {
         dnnl_dims_t dims = {op->out_ch, op->in_ch, k, k};
-        return md_typed(4, dims, dt, any ? dnnl_format_tag_any : dnnl_oihw);
+        return md_typed(4, dims, dt, tag);
     }
     dnnl_dims_t dims = {g, op->out_ch / g, op->in_ch / g, k, k};
-    return md_typed(5, dims, dt, any ? dnnl_format_tag_any : dnnl_goihw);
+    return md_typed(5, dims, dt, tag);
 }
 
 /* ---- prepared primitives ----------------------------------------------------------------- */
@@ -497,12 +530,34 @@ static void cpu_release_plan(nn_backend_t *be, void **plan)
         if (p->workspace)
             dnnl_memory_destroy(p->workspace);
         free(p->aux);
-        dnnl_primitive_destroy(p->prim);
-        dnnl_primitive_desc_destroy(p->pd);
+        if (p->prim) { /* not for a marker */
+            dnnl_primitive_destroy(p->prim);
+            dnnl_primitive_desc_destroy(p->pd);
+        }
         free(p);
         p = next;
     }
     *plan = NULL;
+}
+
+/* One reorder with a primitive made for it (conversions outside the training loop). */
+static void reorder_once(cpu_backend_t *cpu, const dnnl_memory_desc_t *from_md,
+                         const void *src, const dnnl_memory_desc_t *to_md, void *dst)
+{
+    dnnl_memory_t from, to;
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_t reorder;
+    DNNL_CHECK(dnnl_memory_create(&from, from_md, cpu->engine, (void *)src));
+    DNNL_CHECK(dnnl_memory_create(&to, to_md, cpu->engine, dst));
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from_md, cpu->engine, to_md,
+                                                  cpu->engine, NULL));
+    DNNL_CHECK(dnnl_primitive_create(&reorder, pd));
+    run_reorder(cpu, reorder, from, to);
+    DNNL_CHECK(dnnl_stream_wait(cpu->stream));
+    dnnl_primitive_destroy(reorder);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_memory_destroy(from);
+    dnnl_memory_destroy(to);
 }
 
 /* A tensor in any layout copied into plain NCHW order. */
@@ -516,23 +571,53 @@ static void cpu_to_plain(nn_backend_t *be, const nn_tensor_t *src, float *dst)
     nn_tensor_t plain = *src;
     plain.layout = NN_LAYOUT_NCHW;
     dnnl_memory_desc_t from_md = md_of(src), to_md = md_of(&plain);
-    dnnl_memory_t from, to;
-    dnnl_primitive_desc_t pd;
-    dnnl_primitive_t reorder;
-    DNNL_CHECK(dnnl_memory_create(&from, &from_md, cpu->engine, src->data));
-    DNNL_CHECK(dnnl_memory_create(&to, &to_md, cpu->engine, dst));
-    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, &from_md, cpu->engine, &to_md,
-                                                  cpu->engine, NULL));
-    DNNL_CHECK(dnnl_primitive_create(&reorder, pd));
-    run_reorder(cpu, reorder, from, to);
-    DNNL_CHECK(dnnl_stream_wait(cpu->stream));
-    dnnl_primitive_destroy(reorder);
-    dnnl_primitive_desc_destroy(pd);
-    dnnl_memory_destroy(from);
-    dnnl_memory_destroy(to);
+    reorder_once(cpu, &from_md, src->data, &to_md, dst);
 }
 
 /* ---- convolution --------------------------------------------------------------------------- */
+
+/*
+ * A conv whose weights are in native order says so by a marker entry in its plan (ops have
+ * no field for it); plan_find never matches the marker, and release_plan removes it.
+ */
+static int conv_is_native(const nn_conv_t *op)
+{
+    for (const prepared_t *p = op->plan; p; p = p->next)
+        if (p->call == CALL_NATIVE_WEIGHTS)
+            return 1;
+    return 0;
+}
+
+/* The weights as the caller holds them (fp32 whatever the precision). */
+static dnnl_memory_desc_t user_weights_md(const nn_conv_t *op)
+{
+    return md_conv_weights(op, conv_is_native(op) ? WEIGHTS_NATIVE : WEIGHTS_PLAIN, dnnl_f32);
+}
+
+static int cpu_conv_set_native_weights(nn_backend_t *be, nn_conv_t *op, int on)
+{
+    if (native_weights_tag(op) == dnnl_format_tag_undef)
+        return 0;
+    cpu_release_plan(be, &op->plan); /* its primitives take the other order */
+    if (on) {
+        prepared_t *marker = xcalloc(1, sizeof(*marker));
+        marker->call = CALL_NATIVE_WEIGHTS;
+        op->plan = marker;
+    }
+    return 1;
+}
+
+static void cpu_conv_weights_convert(nn_backend_t *be, const nn_conv_t *op, const float *src,
+                                     float *dst, int to_native)
+{
+    cpu_backend_t *cpu = cpu_of(be);
+    dnnl_memory_desc_t plain_md = md_conv_weights(op, WEIGHTS_PLAIN, dnnl_f32);
+    dnnl_memory_desc_t native_md = md_conv_weights(op, WEIGHTS_NATIVE, dnnl_f32);
+    if (to_native)
+        reorder_once(cpu, &plain_md, src, &native_md, dst);
+    else
+        reorder_once(cpu, &native_md, src, &plain_md, dst);
+}
 
 static int out_size(int in, int kernel, int stride, int pad)
 {
@@ -568,7 +653,7 @@ static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_t
                          (ow - 1) * op->stride + op->kernel - x->w - op->pad};
     dnnl_memory_desc_t src = md_any4(x->n, op->in_ch, x->h, x->w, dt);
     dnnl_memory_desc_t dst = md_any4(x->n, op->out_ch, oh, ow, dnnl_f32);
-    dnnl_memory_desc_t wei = md_conv_weights(op, 1, dt);
+    dnnl_memory_desc_t wei = md_conv_weights(op, WEIGHTS_ANY, dt);
     dnnl_convolution_desc_t d;
     DNNL_CHECK(dnnl_convolution_forward_desc_init(&d, prop, dnnl_convolution_direct, &src, &wei,
                                                   NULL, &dst, strides, pad_l, pad_r));
@@ -593,7 +678,7 @@ static prepared_t *conv_forward_prepared(cpu_backend_t *cpu, nn_conv_t *op, cons
     dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_training, conv_dt(op));
     p = plan_add(cpu, &op->plan, CALL_CONV_FWD, x, key, &d, NULL);
     bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
-    bind(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 0);
+    bind(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0);
     bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
     return p;
 }
@@ -640,7 +725,7 @@ static void cpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_ten
             f.padding[0], f.padding[1]));
         p = plan_add(cpu, &op->plan, CALL_CONV_BWD_DATA, &x, key, &d, fwd->pd);
         bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
-        bind(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 0);
+        bind(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0);
         bind(cpu, p, DNNL_ARG_DIFF_SRC, md_of(dx), 1);
     }
     void *ptrs[] = {dy->data, (void *)w, dx->data};
@@ -661,7 +746,7 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
         dnnl_data_type_t dt = conv_dt(op);
         dnnl_convolution_desc_t f = conv_desc_forward(op, x, dnnl_forward_training, dt);
         dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
-        dnnl_memory_desc_t diff_w = md_conv_weights(op, 1, dnnl_f32);
+        dnnl_memory_desc_t diff_w = md_conv_weights(op, WEIGHTS_ANY, dnnl_f32);
         dnnl_convolution_desc_t d;
         DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
             &d, dnnl_convolution_direct, &f.src_desc, &diff_w, NULL, &diff_dst, f.strides,
@@ -669,7 +754,7 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
         p = plan_add(cpu, &op->plan, CALL_CONV_BWD_WEIGHTS, x, key, &d, fwd->pd);
         bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
         bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
-        bind(cpu, p, DNNL_ARG_DIFF_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 1);
+        bind(cpu, p, DNNL_ARG_DIFF_WEIGHTS, user_weights_md(op), 1);
     }
     void *ptrs[] = {x->data, dy->data, dw};
     run(cpu, p, ptrs, NULL);
@@ -722,7 +807,7 @@ static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_
 
         /* The post-op arguments must be in the primitive's own output layout. */
         bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
-        bind_arg(cpu, p, DNNL_ARG_WEIGHTS, md_conv_weights(op, 0, dnnl_f32), 0,
+        bind_arg(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0,
                  op->cache_weights);
         bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, vec, 0);
         bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, vec, 0);
@@ -1300,6 +1385,8 @@ nn_backend_t *nn_backend_cpu_create(void)
     be->bce_loss = cpu_bce_loss;
     be->adam_step = cpu_adam_step;
     be->destroy = cpu_destroy;
+    be->conv_set_native_weights = cpu_conv_set_native_weights;
+    be->conv_weights_convert = cpu_conv_weights_convert;
     return be;
 }
 

@@ -14,8 +14,20 @@
  * cudnn.benchmark) are kept by the backend per convolution shape, shared by alike layers.
  * One workspace serves every op, grown on demand. NN_PRECISION_FP32 forbids tensor-core math
  * (TF32) so that results match the CPU backend (a shape without such an algorithm falls back
- * to TF32, with a warning); NN_PRECISION_BF16 lets cuDNN use TF32 tensor cores (bf16 storage
- * in NHWC is not done yet).
+ * to TF32, with a warning).
+ *
+ * Mixed precision (NN_PRECISION_BF16, or NN_PRECISION_FP16, or BF16 after set_mixed_format
+ * chose fp16): cuDNN convolves 16-bit NHWC tensors on tensor cores with fp32 sums. The
+ * activations between layers stay fp32 NCHW: each convolution converts its inputs into
+ * 16-bit NHWC scratch and its output back (math_cuda.h's rounding, checked on the host), and
+ * keeps its weights' 16-bit copy while the weights generation lasts (cache_weights). The
+ * caller's weights and weight gradients stay fp32 (the gradient is computed in 16 bits and
+ * widened), as do batch norm and Adam. A 16-bit activation path (no conversions) is not done.
+ * A 16-bit convolution cuDNN offers no algorithm for computes in fp32, with a warning.
+ *
+ * Batches in: to_device_async stages host data in pinned memory and copies it on a second
+ * stream, so that the caller's thread (and the JPEG loader behind it) does not wait for the
+ * GPU. scale_check_finite is loss scaling's unscale and overflow check (nn/lossscale.h).
  *
  * Batch norm is own kernels with double sums (the reference loops of host_ops.c, in
  * parallel): partial sums per (channel, slice of the batch) then one pass per channel, so the
@@ -125,6 +137,8 @@ static void debug_sync(const char *what, const char *file, int line)
 
 /* ---- the backend's state --------------------------------------------------------------- */
 
+#define MAX_ALGOS 16 /* results asked of cuDNN's algorithm searches */
+
 /* The algorithms measured for one convolution shape, by direction. */
 struct conv_algos {
     int have_fwd, have_bwd_data, have_bwd_filter;
@@ -148,7 +162,23 @@ typedef struct {
      * alike blocks of ResNeXt-101's third stage measure once). */
     std::unordered_map<std::string, struct conv_algos> *algos;
     size_t in_use, peak;
-    uint64_t generation; /* of the weights (no derived copies are kept yet) */
+    uint64_t generation; /* of the weights: half copies are kept while it stays the same */
+
+    /* Mixed precision: what NN_PRECISION_BF16 convolutions compute in (set_mixed_format),
+     * and the 16-bit NHWC copies of a convolution's input, output and weights (or weight
+     * gradient), grown on demand. */
+    int mixed_format;
+    uint16_t *half_buf[3];
+    size_t half_count[3];
+    int *nonfinite; /* device: set by scale_check_kernel */
+
+    /* Batches on their way in (to_device_async): pinned staging slots used in turn, each
+     * with the event of its last copy, on a copy stream of its own. */
+    cudaStream_t copy_stream;
+    cudaEvent_t compute_mark, copy_done[2];
+    void *staging[2];
+    size_t staging_bytes[2];
+    int staging_used[2], staging_next;
 } cuda_backend_t;
 
 static cuda_backend_t *cuda_of(nn_backend_t *be)
@@ -280,7 +310,8 @@ enum { PLAN_CONV = 1, PLAN_POOL, PLAN_BN_RELU };
 
 /* One convolution shape: descriptors and the algorithms chosen for it. */
 typedef struct conv_entry {
-    int n, c, h, w, precision;
+    int n, c, h, w;
+    int asked, precision; /* asked for; computed in (fp32 where cuDNN lacks the 16-bit one) */
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
     cudnnConvolutionDescriptor_t conv_desc;
@@ -288,9 +319,18 @@ typedef struct conv_entry {
     struct conv_entry *next;
 } conv_entry_t;
 
+static void conv_undescribe(conv_entry_t *e);
+
 typedef struct {
     int kind; /* PLAN_CONV */
     conv_entry_t *entries;
+    /* The weights' 16-bit NHWC copy (cache_weights): from which pointer, weights
+     * generation and format it was made. */
+    uint16_t *w_half;
+    size_t w_count;
+    const float *w_from;
+    uint64_t w_generation;
+    int w_format;
 } conv_plan_t;
 
 /* Max pooling keeps the position of each output's maximum for the backward. */
@@ -309,12 +349,10 @@ static void gpu_release_plan(nn_backend_t *be, void **plan)
         conv_plan_t *cp = (conv_plan_t *)*plan;
         for (conv_entry_t *e = cp->entries, *next; e; e = next) {
             next = e->next;
-            cudnnDestroyTensorDescriptor(e->x_desc);
-            cudnnDestroyTensorDescriptor(e->y_desc);
-            cudnnDestroyFilterDescriptor(e->w_desc);
-            cudnnDestroyConvolutionDescriptor(e->conv_desc);
+            conv_undescribe(e);
             free(e);
         }
+        device_free(cuda_of(be), cp->w_half);
     } else if (kind == PLAN_POOL) {
         device_free(cuda_of(be), ((pool_plan_t *)*plan)->argmax);
     }
@@ -329,21 +367,132 @@ static int out_size(int in, int kernel, int stride, int pad)
     return (in + 2 * pad - kernel) / stride + 1;
 }
 
-static cudnnTensorDescriptor_t tensor_desc(int n, int c, int h, int w)
+static int is_half(int precision)
+{
+    return precision == NN_PRECISION_BF16 || precision == NN_PRECISION_FP16;
+}
+
+/* What a convolution computes in: its precision, with the backend's mixed format for bf16. */
+static int conv_precision(const cuda_backend_t *gpu, const nn_conv_t *op)
+{
+    return op->precision == NN_PRECISION_BF16 ? gpu->mixed_format : op->precision;
+}
+
+/* fp32 tensors are NCHW (as the callers keep them); 16-bit copies NHWC for tensor cores. */
+static cudnnDataType_t data_type(int precision)
+{
+    if (precision == NN_PRECISION_FP16)
+        return CUDNN_DATA_HALF;
+    return precision == NN_PRECISION_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+}
+
+static cudnnTensorFormat_t data_format(int precision)
+{
+    return is_half(precision) ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+}
+
+static cudnnTensorDescriptor_t tensor_desc(int n, int c, int h, int w, int precision)
 {
     cudnnTensorDescriptor_t d;
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&d));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, c, h, w));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(d, data_format(precision), data_type(precision), n,
+                                           c, h, w));
     return d;
 }
 
-/* fp32 parity with the CPU forbids TF32; mixed precision allows tensor cores. */
+/* fp32 parity with the CPU forbids TF32; 16-bit data runs on tensor cores, sums in fp32. */
 static cudnnMathType_t base_math(int precision)
 {
-    return precision == NN_PRECISION_FP32 ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+    return is_half(precision) ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
 }
 
 /* The entry for x's shape (n, c, h, w of the convolution's input), made on first use. */
+/* The entry's descriptors for computing in `precision`. */
+static void conv_describe(conv_entry_t *e, const nn_conv_t *op, int precision)
+{
+    int n = e->n, c = e->c, h = e->h, w = e->w;
+    e->precision = precision;
+    e->x_desc = tensor_desc(n, c, h, w, precision);
+    e->y_desc = tensor_desc(n, op->out_ch, out_size(h, op->kernel, op->stride, op->pad),
+                            out_size(w, op->kernel, op->stride, op->pad), precision);
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&e->w_desc));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(e->w_desc, data_type(precision),
+                                           data_format(precision), op->out_ch,
+                                           op->in_ch / op->groups, op->kernel, op->kernel));
+    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&e->conv_desc));
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(e->conv_desc, op->pad, op->pad, op->stride,
+                                                op->stride, 1, 1, CUDNN_CROSS_CORRELATION,
+                                                CUDNN_DATA_FLOAT));
+    CUDNN_CHECK(cudnnSetConvolutionGroupCount(e->conv_desc, op->groups));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, base_math(precision)));
+}
+
+static void conv_undescribe(conv_entry_t *e)
+{
+    cudnnDestroyTensorDescriptor(e->x_desc);
+    cudnnDestroyTensorDescriptor(e->y_desc);
+    cudnnDestroyFilterDescriptor(e->w_desc);
+    cudnnDestroyConvolutionDescriptor(e->conv_desc);
+}
+
+/* Whether cuDNN's heuristics offer an algorithm for each direction (any that the status
+ * says is supported; the fastest is measured later). */
+static int conv_supported(cuda_backend_t *gpu, const conv_entry_t *e)
+{
+    int count = 0, fwd_ok = 0, data_ok = 0, filter_ok = 0;
+    cudnnConvolutionFwdAlgoPerf_t fwd[MAX_ALGOS];
+    cudnnConvolutionBwdDataAlgoPerf_t data[MAX_ALGOS];
+    cudnnConvolutionBwdFilterAlgoPerf_t filter[MAX_ALGOS];
+    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(gpu->cudnn, e->x_desc, e->w_desc,
+                                                       e->conv_desc, e->y_desc, MAX_ALGOS,
+                                                       &count, fwd));
+    for (int i = 0; i < count; i++)
+        fwd_ok |= fwd[i].status == CUDNN_STATUS_SUCCESS;
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(gpu->cudnn, e->w_desc, e->y_desc,
+                                                            e->conv_desc, e->x_desc, MAX_ALGOS,
+                                                            &count, data));
+    for (int i = 0; i < count; i++)
+        data_ok |= data[i].status == CUDNN_STATUS_SUCCESS;
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(gpu->cudnn, e->x_desc,
+                                                              e->y_desc, e->conv_desc,
+                                                              e->w_desc, MAX_ALGOS, &count,
+                                                              filter));
+    for (int i = 0; i < count; i++)
+        filter_ok |= filter[i].status == CUDNN_STATUS_SUCCESS;
+    return fwd_ok && data_ok && filter_ok;
+}
+
+/* The entry's measured algorithms: those of every convolution of its shape and precision. */
+static void conv_share_algos(cuda_backend_t *gpu, const nn_conv_t *op, conv_entry_t *e)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%d %d %d %d %d %d %d %d %d %d %d", op->in_ch, op->out_ch,
+             op->kernel, op->stride, op->pad, op->groups, e->precision, e->n, e->c, e->h, e->w);
+    e->algos = &(*gpu->algos)[key]; /* references stay valid as the table grows */
+}
+
+/*
+ * A 16-bit entry whose measurement found no algorithm that runs (cuDNN's heuristics offered
+ * one, conv_supported, but none ran within the workspace): computed in fp32 from now on, as
+ * conv_entry does when the heuristics offer none.
+ */
+static void conv_demote(cuda_backend_t *gpu, const nn_conv_t *op, conv_entry_t *e,
+                        const char *what)
+{
+    log_warn("cuda: no %s algorithm ran for the %s of a %dx%d/%d convolution %d->%d "
+             "(groups %d) on %dx%dx%dx%d; computing it in fp32",
+             e->precision == NN_PRECISION_FP16 ? "fp16" : "bf16", what, op->kernel, op->kernel,
+             op->stride, op->in_ch, op->out_ch, op->groups, e->n, e->c, e->h, e->w);
+    conv_undescribe(e);
+    conv_describe(e, op, NN_PRECISION_FP32);
+    conv_share_algos(gpu, op, e);
+}
+
+/*
+ * The entry for x's shape (n, c, h, w of the convolution's input) and the precision asked
+ * for, made on first use. A 16-bit convolution cuDNN has no algorithm for computes in fp32,
+ * with a warning, rather than stopping the run.
+ */
 static conv_entry_t *conv_entry(cuda_backend_t *gpu, nn_conv_t *op, int n, int c, int h,
                                int w)
 {
@@ -353,33 +502,26 @@ static conv_entry_t *conv_entry(cuda_backend_t *gpu, nn_conv_t *op, int n, int c
         cp->kind = PLAN_CONV;
         op->plan = cp;
     }
-    int precision = op->precision;
+    int asked = conv_precision(gpu, op);
     for (conv_entry_t *e = cp->entries; e; e = e->next)
-        if (e->n == n && e->c == c && e->h == h && e->w == w && e->precision == precision)
+        if (e->n == n && e->c == c && e->h == h && e->w == w && e->asked == asked)
             return e;
 
     if (c != op->in_ch)
         die(EXIT_INTERNAL, "cuda: convolution input has %d channels, expected %d", c,
             op->in_ch);
     conv_entry_t *e = (conv_entry_t *)xcalloc(1, sizeof *e);
-    e->n = n, e->c = c, e->h = h, e->w = w, e->precision = precision;
-    e->x_desc = tensor_desc(n, c, h, w);
-    e->y_desc = tensor_desc(n, op->out_ch, out_size(h, op->kernel, op->stride, op->pad),
-                            out_size(w, op->kernel, op->stride, op->pad));
-    CUDNN_CHECK(cudnnCreateFilterDescriptor(&e->w_desc));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(e->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW,
-                                           op->out_ch, op->in_ch / op->groups, op->kernel,
-                                           op->kernel));
-    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&e->conv_desc));
-    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(e->conv_desc, op->pad, op->pad, op->stride,
-                                                op->stride, 1, 1, CUDNN_CROSS_CORRELATION,
-                                                CUDNN_DATA_FLOAT));
-    CUDNN_CHECK(cudnnSetConvolutionGroupCount(e->conv_desc, op->groups));
-    CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, base_math(precision)));
-    char key[160];
-    snprintf(key, sizeof key, "%d %d %d %d %d %d %d %d %d %d %d", op->in_ch, op->out_ch,
-             op->kernel, op->stride, op->pad, op->groups, precision, n, c, h, w);
-    e->algos = &(*gpu->algos)[key]; /* references stay valid as the table grows */
+    e->n = n, e->c = c, e->h = h, e->w = w, e->asked = asked;
+    conv_describe(e, op, asked);
+    if (is_half(asked) && !conv_supported(gpu, e)) {
+        log_warn("cuda: cuDNN has no %s algorithm for a %dx%d/%d convolution %d->%d "
+                 "(groups %d) on %dx%dx%dx%d; computing it in fp32",
+                 asked == NN_PRECISION_FP16 ? "fp16" : "bf16", op->kernel, op->kernel,
+                 op->stride, op->in_ch, op->out_ch, op->groups, n, c, h, w);
+        conv_undescribe(e);
+        conv_describe(e, op, NN_PRECISION_FP32);
+    }
+    conv_share_algos(gpu, op, e);
     e->next = cp->entries;
     cp->entries = e;
     return e;
@@ -392,24 +534,25 @@ static void conv_check_output(const nn_conv_t *op, const nn_tensor_t *x, const n
                 out_size(x->w, op->kernel, op->stride, op->pad));
 }
 
-#define MAX_ALGOS 16
-
 /*
  * Measure one direction's algorithms (`find` runs cudnnFind*AlgorithmEx into results) and
- * keep the fastest that ran within the memory allowed. fp32 measures and runs with FMA math
- * only (no TF32), so that it matches the CPU; a shape with no such algorithm falls back to
- * TF32, with a warning, rather than stopping the run.
+ * keep the fastest that ran within the memory allowed into *chosen. fp32 measures and runs
+ * with FMA math only (no TF32), so that it matches the CPU; a shape with no such algorithm
+ * falls back to TF32, with a warning, rather than stopping the run. Returns 0 for a 16-bit
+ * entry none of whose algorithms ran (the caller demotes it to fp32); fp32 with none dies.
  */
 template <typename Perf, typename Find>
-static Perf choose_algo(cuda_backend_t *gpu, const nn_conv_t *op, const conv_entry_t *e,
-                        const char *what, Find find)
+static int choose_algo(cuda_backend_t *gpu, const nn_conv_t *op, const conv_entry_t *e,
+                       const char *what, Find find, Perf *chosen)
 {
     void *ws = workspace_get(gpu, gpu->find_limit, "cuDNN workspace (measuring algorithms)");
     int fp32 = e->precision == NN_PRECISION_FP32;
     for (int attempt = 0; attempt < 2; attempt++) {
         int fma_only = fp32 && attempt == 0;
-        CUDNN_CHECK(cudnnSetConvolutionMathType(
-            e->conv_desc, fma_only ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH));
+        cudnnMathType_t math = fma_only ? CUDNN_FMA_MATH
+                               : fp32   ? CUDNN_DEFAULT_MATH
+                                        : base_math(e->precision);
+        CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, math));
         Perf results[MAX_ALGOS];
         int count = 0;
         find(ws, results, &count);
@@ -426,10 +569,11 @@ static Perf choose_algo(cuda_backend_t *gpu, const nn_conv_t *op, const conv_ent
                          "no fp32 algorithm without tensor cores; using TF32",
                          what, op->kernel, op->kernel, op->stride, op->in_ch, op->out_ch,
                          op->groups, e->n, e->c, e->h, e->w);
-            return r;
+            *chosen = r;
+            return 1;
         }
         if (!fp32)
-            break;
+            return 0;
     }
     die(EXIT_INTERNAL, "cuda: no cuDNN algorithm computes the %s of a %dx%d/%d convolution "
         "%d->%d (groups %d) on %dx%dx%dx%d within %.0f MiB of workspace",
@@ -437,27 +581,195 @@ static Perf choose_algo(cuda_backend_t *gpu, const nn_conv_t *op, const conv_ent
         e->h, e->w, gpu->find_limit / MIB);
 }
 
+/*
+ * One direction's algorithm for the entry, measured on first use. Returns 0 when a 16-bit
+ * entry had none that ran: it is then computed in fp32 (conv_demote), and the caller
+ * prepares its buffers again and asks once more.
+ */
+template <typename Perf, typename Find>
+static int conv_algo_ready(cuda_backend_t *gpu, const nn_conv_t *op, conv_entry_t *e,
+                           const char *what, int *have, Perf *perf, Find find)
+{
+    if (!*have)
+        *have = choose_algo<Perf>(gpu, op, e, what, find, perf);
+    if (!*have)
+        conv_demote(gpu, op, e, what);
+    return *have;
+}
+
 static const float ONE = 1.0f, ZERO = 0.0f;
+
+/* ---- mixed precision: 16-bit NHWC copies around each convolution ------------------------ */
+
+/* fp32 NCHW <-> 16-bit NHWC: a transpose through shared-memory tiles (math_cuda.h, which
+ * the host check runs block by block). Grid (plane tiles, channel tiles, images). */
+__global__ static void to_half_kernel(const float *src, int channels, size_t plane, int format,
+                                      uint16_t *dst)
+{
+    __shared__ uint16_t tile[NN_TILE][NN_TILE + 1];
+    nn_to_half_load(src, blockIdx.z, channels, plane, format, blockIdx.y, blockIdx.x,
+                    threadIdx.x, threadIdx.y, tile);
+    __syncthreads();
+    nn_to_half_store(tile, blockIdx.z, channels, plane, blockIdx.y, blockIdx.x, threadIdx.x,
+                     threadIdx.y, dst);
+}
+
+__global__ static void from_half_kernel(const uint16_t *src, int channels, size_t plane,
+                                        int format, float *dst)
+{
+    __shared__ float tile[NN_TILE][NN_TILE + 1];
+    nn_from_half_load(src, blockIdx.z, channels, plane, format, blockIdx.y, blockIdx.x,
+                      threadIdx.x, threadIdx.y, tile);
+    __syncthreads();
+    nn_from_half_store(tile, blockIdx.z, channels, plane, blockIdx.y, blockIdx.x, threadIdx.x,
+                       threadIdx.y, dst);
+}
+
+static dim3 transpose_grid(size_t n, int channels, size_t plane)
+{
+    size_t plane_tiles = (plane + NN_TILE - 1) / NN_TILE;
+    size_t channel_tiles = (channels + NN_TILE - 1) / NN_TILE;
+    if (n > 65535 || channel_tiles > 65535 || plane_tiles > 0x7FFFFFFF)
+        die(EXIT_INTERNAL, "cuda: a %zu x %d x %zu tensor is too large for the layout kernels",
+            n, channels, plane);
+    return dim3((unsigned)plane_tiles, (unsigned)channel_tiles, (unsigned)n);
+}
+
+/* Scratch slots for the 16-bit copies: one per role, so a call never overlaps itself. */
+enum { HALF_IN = 0, HALF_OUT = 1, HALF_WEIGHTS = 2 };
+
+static uint16_t *half_scratch(cuda_backend_t *gpu, int slot, size_t count)
+{
+    if (count > gpu->half_count[slot]) {
+        device_free(gpu, gpu->half_buf[slot]);
+        gpu->half_buf[slot] = (uint16_t *)device_alloc(gpu, count * sizeof(uint16_t),
+                                                       "a 16-bit copy for mixed precision");
+        gpu->half_count[slot] = count;
+    }
+    return gpu->half_buf[slot];
+}
+
+/* A 4-D tensor [n][channels][plane]: fp32 NCHW into 16-bit NHWC (to_half 1), or back. */
+static void convert_layout(cuda_backend_t *gpu, const void *src, size_t n, int channels,
+                           size_t plane, int format, void *dst, int to_half)
+{
+    if (n == 0 || channels == 0 || plane == 0)
+        return; /* an empty grid is a launch error */
+    dim3 grid = transpose_grid(n, channels, plane), block(NN_TILE, NN_TILE_ROWS);
+    if (to_half)
+        to_half_kernel<<<grid, block, 0, gpu->stream>>>((const float *)src, channels, plane,
+                                                        format, (uint16_t *)dst);
+    else
+        from_half_kernel<<<grid, block, 0, gpu->stream>>>((const uint16_t *)src, channels,
+                                                          plane, format, (float *)dst);
+    KERNEL_CHECK("to_half_kernel / from_half_kernel");
+}
+
+static size_t weight_count(const nn_conv_t *op)
+{
+    return (size_t)op->out_ch * (op->in_ch / op->groups) * op->kernel * op->kernel;
+}
+
+/* The weights in the convolution's 16-bit format: with cache_weights converted once per
+ * weights generation (and kept in the plan), else into scratch on every call. */
+static const uint16_t *half_weights(cuda_backend_t *gpu, nn_conv_t *op, const float *w,
+                                    int format)
+{
+    size_t count = weight_count(op);
+    int channels = op->in_ch / op->groups;
+    size_t plane = (size_t)op->kernel * op->kernel;
+    if (!op->cache_weights) {
+        uint16_t *dst = half_scratch(gpu, HALF_WEIGHTS, count);
+        convert_layout(gpu, w, op->out_ch, channels, plane, format, dst, 1);
+        return dst;
+    }
+    conv_plan_t *cp = (conv_plan_t *)op->plan; /* made by conv_entry */
+    if (cp->w_half && cp->w_from == w && cp->w_generation == gpu->generation &&
+        cp->w_format == format)
+        return cp->w_half;
+    if (cp->w_count < count) {
+        device_free(gpu, cp->w_half);
+        cp->w_half = (uint16_t *)device_alloc(gpu, count * sizeof(uint16_t),
+                                              "a convolution's 16-bit weights");
+        cp->w_count = count;
+    }
+    convert_layout(gpu, w, op->out_ch, channels, plane, format, cp->w_half, 1);
+    cp->w_from = w;
+    cp->w_generation = gpu->generation;
+    cp->w_format = format;
+    return cp->w_half;
+}
+
+/*
+ * What cuDNN reads and writes for one call: the caller's fp32 NCHW buffers themselves, or in
+ * mixed precision 16-bit NHWC copies (inputs converted now; outputs converted back by
+ * conv_finish).
+ */
+typedef struct {
+    const void *x, *w, *dy;
+    void *y, *dx, *dw;
+} conv_io_t;
+
+static const void *conv_input(cuda_backend_t *gpu, const conv_entry_t *e, int slot,
+                              const float *src, size_t n, int channels, size_t plane)
+{
+    if (!is_half(e->precision))
+        return src;
+    uint16_t *dst = half_scratch(gpu, slot, n * channels * plane);
+    convert_layout(gpu, src, n, channels, plane, e->precision, dst, 1);
+    return dst;
+}
+
+static void *conv_output(cuda_backend_t *gpu, const conv_entry_t *e, int slot, float *dst,
+                         size_t count)
+{
+    return is_half(e->precision) ? (void *)half_scratch(gpu, slot, count) : (void *)dst;
+}
+
+static void conv_finish(cuda_backend_t *gpu, const conv_entry_t *e, const void *out, size_t n,
+                        int channels, size_t plane, float *dst)
+{
+    if (is_half(e->precision))
+        convert_layout(gpu, out, n, channels, plane, e->precision, dst, 0);
+}
+
+static const void *conv_weights(cuda_backend_t *gpu, nn_conv_t *op, const conv_entry_t *e,
+                                const float *w)
+{
+    return is_half(e->precision) ? (const void *)half_weights(gpu, op, w, e->precision) : w;
+}
+
+static size_t plane_of(int h, int w)
+{
+    return (size_t)h * w;
+}
 
 static void conv_forward_into(cuda_backend_t *gpu, nn_conv_t *op, const nn_tensor_t *x,
                               const float *w, float *y)
 {
     conv_entry_t *e = conv_entry(gpu, op, x->n, x->c, x->h, x->w);
-    struct conv_algos *a = e->algos;
-    if (!a->have_fwd) {
-        a->fwd = choose_algo<cudnnConvolutionFwdAlgoPerf_t>(
-            gpu, op, e, "forward", [&](void *ws, cudnnConvolutionFwdAlgoPerf_t *r, int *n) {
-                CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
-                    gpu->cudnn, e->x_desc, x->data, e->w_desc, w, e->conv_desc, e->y_desc, y,
-                    MAX_ALGOS, n, r, ws, gpu->find_limit));
-            });
-        a->have_fwd = 1;
-    }
+    int out_h = out_size(x->h, op->kernel, op->stride, op->pad);
+    int out_w = out_size(x->w, op->kernel, op->stride, op->pad);
+    size_t out_plane = plane_of(out_h, out_w);
+    conv_io_t io;
+    struct conv_algos *a;
+    auto find = [&](void *ws, cudnnConvolutionFwdAlgoPerf_t *r, int *n) {
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
+            gpu->cudnn, e->x_desc, io.x, e->w_desc, io.w, e->conv_desc, e->y_desc, io.y,
+            MAX_ALGOS, n, r, ws, gpu->find_limit));
+    };
+    do { /* twice at most: a 16-bit entry without a working algorithm, then fp32 */
+        io.x = conv_input(gpu, e, HALF_IN, x->data, x->n, x->c, plane_of(x->h, x->w));
+        io.w = conv_weights(gpu, op, e, w);
+        io.y = conv_output(gpu, e, HALF_OUT, y, (size_t)x->n * op->out_ch * out_plane);
+        a = e->algos;
+    } while (!conv_algo_ready(gpu, op, e, "forward", &a->have_fwd, &a->fwd, find));
     void *ws = workspace_get(gpu, a->fwd.memory, "cuDNN workspace (convolution forward)");
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, a->fwd.mathType));
-    CUDNN_CHECK(cudnnConvolutionForward(gpu->cudnn, &ONE, e->x_desc, x->data, e->w_desc, w,
+    CUDNN_CHECK(cudnnConvolutionForward(gpu->cudnn, &ONE, e->x_desc, io.x, e->w_desc, io.w,
                                         e->conv_desc, a->fwd.algo, ws, a->fwd.memory, &ZERO,
-                                        e->y_desc, y));
+                                        e->y_desc, io.y));
+    conv_finish(gpu, e, io.y, x->n, op->out_ch, out_plane, y);
 }
 
 static void gpu_conv_forward(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x,
@@ -473,46 +785,57 @@ static void gpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_ten
     cuda_backend_t *gpu = cuda_of(be);
     conv_check_output(op, dx, dy, "convolution output gradient");
     conv_entry_t *e = conv_entry(gpu, op, dx->n, dx->c, dx->h, dx->w);
-    struct conv_algos *a = e->algos;
-    if (!a->have_bwd_data) {
-        a->bwd_data = choose_algo<cudnnConvolutionBwdDataAlgoPerf_t>(
-            gpu, op, e, "data gradient",
-            [&](void *ws, cudnnConvolutionBwdDataAlgoPerf_t *r, int *n) {
-                CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
-                    gpu->cudnn, e->w_desc, w, e->y_desc, dy->data, e->conv_desc, e->x_desc,
-                    dx->data, MAX_ALGOS, n, r, ws, gpu->find_limit));
-            });
-        a->have_bwd_data = 1;
-    }
+    conv_io_t io;
+    struct conv_algos *a;
+    auto find = [&](void *ws, cudnnConvolutionBwdDataAlgoPerf_t *r, int *n) {
+        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
+            gpu->cudnn, e->w_desc, io.w, e->y_desc, io.dy, e->conv_desc, e->x_desc, io.dx,
+            MAX_ALGOS, n, r, ws, gpu->find_limit));
+    };
+    do { /* as in conv_forward_into */
+        io.dy = conv_input(gpu, e, HALF_OUT, dy->data, dy->n, dy->c, plane_of(dy->h, dy->w));
+        io.w = conv_weights(gpu, op, e, w);
+        io.dx = conv_output(gpu, e, HALF_IN, dx->data, nn_numel(dx));
+        a = e->algos;
+    } while (!conv_algo_ready(gpu, op, e, "data gradient", &a->have_bwd_data, &a->bwd_data,
+                              find));
     void *ws = workspace_get(gpu, a->bwd_data.memory, "cuDNN workspace (convolution backward)");
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, a->bwd_data.mathType));
-    CUDNN_CHECK(cudnnConvolutionBackwardData(gpu->cudnn, &ONE, e->w_desc, w, e->y_desc,
-                                             dy->data, e->conv_desc, a->bwd_data.algo, ws,
-                                             a->bwd_data.memory, &ZERO, e->x_desc, dx->data));
+    CUDNN_CHECK(cudnnConvolutionBackwardData(gpu->cudnn, &ONE, e->w_desc, io.w, e->y_desc,
+                                             io.dy, e->conv_desc, a->bwd_data.algo, ws,
+                                             a->bwd_data.memory, &ZERO, e->x_desc, io.dx));
+    conv_finish(gpu, e, io.dx, dx->n, dx->c, plane_of(dx->h, dx->w), dx->data);
 }
 
+/* In mixed precision the weight gradient comes out in 16 bits (as with PyTorch's autocast)
+ * and is widened into the caller's fp32 gradient. */
 static void gpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x,
                                       const nn_tensor_t *dy, float *dw)
 {
     cuda_backend_t *gpu = cuda_of(be);
     conv_check_output(op, x, dy, "convolution output gradient");
     conv_entry_t *e = conv_entry(gpu, op, x->n, x->c, x->h, x->w);
-    struct conv_algos *a = e->algos;
-    if (!a->have_bwd_filter) {
-        a->bwd_filter = choose_algo<cudnnConvolutionBwdFilterAlgoPerf_t>(
-            gpu, op, e, "weight gradient",
-            [&](void *ws, cudnnConvolutionBwdFilterAlgoPerf_t *r, int *n) {
-                CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                    gpu->cudnn, e->x_desc, x->data, e->y_desc, dy->data, e->conv_desc,
-                    e->w_desc, dw, MAX_ALGOS, n, r, ws, gpu->find_limit));
-            });
-        a->have_bwd_filter = 1;
-    }
+    conv_io_t io;
+    struct conv_algos *a;
+    auto find = [&](void *ws, cudnnConvolutionBwdFilterAlgoPerf_t *r, int *n) {
+        CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
+            gpu->cudnn, e->x_desc, io.x, e->y_desc, io.dy, e->conv_desc, e->w_desc, io.dw,
+            MAX_ALGOS, n, r, ws, gpu->find_limit));
+    };
+    do { /* as in conv_forward_into */
+        io.x = conv_input(gpu, e, HALF_IN, x->data, x->n, x->c, plane_of(x->h, x->w));
+        io.dy = conv_input(gpu, e, HALF_OUT, dy->data, dy->n, dy->c, plane_of(dy->h, dy->w));
+        io.dw = conv_output(gpu, e, HALF_WEIGHTS, dw, weight_count(op));
+        a = e->algos;
+    } while (!conv_algo_ready(gpu, op, e, "weight gradient", &a->have_bwd_filter,
+                              &a->bwd_filter, find));
     void *ws = workspace_get(gpu, a->bwd_filter.memory, "cuDNN workspace (weight gradient)");
     CUDNN_CHECK(cudnnSetConvolutionMathType(e->conv_desc, a->bwd_filter.mathType));
-    CUDNN_CHECK(cudnnConvolutionBackwardFilter(gpu->cudnn, &ONE, e->x_desc, x->data, e->y_desc,
-                                               dy->data, e->conv_desc, a->bwd_filter.algo, ws,
-                                               a->bwd_filter.memory, &ZERO, e->w_desc, dw));
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(gpu->cudnn, &ONE, e->x_desc, io.x, e->y_desc,
+                                               io.dy, e->conv_desc, a->bwd_filter.algo, ws,
+                                               a->bwd_filter.memory, &ZERO, e->w_desc, io.dw));
+    conv_finish(gpu, e, io.dw, op->out_ch, op->in_ch / op->groups,
+                plane_of(op->kernel, op->kernel), dw);
 }
 
 /* ---- batch norm ------------------------------------------------------------------------ */
@@ -1186,14 +1509,110 @@ static void gpu_adam_step(nn_backend_t *be, const nn_adam_t *hp, int64_t step, f
     KERNEL_CHECK("adam_kernel");
 }
 
+/* ---- loss scaling and mixed formats ---------------------------------------------------- */
+
+/* x *= factor; one flag for the whole buffer: any block that saw a non-finite value sets it. */
+__global__ static void scale_check_kernel(float *x, size_t count, float factor, int *nonfinite)
+{
+    int bad = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x)
+        bad |= !nn_scale_check(&x[i], factor);
+    if (__syncthreads_or(bad) && threadIdx.x == 0)
+        *nonfinite = 1;
+}
+
+static int gpu_scale_check_finite(nn_backend_t *be, float *x, size_t count, float factor)
+{
+    cuda_backend_t *gpu = cuda_of(be);
+    if (!gpu->nonfinite)
+        gpu->nonfinite = (int *)device_alloc(gpu, sizeof(int), "the overflow flag");
+    CUDA_CHECK(cudaMemsetAsync(gpu->nonfinite, 0, sizeof(int), gpu->stream));
+    scale_check_kernel<<<blocks_for(gpu, count), THREADS, 0, gpu->stream>>>(x, count, factor,
+                                                                            gpu->nonfinite);
+    KERNEL_CHECK("scale_check_kernel");
+    int *host_flag = (int *)gpu->host_sums; /* pinned, free between losses */
+    CUDA_CHECK(cudaMemcpyAsync(host_flag, gpu->nonfinite, sizeof(int), cudaMemcpyDeviceToHost,
+                               gpu->stream));
+    CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
+    return *host_flag == 0;
+}
+
+static int gpu_set_mixed_format(nn_backend_t *be, int format)
+{
+    if (format != NN_PRECISION_BF16 && format != NN_PRECISION_FP16)
+        return 0;
+    cuda_of(be)->mixed_format = format;
+    return 1;
+}
+
+/* ---- batches in: pinned staging and a copy stream ---------------------------------------- */
+
+static void *pinned_alloc(cuda_backend_t *gpu, size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t status = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+    if (status == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        die(EXIT_INTERNAL, "out of pinned host memory allocating a %.1f MiB staging buffer for "
+            "GPU %d", bytes / MIB, gpu->device);
+    }
+    if (status != cudaSuccess)
+        cuda_die(status, "cudaHostAlloc", __FILE__, __LINE__);
+    return p;
+}
+
+/*
+ * Two staging slots in turn: while the GPU copies one batch, the caller may stage the next.
+ * A slot is refilled once its previous copy finished. The copy waits for the ops submitted
+ * before it (they may still read dev), and the ops submitted after it wait for the copy;
+ * the caller's thread waits for neither. Data only: no new weights generation.
+ */
+static void gpu_to_device_async(nn_backend_t *be, void *dev, const void *host, size_t bytes)
+{
+    cuda_backend_t *gpu = cuda_of(be);
+    if (bytes == 0)
+        return;
+    int slot = gpu->staging_next;
+    gpu->staging_next ^= 1;
+    if (gpu->staging_used[slot])
+        CUDA_CHECK(cudaEventSynchronize(gpu->copy_done[slot]));
+    if (bytes > gpu->staging_bytes[slot]) {
+        if (gpu->staging[slot])
+            CUDA_CHECK(cudaFreeHost(gpu->staging[slot]));
+        gpu->staging[slot] = pinned_alloc(gpu, bytes);
+        gpu->staging_bytes[slot] = bytes;
+    }
+    memcpy(gpu->staging[slot], host, bytes);
+
+    CUDA_CHECK(cudaEventRecord(gpu->compute_mark, gpu->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(gpu->copy_stream, gpu->compute_mark, 0));
+    CUDA_CHECK(cudaMemcpyAsync(dev, gpu->staging[slot], bytes, cudaMemcpyHostToDevice,
+                               gpu->copy_stream));
+    CUDA_CHECK(cudaEventRecord(gpu->copy_done[slot], gpu->copy_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(gpu->stream, gpu->copy_done[slot], 0));
+    gpu->staging_used[slot] = 1;
+}
+
 /* ---- creation -------------------------------------------------------------------------- */
 
 static void gpu_destroy(nn_backend_t *be)
 {
     cuda_backend_t *gpu = cuda_of(be);
-    cudaStreamSynchronize(gpu->stream);
+    /* A fault of the last ops that nothing waited for is reported, not dropped. */
+    CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
+    CUDA_CHECK(cudaStreamSynchronize(gpu->copy_stream));
     if (gpu->workspace)
         cudaFree(gpu->workspace);
+    for (int i = 0; i < 3; i++)
+        cudaFree(gpu->half_buf[i]);
+    cudaFree(gpu->nonfinite);
+    for (int i = 0; i < 2; i++) {
+        cudaFreeHost(gpu->staging[i]);
+        cudaEventDestroy(gpu->copy_done[i]);
+    }
+    cudaEventDestroy(gpu->compute_mark);
+    cudaStreamDestroy(gpu->copy_stream);
     cudaFreeHost(gpu->host_sums);
     cublasDestroy(gpu->cublas);
     cudnnDestroy(gpu->cudnn);
@@ -1231,6 +1650,25 @@ static nn_backend_t *start_failed(char *err, size_t err_size, const char *fmt, c
     snprintf(err, err_size, fmt, a, b);
     cudaGetLastError();
     return NULL;
+}
+
+/* Undo a start that failed part way: what was made is non-null (the struct is zeroed). */
+static void start_cleanup(cuda_backend_t *gpu)
+{
+    if (gpu->host_sums)
+        cudaFreeHost(gpu->host_sums);
+    for (int i = 0; i < 2; i++)
+        if (gpu->copy_done[i])
+            cudaEventDestroy(gpu->copy_done[i]);
+    if (gpu->compute_mark)
+        cudaEventDestroy(gpu->compute_mark);
+    if (gpu->copy_stream)
+        cudaStreamDestroy(gpu->copy_stream);
+    if (gpu->stream)
+        cudaStreamDestroy(gpu->stream);
+    delete gpu->sizes;
+    delete gpu->algos;
+    free(gpu);
 }
 
 nn_backend_t *nn_cuda_plugin_create(int device, char *err, size_t err_size)
@@ -1274,11 +1712,16 @@ nn_backend_t *nn_cuda_plugin_create(int device, char *err, size_t err_size)
     gpu->sm_count = prop.multiProcessorCount;
     gpu->sizes = new std::unordered_map<void *, size_t>();
     gpu->algos = new std::unordered_map<std::string, struct conv_algos>();
+    gpu->mixed_format = NN_PRECISION_BF16;
+    unsigned no_timing = cudaEventDisableTiming;
     if ((status = cudaStreamCreateWithFlags(&gpu->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (status = cudaStreamCreateWithFlags(&gpu->copy_stream, cudaStreamNonBlocking)) !=
+            cudaSuccess ||
+        (status = cudaEventCreateWithFlags(&gpu->compute_mark, no_timing)) != cudaSuccess ||
+        (status = cudaEventCreateWithFlags(&gpu->copy_done[0], no_timing)) != cudaSuccess ||
+        (status = cudaEventCreateWithFlags(&gpu->copy_done[1], no_timing)) != cudaSuccess ||
         (status = cudaMallocHost((void **)&gpu->host_sums, 2 * sizeof(double))) != cudaSuccess) {
-        delete gpu->sizes;
-        delete gpu->algos;
-        free(gpu);
+        start_cleanup(gpu);
         return start_failed(err, err_size, "CUDA stream or pinned memory: %s (%s)",
                             cudaGetErrorString(status), cudaGetErrorName(status));
     }
@@ -1294,11 +1737,7 @@ nn_backend_t *nn_cuda_plugin_create(int device, char *err, size_t err_size)
                      cublasGetStatusString(blas));
         if (dnn == CUDNN_STATUS_SUCCESS)
             cudnnDestroy(gpu->cudnn);
-        cudaFreeHost(gpu->host_sums);
-        cudaStreamDestroy(gpu->stream);
-        delete gpu->sizes;
-        delete gpu->algos;
-        free(gpu);
+        start_cleanup(gpu);
         return NULL;
     }
     CUDNN_CHECK(cudnnSetStream(gpu->cudnn, gpu->stream));
@@ -1343,5 +1782,8 @@ nn_backend_t *nn_cuda_plugin_create(int device, char *err, size_t err_size)
     be->bce_loss = gpu_bce_loss;
     be->adam_step = gpu_adam_step;
     be->destroy = gpu_destroy;
+    be->set_mixed_format = gpu_set_mixed_format;
+    be->scale_check_finite = gpu_scale_check_finite;
+    be->to_device_async = gpu_to_device_async;
     return be;
 }

@@ -181,15 +181,17 @@ static void write_dataset(hid_t group, const char *name, hid_t file_type, hid_t 
 }
 
 typedef struct {
-    nn_backend_t *be;
     hid_t bf16_type; /* < 0: store float32 */
     float *host;     /* staging, the largest tensor */
     uint16_t *half;
 } writer_t;
 
-static void write_floats(writer_t *w, hid_t group, const nn_entry_t *e, const float *dev)
+/* Entry i of a slab, in plain order whatever order the backend keeps it in. */
+static void write_floats(writer_t *w, hid_t group, nn_paramset_t *ps, const float *slab,
+                         size_t i)
 {
-    w->be->to_host(w->be, w->host, dev, e->count * sizeof(float));
+    const nn_entry_t *e = &ps->entries[i];
+    nn_params_read_plain(ps, slab, i, w->host);
     if (w->bf16_type < 0) {
         write_dataset(group, e->name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, w->host, e->rank,
                       e->dims);
@@ -248,7 +250,7 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
     for (size_t i = 0; i < ps->n_entries; i++)
         if (ps->entries[i].count > largest)
             largest = ps->entries[i].count;
-    writer_t w = {ps->be, bf16 ? nn_h5_bf16_type() : -1, xmalloc(largest * sizeof(float)),
+    writer_t w = {bf16 ? nn_h5_bf16_type() : -1, xmalloc(largest * sizeof(float)),
                   bf16 ? xmalloc(largest * sizeof(uint16_t)) : NULL};
 
     hid_t state = h5_create_group_ordered(out.file, STATE_GROUP);
@@ -258,7 +260,8 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
             write_dataset(state, e->name, H5T_STD_I64LE, H5T_NATIVE_INT64,
                           ps->counters + e->offset, e->rank, e->dims);
         else
-            write_floats(&w, state, e, nn_params_value(ps, i));
+            write_floats(&w, state, ps, e->kind == NN_ENTRY_PARAM ? ps->params : ps->buffers,
+                         i);
     }
     H5Gclose(state);
 
@@ -269,6 +272,11 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
         h5_attr_f64(adam, "beta2", meta->adam.beta2);
         h5_attr_f64(adam, "eps", meta->adam.eps);
         h5_attr_f64(adam, "weight_decay", meta->adam.weight_decay);
+        if (meta->loss_scale > 0) {
+            h5_attr_f64(adam, "loss_scale", meta->loss_scale);
+            h5_attr_i64(adam, "loss_scale_clean_steps", meta->loss_scale_clean_steps);
+            h5_attr_i64(adam, "skipped_steps", meta->skipped_steps);
+        }
         const char *names[2] = {"m", "v"};
         float *slabs[2] = {ps->adam_m, ps->adam_v};
         for (int k = 0; k < 2; k++) {
@@ -276,7 +284,7 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
             for (size_t i = 0; i < ps->n_entries; i++) {
                 const nn_entry_t *e = &ps->entries[i];
                 if (e->kind == NN_ENTRY_PARAM)
-                    write_floats(&w, group, e, slabs[k] + e->offset);
+                    write_floats(&w, group, ps, slabs[k], i);
             }
             H5Gclose(group);
         }
@@ -412,6 +420,10 @@ static int read_meta(hid_t file, const char *path, nn_ckpt_meta_t *meta, char **
             h5_attr_read_f64(adam, "beta2", &meta->adam.beta2);
             h5_attr_read_f64(adam, "eps", &meta->adam.eps);
             h5_attr_read_f64(adam, "weight_decay", &meta->adam.weight_decay);
+            meta->has_loss_scale = h5_attr_read_f64(adam, "loss_scale", &meta->loss_scale) &&
+                h5_attr_read_i64(adam, "loss_scale_clean_steps",
+                                 &meta->loss_scale_clean_steps) &&
+                h5_attr_read_i64(adam, "skipped_steps", &meta->skipped_steps);
             H5Gclose(adam);
         }
     }
@@ -587,8 +599,10 @@ static int load_entry(part_t *part, nn_paramset_t *ps, size_t i, float *host, ui
         }
         H5Tclose(type);
         if (ok) {
-            float *dst = part->slab ? part->slab + e->offset : nn_params_value(ps, i);
-            ps->be->to_device(ps->be, dst, host, e->count * sizeof(float));
+            float *slab = part->slab                       ? part->slab
+                          : e->kind == NN_ENTRY_PARAM ? ps->params
+                                                      : ps->buffers;
+            nn_params_write_plain(ps, slab, i, host);
         }
     }
     H5Dclose(ds);

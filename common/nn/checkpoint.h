@@ -56,6 +56,12 @@ typedef struct {
     int64_t step;       /* optimizer steps taken: the next Adam step is step + 1 */
     int64_t epoch;      /* epochs finished */
     nn_adam_t adam;     /* the run's Adam hyperparameters (saved with the moments) */
+    /* fp16 dynamic loss scaling (nn/lossscale.h), saved with the moments when loss_scale > 0:
+     * S, clean steps since S last changed, optimizer steps skipped so far (Adam's own step
+     * count is step - skipped_steps). has_loss_scale after loading: the file held them. */
+    double loss_scale;
+    int64_t loss_scale_clean_steps, skipped_steps;
+    int has_loss_scale;
     nn_rng_t rng;
     int has_rng, has_adam; /* after loading: whether the file held an RNG state, moments */
     int n_arch;

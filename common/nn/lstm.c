@@ -1,8 +1,10 @@
-/* Bidirectional LSTM, forward and backward, fp32 on the host (see lstm.h). */
+/* Bidirectional LSTM, forward and backward, fp32 or bf16 products on the host (lstm.h). */
 #include "nn/lstm.h"
 
 #include "check.h"
 #include "exitcodes.h"
+#include "log.h"
+#include "nn/nn.h"
 
 #include <dnnl.h>
 #include <math.h>
@@ -40,14 +42,37 @@ void nn_lstm_free(nn_lstm_t *l)
     free(l->h_prev);
     free(l->carry_h);
     free(l->carry_c);
-    free(l->w_hh_t[0]);
-    free(l->w_hh_t[1]);
+    free(l->rec_bf16);
+    free(l->x_bf16);
+    free(l->dgates_bf16);
+    free(l->h_prev_bf16);
+    free(l->bias_sum);
+    for (int d = 0; d < 2; d++) {
+        free(l->w_hh_t[d]);
+        free(l->w_hh_fwd_bf16[d]);
+        free(l->w_hh_bwd_bf16[d]);
+        free(l->w_ih_bf16[d]);
+    }
     memset(l, 0, sizeof(*l));
+}
+
+int nn_lstm_set_precision(nn_lstm_t *l, int precision)
+{
+    static int told;
+    if (precision == NN_PRECISION_BF16 && !nn_bf16_available()) {
+        if (!told)
+            log_warn("this CPU has no AVX512-BF16: the LSTM's products stay fp32");
+        told = 1;
+        precision = NN_PRECISION_FP32;
+    }
+    l->precision = precision;
+    return precision;
 }
 
 void nn_lstm_weights_changed(nn_lstm_t *l)
 {
-    l->w_hh_t_of[0] = l->w_hh_t_of[1] = NULL;
+    for (int d = 0; d < 2; d++)
+        l->w_hh_t_of[d] = l->w_hh_fwd_of[d] = l->w_hh_bwd_of[d] = l->w_ih_of[d] = NULL;
 }
 
 /* Grow the kept buffers to batch x steps rows. */
@@ -73,8 +98,21 @@ static void reserve(nn_lstm_t *l, int batch, int steps)
         free(l->carry_c);
         l->carry_h = xmalloc((size_t)batch * h * sizeof(float));
         l->carry_c = xmalloc((size_t)batch * h * sizeof(float));
+        free(l->rec_bf16);
+        l->rec_bf16 = xmalloc((size_t)batch * 4 * h * sizeof(nn_bf16_t));
         l->cap_batch = (size_t)batch;
     }
+    if (l->precision == NN_PRECISION_BF16 && rows > l->cap_rows_bf16) {
+        free(l->x_bf16);
+        free(l->dgates_bf16);
+        free(l->h_prev_bf16);
+        l->x_bf16 = xmalloc(rows * (size_t)l->in * sizeof(nn_bf16_t));
+        l->dgates_bf16 = xmalloc(rows * 4 * h * sizeof(nn_bf16_t));
+        l->h_prev_bf16 = xmalloc(rows * h * sizeof(nn_bf16_t));
+        l->cap_rows_bf16 = rows;
+    }
+    if (l->precision == NN_PRECISION_BF16 && !l->bias_sum)
+        l->bias_sum = xmalloc(4 * h * sizeof(float));
 }
 
 static int active(const nn_lstm_t *l, int b, int t)
@@ -120,21 +158,66 @@ static void transpose(const float *src, long rows, long cols, float *dst)
         }
 }
 
+/*
+ * The bf16 copy of W_hh a recurrent product reads (packed for nn_bf16_gemm_packed), made
+ * when missing or stale: W_hh^T (H x 4H) for the forward's h_prev W_hh^T, W_hh (4H x H)
+ * for the backward's dgates W_hh.
+ */
+static const nn_bf16_t *w_hh_bf16(nn_lstm_t *l, int d, const float *w_hh, int backward)
+{
+    const long H = l->hidden, G4 = 4L * H;
+    nn_bf16_t **copy = backward ? &l->w_hh_bwd_bf16[d] : &l->w_hh_fwd_bf16[d];
+    const float **of = backward ? &l->w_hh_bwd_of[d] : &l->w_hh_fwd_of[d];
+
+    if (*of == w_hh)
+        return *copy;
+    if (!*copy)
+        *copy = xmalloc(nn_bf16_packed_count(G4, H) * sizeof(nn_bf16_t));
+    if (backward)
+        nn_bf16_pack(w_hh, H, 0, G4, H, *copy);
+    else
+        nn_bf16_pack(w_hh, H, 1, H, G4, *copy);
+    *of = w_hh;
+    return *copy;
+}
+
+/* W_ih rounded to bf16 (made when missing or stale). */
+static const nn_bf16_t *w_ih_bf16(nn_lstm_t *l, int d, const float *w_ih)
+{
+    if (l->w_ih_of[d] == w_ih)
+        return l->w_ih_bf16[d];
+    if (!l->w_ih_bf16[d])
+        l->w_ih_bf16[d] = xmalloc(nn_lstm_w_ih_count(l) * sizeof(nn_bf16_t));
+    nn_bf16_round_rows(w_ih, 4L * l->hidden, l->in, l->in, l->w_ih_bf16[d], l->in);
+    l->w_ih_of[d] = w_ih;
+    return l->w_ih_bf16[d];
+}
+
 static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const float *x,
                               float *y)
 {
     const int batch = l->batch, steps = l->steps, H = l->hidden, G4 = 4 * H;
     const long rows = (long)batch * steps, y_row = 2L * H;
     float *gates = l->gates[d], *cells = l->cells[d];
+    const int mixed = l->precision == NN_PRECISION_BF16;
 
-    /* Input projections of every step in one GEMM, on top of both biases. */
-    for (long r = 0; r < rows; r++)
+    /* Input projections of every step in one GEMM, with both biases. */
+    if (mixed) {
         for (int j = 0; j < G4; j++)
-            gates[r * G4 + j] = w->b_ih[j] + w->b_hh[j];
-    nn_sgemm('N', 'T', rows, G4, l->in, 1.0f, x, l->in, w->w_ih, l->in, 1.0f, gates, G4);
+            l->bias_sum[j] = w->b_ih[j] + w->b_hh[j];
+        nn_bf16_matmul('N', 'T', rows, G4, l->in, l->x_bf16, l->in, w_ih_bf16(l, d, w->w_ih),
+                       l->in, l->bias_sum, 0, gates, G4);
+    } else {
+        for (long r = 0; r < rows; r++)
+            for (int j = 0; j < G4; j++)
+                gates[r * G4 + j] = w->b_ih[j] + w->b_hh[j];
+        nn_sgemm('N', 'T', rows, G4, l->in, 1.0f, x, l->in, w->w_ih, l->in, 1.0f, gates, G4);
+    }
 
     /* The copy is made once for many prediction batches (64 MiB take ~0.2 s at H 2048). */
-    int transposed = batch >= TRANSPOSED_RECURRENCE_MIN_BATCH && steps > 1;
+    int bf16 = mixed && steps > 1;
+    int transposed = !bf16 && batch >= TRANSPOSED_RECURRENCE_MIN_BATCH && steps > 1;
+    const nn_bf16_t *w_hh_packed = bf16 ? w_hh_bf16(l, d, w->w_hh, 0) : NULL;
     if (transposed && l->w_hh_t_of[d] != w->w_hh) {
         if (!l->w_hh_t[d])
             l->w_hh_t[d] = xmalloc((size_t)G4 * H * sizeof(float));
@@ -149,7 +232,12 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
         if (s > 0) {
             const float *h_prev = y + (size_t)tp * y_row + (size_t)d * H;
             float *acc = gates + (size_t)t * G4;
-            if (transposed)
+            if (bf16) {
+                /* h_prev rounded to bf16 at the product's input, as the weights are. */
+                nn_bf16_round_rows(h_prev, batch, H, (long)steps * y_row, l->rec_bf16, H);
+                nn_bf16_gemm_packed(batch, G4, H, l->rec_bf16, H, w_hh_packed, 1.0f, acc,
+                                    (long)steps * G4);
+            } else if (transposed)
                 nn_sgemm('N', 'N', batch, G4, H, 1.0f, h_prev, (long)steps * y_row,
                          l->w_hh_t[d], G4, 1.0f, acc, (long)steps * G4);
             else
@@ -194,6 +282,9 @@ void nn_lstm_forward(nn_lstm_t *l, const nn_lstm_weights_t *w, const float *x, i
     l->batch = batch;
     l->steps = steps;
     l->lengths = lengths;
+    /* Rounded once for both directions' input projections and the backward's dW_ih. */
+    if (l->precision == NN_PRECISION_BF16)
+        nn_bf16_round_rows(x, (long)batch * steps, l->in, l->in, l->x_bf16, l->in);
     for (int d = 0; d < 2; d++)
         forward_direction(l, d, &w->dir[d], x, y);
 }
@@ -208,6 +299,8 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
 
     memset(carry_h, 0, (size_t)batch * H * sizeof(float));
     memset(carry_c, 0, (size_t)batch * H * sizeof(float));
+    int bf16 = l->precision == NN_PRECISION_BF16 && steps > 1;
+    const nn_bf16_t *w_hh_packed = bf16 ? w_hh_bf16(l, d, w->w_hh, 1) : NULL;
 
     /* Back through the processing order: gate gradients per step, carries to the step before. */
     for (int s = steps - 1; s >= 0; s--) {
@@ -238,9 +331,16 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
                 cc[j] = dc * gf;
             }
         }
-        if (s > 0)
-            nn_sgemm('N', 'N', batch, H, G4, 1.0f, dgates + (size_t)t * G4, (long)steps * G4,
-                     w->w_hh, H, 0.0f, carry_h, H);
+        if (s == 0)
+            continue;
+        const float *da_t = dgates + (size_t)t * G4;
+        if (bf16) {
+            nn_bf16_round_rows(da_t, batch, G4, (long)steps * G4, l->rec_bf16, G4);
+            nn_bf16_gemm_packed(batch, H, G4, l->rec_bf16, G4, w_hh_packed, 0.0f, carry_h, H);
+        } else {
+            nn_sgemm('N', 'N', batch, H, G4, 1.0f, da_t, (long)steps * G4, w->w_hh, H, 0.0f,
+                     carry_h, H);
+        }
     }
 
     /* The recurrent input of every step (zero where a series' recurrence starts). */
@@ -258,8 +358,17 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
         }
     }
 
-    nn_sgemm('T', 'N', G4, H, rows, 1.0f, dgates, G4, h_prev, H, 0.0f, g->w_hh, H);
-    nn_sgemm('T', 'N', G4, l->in, rows, 1.0f, dgates, G4, x, l->in, 0.0f, g->w_ih, l->in);
+    if (l->precision == NN_PRECISION_BF16) {
+        nn_bf16_round_rows(dgates, rows, G4, G4, l->dgates_bf16, G4);
+        nn_bf16_round_rows(h_prev, rows, H, H, l->h_prev_bf16, H);
+        nn_bf16_matmul('T', 'N', G4, H, rows, l->dgates_bf16, G4, l->h_prev_bf16, H, NULL, 0,
+                       g->w_hh, H);
+        nn_bf16_matmul('T', 'N', G4, l->in, rows, l->dgates_bf16, G4, l->x_bf16, l->in, NULL,
+                       0, g->w_ih, l->in);
+    } else {
+        nn_sgemm('T', 'N', G4, H, rows, 1.0f, dgates, G4, h_prev, H, 0.0f, g->w_hh, H);
+        nn_sgemm('T', 'N', G4, l->in, rows, 1.0f, dgates, G4, x, l->in, 0.0f, g->w_ih, l->in);
+    }
     for (int j = 0; j < G4; j++) {
         double sum = 0.0;
         for (long r = 0; r < rows; r++)
@@ -267,7 +376,10 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
         g->b_ih[j] = (float)sum;
         g->b_hh[j] = (float)sum;
     }
-    if (dx)
+    if (dx && l->precision == NN_PRECISION_BF16)
+        nn_bf16_matmul('N', 'N', rows, l->in, G4, l->dgates_bf16, G4,
+                       w_ih_bf16(l, d, w->w_ih), l->in, NULL, d == 1, dx, l->in);
+    else if (dx)
         nn_sgemm('N', 'N', rows, l->in, G4, 1.0f, dgates, G4, w->w_ih, l->in,
                  d == 0 ? 0.0f : 1.0f, dx, l->in);
 }
@@ -275,7 +387,8 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
 void nn_lstm_backward(nn_lstm_t *l, const nn_lstm_weights_t *w, const float *x,
                       const float *y, const float *dy, float *dx, nn_lstm_weights_t *grad)
 {
-    nn_lstm_weights_changed(l);
     for (int d = 0; d < 2; d++)
         backward_direction(l, d, &w->dir[d], x, y, dy, dx, &grad->dir[d]);
+    /* After the copies of this batch's weights served the backward: a step follows. */
+    nn_lstm_weights_changed(l);
 }

@@ -1,6 +1,6 @@
 /*
  * Bidirectional LSTM layer with PyTorch's arithmetic (torch.nn.LSTM, one layer,
- * bidirectional, batch_first), forward and backward, fp32 on the host.
+ * bidirectional, batch_first), forward and backward on the host, fp32 or bf16 mixed precision.
  *
  * Gates in PyTorch's order i, f, g, o; each direction has weight_ih [4H][in],
  * weight_hh [4H][H], bias_ih [4H], bias_hh [4H]:
@@ -20,14 +20,26 @@
  * W_hh kept until the weights change: oneDNN's sgemm is slow on a transposed operand at
  * those sizes),
  * gate loops in plain C.
- * missing: speed in training. The per-step products re-read W_hh (64 MiB fp32 per direction
- * at hidden 2048) for 4 series and are bound by memory bandwidth: 40 steps x 2 directions x
- * 2 layers x (forward + backward) read about 20 GB per batch of 4 series of 40 slices
- * (bench/README.md). Only fewer bytes help there: bf16 weights for the recurrence (not done);
- * no GPU version.
+ *
+ * Mixed precision (nn_lstm_set_precision NN_PRECISION_BF16): every matrix product takes
+ * bf16 operands and sums in fp32 (nn/bf16gemm.h); weights, gradients, gates, cell states stay
+ * fp32. The weights are rounded into bf16 copies once per weight change (W_ih plain; W_hh
+ * packed twice, as W_hh^T for the forward and W_hh for the backward); the activations at each
+ * product's input: x at the input projections, h_prev at each recurrent product (forward) and
+ * in dW_hh, the gate gradients at each recurrent product (backward) and in dW_ih, dW_hh, dx.
+ * The recurrent products, a few series against W_hh each step and bound by memory bandwidth,
+ * run on an own AVX512-BF16 kernel that reads half the bytes; the compute-bound ones (input
+ * projections, weight gradients, dx) on oneDNN's bf16 matmul primitive (bench/README.md).
+ * The copies cost memory (at hidden 2048 and 6144 inputs: 0.6 GB for both layers) and, in
+ * training, a rounding pass over the weights per step.
+ * missing: fp32 training stays bound by the recurrence's memory traffic (about 20 GB a batch
+ * of 4 series of 40 slices); the packing of W_hh for the backward is slower than a plain
+ * copy (strided reads); no GPU version.
  */
 #ifndef ICH_NN_LSTM_H
 #define ICH_NN_LSTM_H
+
+#include "nn/bf16gemm.h"
 
 #include <stddef.h>
 
@@ -57,15 +69,36 @@ typedef struct {
     size_t cap_batch;
     float *w_hh_t[2];         /* per direction [H][4H]: W_hh transposed, for wide batches */
     const float *w_hh_t_of[2]; /* the W_hh each copy was made from; NULL: none or stale */
+
+    /* Mixed precision: NN_PRECISION_* of the products; the bf16 copies of the weights per
+     * direction (W_hh packed twice, W_ih plain) with the tensor each was made from; the
+     * rounded operands. */
+    int precision;
+    nn_bf16_t *w_hh_fwd_bf16[2], *w_hh_bwd_bf16[2], *w_ih_bf16[2];
+    const float *w_hh_fwd_of[2], *w_hh_bwd_of[2], *w_ih_of[2];
+    nn_bf16_t *rec_bf16;    /* [batch][4H] one step's recurrent operand */
+    size_t cap_rows_bf16;   /* rows of the three below */
+    nn_bf16_t *x_bf16;      /* [batch][steps][in] the forward's input */
+    nn_bf16_t *dgates_bf16; /* [batch][steps][4H] */
+    nn_bf16_t *h_prev_bf16; /* [batch][steps][H] */
+    float *bias_sum;        /* [4H] b_ih + b_hh */
 } nn_lstm_t;
 
+/* fp32 products until nn_lstm_set_precision says otherwise. */
 void nn_lstm_init(nn_lstm_t *l, int in, int hidden, int pad_like_original);
 void nn_lstm_free(nn_lstm_t *l);
 
 /*
- * The weights were written (an optimizer step, a load): drop the transposed copies of W_hh
- * that forwards of 8 series or more keep between calls. nn_lstm_backward calls it itself,
- * since an optimizer step follows it.
+ * NN_PRECISION_FP32 or NN_PRECISION_BF16 for the products that follow; returns the one in
+ * effect: fp32 (with a one-line notice, once) on a CPU without AVX512-BF16.
+ */
+int nn_lstm_set_precision(nn_lstm_t *l, int precision);
+
+/*
+ * The weights were written (an optimizer step, a load): drop the weight copies kept between
+ * calls (W_hh transposed for forwards of 8 series or more; in mixed precision the bf16 copies
+ * of W_ih and W_hh).
+ * nn_lstm_backward calls it itself at its end, since an optimizer step follows it.
  */
 void nn_lstm_weights_changed(nn_lstm_t *l);
 

@@ -1,9 +1,11 @@
 /*
- * Element arithmetic of the CUDA backend's loss and Adam kernels, compiled both for the GPU
- * (backend_cuda.cu) and for the host, so that a CPU test (tests/gpu/gpu_parity --host-math,
- * run by tests/t_cuda_build.sh) checks it against nn_host_bce_loss / nn_host_adam_step in
- * host_ops.c. Same operations in the same order: with contraction into FMA off on both sides
- * (nvcc -fmad=false; gcc in ISO C mode) Adam agrees bit for bit.
+ * Element arithmetic of the CUDA backend's kernels (loss, Adam, batch norm, max pooling,
+ * mixed precision's 16-bit rounding and layout transposes, loss scaling's overflow check),
+ * compiled both for the GPU (backend_cuda.cu) and for the host, so that a CPU test
+ * (tests/gpu/gpu_parity --host-math, run by tests/t_cuda_build.sh) checks it against the host
+ * code: nn_host_bce_loss / nn_host_adam_step in host_ops.c, checkpoint.h's bf16, the
+ * compiler's _Float16, isfinite. Same operations in the same order: with contraction into
+ * FMA off on both sides (nvcc -fmad=false; gcc in ISO C mode) Adam agrees bit for bit.
  */
 #ifndef ICH_NN_MATH_CUDA_H
 #define ICH_NN_MATH_CUDA_H
@@ -13,6 +15,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __CUDACC__
 #define NN_HOST_DEVICE __host__ __device__ static inline
@@ -270,6 +273,188 @@ NN_HOST_DEVICE float nn_maxpool_grad_one(const float *dy, const int32_t *argmax,
             if (argmax[oy * out_w + ox] == here)
                 sum += dy[oy * out_w + ox];
     return sum;
+}
+
+/* ---- mixed precision: 16-bit formats, layouts, the overflow check ----------------------- */
+
+/* A float's bits, and back, without aliasing (memcpy is free on both sides). */
+NN_HOST_DEVICE uint32_t nn_float_bits(float value)
+{
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+NN_HOST_DEVICE float nn_bits_float(uint32_t bits)
+{
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* fp32 -> bf16 bits, to nearest, ties to even; NaN stays a quiet NaN (checkpoint.h's rule). */
+NN_HOST_DEVICE uint16_t nn_bf16_bits(float value)
+{
+    uint32_t bits = nn_float_bits(value);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u)
+        return (uint16_t)((bits >> 16) | 0x0040u);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+NN_HOST_DEVICE float nn_bf16_value(uint16_t half)
+{
+    return nn_bits_float((uint32_t)half << 16);
+}
+
+/*
+ * fp32 -> IEEE binary16 bits, to nearest, ties to even: past 65520 (the midpoint above the
+ * largest half, 65504) to infinity, below 2^-14 to subnormals, NaN to a quiet NaN. The same
+ * result as a C _Float16 cast (checked by gpu_parity --host-math).
+ */
+NN_HOST_DEVICE uint16_t nn_fp16_bits(float value)
+{
+    uint32_t bits = nn_float_bits(value), magnitude = bits & 0x7FFFFFFFu;
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000u);
+    if (magnitude > 0x7F800000u)
+        return (uint16_t)(sign | 0x7E00u);
+    if (magnitude >= 0x477FF000u) /* 65520 and above, infinity included */
+        return (uint16_t)(sign | 0x7C00u);
+    if (magnitude >= 0x38800000u) { /* 2^-14 and above: normal */
+        /* Round away the 13 extra mantissa bits, then rebias the exponent (127 -> 15). */
+        uint32_t rounded = magnitude + 0xFFFu + ((magnitude >> 13) & 1u);
+        return (uint16_t)(sign | ((rounded - 0x38000000u) >> 13));
+    }
+    if (magnitude < 0x33000000u) /* below 2^-25: rounds to zero */
+        return sign;
+    /* Subnormal: the value in units of 2^-24, rounded to nearest even. */
+    uint32_t exponent = magnitude >> 23, mantissa = (magnitude & 0x7FFFFFu) | 0x800000u;
+    uint32_t shift = 126u - exponent; /* 14 .. 24 */
+    uint32_t units = mantissa >> shift, rest = mantissa & ((1u << shift) - 1u);
+    uint32_t halfway = 1u << (shift - 1u);
+    if (rest > halfway || (rest == halfway && (units & 1u)))
+        units++;
+    return (uint16_t)(sign | units);
+}
+
+NN_HOST_DEVICE float nn_fp16_value(uint16_t half)
+{
+    uint32_t sign = (uint32_t)(half & 0x8000u) << 16;
+    uint32_t exponent = (half >> 10) & 0x1Fu, mantissa = half & 0x3FFu;
+    if (exponent == 0x1Fu)
+        return nn_bits_float(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent != 0)
+        return nn_bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    float magnitude = (float)mantissa * 5.9604644775390625e-8f; /* 2^-24, exact */
+    return sign ? -magnitude : magnitude;
+}
+
+/* A 16-bit format by NN_PRECISION_* (BF16 or FP16). */
+NN_HOST_DEVICE uint16_t nn_half_bits(float value, int format)
+{
+    return format == NN_PRECISION_FP16 ? nn_fp16_bits(value) : nn_bf16_bits(value);
+}
+
+NN_HOST_DEVICE float nn_half_value(uint16_t half, int format)
+{
+    return format == NN_PRECISION_FP16 ? nn_fp16_value(half) : nn_bf16_value(half);
+}
+
+/* Where value (n, k) of channel c lies in an NHWC tensor (channels innermost, what tensor
+ * cores read). Weights [out][in/groups][k][k] map the same way, out as n. */
+NN_HOST_DEVICE size_t nn_nhwc_at(int n, int c, int channels, size_t plane, size_t k)
+{
+    return ((size_t)n * plane + k) * channels + c;
+}
+
+/* Where NCHW element i lies in the same tensor in NHWC order. */
+NN_HOST_DEVICE size_t nn_nhwc_of_nchw(size_t i, int channels, size_t plane)
+{
+    size_t k = i % plane, rest = i / plane;
+    return nn_nhwc_at((int)(rest / (size_t)channels), (int)(rest % (size_t)channels), channels,
+                      plane, k);
+}
+
+/*
+ * The layout kernels transpose each image's channels x plane matrix through 32 x 32 tiles in
+ * shared memory, so that a warp reads and writes contiguous memory. Block (tile_k, tile_c) of
+ * image n has 32 x 8 threads; thread (x, y) loads rows y, y + 8, ... of its tile (a row: one
+ * channel, 32 plane positions), and after a barrier stores columns (one plane position, 32
+ * channels). fp32 NCHW -> 16-bit NHWC:
+ */
+#define NN_TILE 32
+#define NN_TILE_ROWS 8
+
+/* Where lane x of row `row` of a tile lies: rows run along the plane (along_plane 1: a row is
+ * one channel) or along the channels; 0 when the position is past the tensor's edge. */
+NN_HOST_DEVICE int nn_tile_at(int tile_c, size_t tile_k, int row, int x, int along_plane,
+                              int channels, size_t plane, int *c, size_t *k)
+{
+    *c = tile_c * NN_TILE + (along_plane ? row : x);
+    *k = tile_k * NN_TILE + (along_plane ? x : row);
+    return *c < channels && *k < plane;
+}
+
+NN_HOST_DEVICE void nn_to_half_load(const float *src, int n, int channels, size_t plane,
+                                    int format, int tile_c, size_t tile_k, int x, int y,
+                                    uint16_t tile[NN_TILE][NN_TILE + 1])
+{
+    int c;
+    size_t k;
+    for (int row = y; row < NN_TILE; row += NN_TILE_ROWS)
+        if (nn_tile_at(tile_c, tile_k, row, x, 1, channels, plane, &c, &k))
+            tile[row][x] = nn_half_bits(src[nn_nchw_at(n, c, channels, plane, k)], format);
+}
+
+NN_HOST_DEVICE void nn_to_half_store(uint16_t tile[NN_TILE][NN_TILE + 1], int n, int channels,
+                                     size_t plane, int tile_c, size_t tile_k, int x, int y,
+                                     uint16_t *dst)
+{
+    int c;
+    size_t k;
+    for (int row = y; row < NN_TILE; row += NN_TILE_ROWS)
+        if (nn_tile_at(tile_c, tile_k, row, x, 0, channels, plane, &c, &k))
+            dst[nn_nhwc_at(n, c, channels, plane, k)] = tile[x][row];
+}
+
+/* And back, 16-bit NHWC -> fp32 NCHW (exact). */
+NN_HOST_DEVICE void nn_from_half_load(const uint16_t *src, int n, int channels, size_t plane,
+                                      int format, int tile_c, size_t tile_k, int x, int y,
+                                      float tile[NN_TILE][NN_TILE + 1])
+{
+    int c;
+    size_t k;
+    for (int row = y; row < NN_TILE; row += NN_TILE_ROWS)
+        if (nn_tile_at(tile_c, tile_k, row, x, 0, channels, plane, &c, &k))
+            tile[row][x] = nn_half_value(src[nn_nhwc_at(n, c, channels, plane, k)], format);
+}
+
+NN_HOST_DEVICE void nn_from_half_store(float tile[NN_TILE][NN_TILE + 1], int n, int channels,
+                                       size_t plane, int tile_c, size_t tile_k, int x, int y,
+                                       float *dst)
+{
+    int c;
+    size_t k;
+    for (int row = y; row < NN_TILE; row += NN_TILE_ROWS)
+        if (nn_tile_at(tile_c, tile_k, row, x, 1, channels, plane, &c, &k))
+            dst[nn_nchw_at(n, c, channels, plane, k)] = tile[x][row];
+}
+
+/* Whether a float is neither infinite nor NaN, from its exponent bits alone (fast-math safe). */
+NN_HOST_DEVICE int nn_is_finite(float value)
+{
+    return (nn_float_bits(value) & 0x7F800000u) != 0x7F800000u;
+}
+
+/*
+ * One gradient value of the loss-scaling step: x * factor (unscaling with 1 / S), and whether
+ * x was finite before, as torch's non-finite check tests the scaled gradient it is given.
+ */
+NN_HOST_DEVICE int nn_scale_check(float *x, float factor)
+{
+    int finite = nn_is_finite(*x);
+    *x *= factor;
+    return finite;
 }
 
 #endif

@@ -43,8 +43,10 @@ static inline size_t nn_numel(const nn_tensor_t *t)
 }
 
 /* Arithmetic of an op: fp32 throughout, or bf16 products with fp32 sums (mixed precision:
- * the caller's tensors, weights and gradients stay fp32). */
-enum { NN_PRECISION_FP32 = 0, NN_PRECISION_BF16 = 1 };
+ * the caller's tensors, weights and gradients stay fp32). NN_PRECISION_FP16 is the same with
+ * IEEE half products, on the CUDA backend only (the CPU computes it in fp32); training in it
+ * needs loss scaling (nn/lossscale.h), as fp16 gradients underflow. */
+enum { NN_PRECISION_FP32 = 0, NN_PRECISION_BF16 = 1, NN_PRECISION_FP16 = 2 };
 
 /*
  * 2-D convolution without bias; weights [out_ch][in_ch / groups][kernel][kernel].
@@ -194,6 +196,32 @@ struct nn_backend {
                       const float *g, float *m, float *v, size_t count);
 
     void (*destroy)(nn_backend_t *be);
+
+    /* Optional ops: NULL where a backend does not have them (the CPU backend: the first
+     * three; the CUDA backend, whose weights are in plain order: the last two). */
+
+    /* Convolutions asking for NN_PRECISION_BF16 compute in `format` (NN_PRECISION_BF16 or
+     * NN_PRECISION_FP16) from the next call on, so that a model's mixed precision can be fp16
+     * without changing its layers' choice. Returns 0 when the backend lacks the format. */
+    int (*set_mixed_format)(nn_backend_t *be, int format);
+    /* x[i] *= factor over count floats of backend memory; returns 1 when every x[i] was
+     * finite before (loss scaling's unscale and overflow check in one pass). Waits. */
+    int (*scale_check_finite)(nn_backend_t *be, float *x, size_t count, float factor);
+    /* to_device that does not wait for the ops already submitted: host (any memory) is staged
+     * in pinned memory before the call returns, and may be reused; the copy runs on a copy
+     * stream after the ops submitted so far, and ops submitted after the call see it. For
+     * data only: unlike to_device it does not start a new weights generation. */
+    void (*to_device_async)(nn_backend_t *be, void *dev, const void *host, size_t bytes);
+
+    /* From now on this conv's w and dw are in an order of the backend's own, fixed by the
+     * conv's shape, that its kernels take without a reorder (on = 1), or in plain order (0,
+     * the default; release_plan also returns to it). Returns 0, changing nothing, where the
+     * backend has no such order for the conv. */
+    int (*conv_set_native_weights)(nn_backend_t *be, nn_conv_t *op, int on);
+    /* Weights of such a conv from plain order into that order (to_native 1) or back (0);
+     * src and dst are distinct backend memory of the weights' size. Waits. */
+    void (*conv_weights_convert)(nn_backend_t *be, const nn_conv_t *op, const float *src,
+                                 float *dst, int to_native);
 };
 
 /*

@@ -100,6 +100,61 @@ int64_t *nn_params_counter(nn_paramset_t *ps, size_t entry)
     return ps->counters + e->offset;
 }
 
+void nn_params_read_plain(nn_paramset_t *ps, const float *slab, size_t entry, float *host)
+{
+    nn_backend_t *be = ps->be;
+    const nn_entry_t *e = &ps->entries[entry];
+    size_t bytes = e->count * sizeof(float);
+    if (!e->native_conv) {
+        be->to_host(be, host, slab + e->offset, bytes);
+        return;
+    }
+    float *plain = be->alloc(be, bytes);
+    be->conv_weights_convert(be, e->native_conv, slab + e->offset, plain, 0);
+    be->to_host(be, host, plain, bytes);
+    be->release(be, plain);
+}
+
+void nn_params_write_plain(nn_paramset_t *ps, float *slab, size_t entry, const float *host)
+{
+    nn_backend_t *be = ps->be;
+    const nn_entry_t *e = &ps->entries[entry];
+    size_t bytes = e->count * sizeof(float);
+    if (!e->native_conv) {
+        be->to_device(be, slab + e->offset, host, bytes);
+        return;
+    }
+    float *plain = be->alloc(be, bytes);
+    be->to_device(be, plain, host, bytes);
+    be->conv_weights_convert(be, e->native_conv, plain, slab + e->offset, 1);
+    be->release(be, plain);
+    be->weights_changed(be);
+}
+
+void nn_params_set_native(nn_paramset_t *ps, size_t entry, nn_conv_t *conv)
+{
+    nn_entry_t *e = &ps->entries[entry];
+    nn_conv_t *was = e->native_conv;
+    if (e->kind != NN_ENTRY_PARAM)
+        die(EXIT_INTERNAL, "%s is not a parameter", e->name);
+    if (was == conv)
+        return;
+
+    /* Gradients are assigned by the next backward; values and moments are converted. */
+    float *host = xmalloc(e->count * sizeof(float));
+    float *slabs[] = {ps->params, ps->adam_m, ps->adam_v};
+    for (size_t k = 0; k < sizeof(slabs) / sizeof(slabs[0]); k++) {
+        if (!slabs[k])
+            continue;
+        e->native_conv = was;
+        nn_params_read_plain(ps, slabs[k], entry, host);
+        e->native_conv = conv;
+        nn_params_write_plain(ps, slabs[k], entry, host);
+    }
+    free(host);
+    e->native_conv = conv;
+}
+
 long nn_params_find(const nn_paramset_t *ps, const char *name)
 {
     for (size_t i = 0; i < ps->n_entries; i++)
@@ -116,7 +171,6 @@ static int ends_with(const char *s, const char *suffix)
 
 void nn_params_fill_hashed(nn_paramset_t *ps)
 {
-    nn_backend_t *be = ps->be;
     for (size_t i = 0; i < ps->n_entries; i++) {
         nn_entry_t *e = &ps->entries[i];
         if (e->kind == NN_ENTRY_COUNTER) {
@@ -144,7 +198,8 @@ void nn_params_fill_hashed(nn_paramset_t *ps)
 
         float *host = xmalloc(e->count * sizeof(float));
         nn_fill_hashed(host, e->count, nn_name_seed(e->name), scale, offset);
-        be->to_device(be, nn_params_value(ps, i), host, e->count * sizeof(float));
+        nn_params_write_plain(ps, e->kind == NN_ENTRY_PARAM ? ps->params : ps->buffers, i,
+                              host);
         free(host);
     }
 }

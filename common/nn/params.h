@@ -28,6 +28,9 @@ typedef struct {
     int64_t dims[NN_RANK_MAX];
     size_t offset; /* elements into the slab of its kind */
     size_t count;  /* elements */
+    /* Non-NULL: a conv weight kept (with its gradient and Adam moments) in the backend's
+     * order for this conv (conv_set_native_weights); nn_params_read_plain converts. */
+    nn_conv_t *native_conv;
 } nn_entry_t;
 
 typedef struct {
@@ -54,6 +57,17 @@ void nn_params_free(nn_paramset_t *ps);
 float *nn_params_value(nn_paramset_t *ps, size_t entry);
 float *nn_params_grad(nn_paramset_t *ps, size_t entry);
 int64_t *nn_params_counter(nn_paramset_t *ps, size_t entry);
+/*
+ * An entry of a parameter-sized slab (params, grads, adam_m, adam_v; or buffers) to host
+ * memory in PyTorch's plain order, and back: what checkpoints, tests and anything reading a
+ * value by position use, whatever order the backend keeps the entry in.
+ */
+void nn_params_read_plain(nn_paramset_t *ps, const float *slab, size_t entry, float *host);
+void nn_params_write_plain(nn_paramset_t *ps, float *slab, size_t entry, const float *host);
+/* Keep entry (a conv weight) in conv's native order (conv NULL: plain), converting what the
+ * params and Adam slabs hold; the caller has switched the backend's conv to match. */
+void nn_params_set_native(nn_paramset_t *ps, size_t entry, nn_conv_t *conv);
+
 /* Entry index by name, or -1. */
 long nn_params_find(const nn_paramset_t *ps, const char *name);
 

@@ -298,30 +298,50 @@ static float *eval_buffer(resnext_t *m, int k)
 
 /* ---- forward ------------------------------------------------------------------------------- */
 
+/* The conv + batch norm units of the model in order (stem first); returns the count. */
+static int all_convbns(resnext_t *m, rx_convbn_t **all)
+{
+    int count = 0;
+    all[count++] = &m->stem;
+    for (int i = 0; i < m->n_blocks; i++) {
+        rx_block_t *blk = &m->blocks[i];
+        all[count++] = &blk->c1;
+        all[count++] = &blk->c2;
+        all[count++] = &blk->c3;
+        if (blk->has_down)
+            all[count++] = &blk->down;
+    }
+    return count;
+}
+
 /* Apply the precision and the weight cache choices to every convolution. */
 static void configure_convs(resnext_t *m)
 {
-    rx_convbn_t *all[4];
-    for (int i = -1; i < m->n_blocks; i++) {
-        int count = 0;
-        if (i < 0) {
-            all[count++] = &m->stem;
-        } else {
-            rx_block_t *blk = &m->blocks[i];
-            all[count++] = &blk->c1;
-            all[count++] = &blk->c2;
-            all[count++] = &blk->c3;
-            if (blk->has_down)
-                all[count++] = &blk->down;
-        }
-        for (int k = 0; k < count; k++) {
-            nn_conv_t *conv = &all[k]->conv;
-            conv->precision = nn_conv_precision(m->precision, conv);
-            conv->cache_weights = m->weight_cache == RESNEXT_WEIGHT_CACHE_ON ||
-                                  (m->weight_cache == RESNEXT_WEIGHT_CACHE_AUTO &&
-                                   conv->precision == NN_PRECISION_BF16);
-        }
+    rx_convbn_t **all = xmalloc((4 * (size_t)m->n_blocks + 1) * sizeof(*all));
+    int count = all_convbns(m, all);
+    for (int k = 0; k < count; k++) {
+        nn_conv_t *conv = &all[k]->conv;
+        conv->precision = nn_conv_precision(m->precision, conv);
+        conv->cache_weights = m->weight_cache == RESNEXT_WEIGHT_CACHE_ON ||
+                              (m->weight_cache == RESNEXT_WEIGHT_CACHE_AUTO &&
+                               conv->precision == NN_PRECISION_BF16);
     }
+    free(all);
+}
+
+void resnext_set_native_weights(resnext_t *m, int on)
+{
+    nn_backend_t *be = m->be;
+    if (!be->conv_set_native_weights)
+        return; /* the backend computes on plain weights */
+    rx_convbn_t **all = xmalloc((4 * (size_t)m->n_blocks + 1) * sizeof(*all));
+    int count = all_convbns(m, all);
+    for (int k = 0; k < count; k++) {
+        nn_conv_t *conv = &all[k]->conv;
+        if (be->conv_set_native_weights(be, conv, on))
+            nn_params_set_native(&m->ps, all[k]->w, on ? conv : NULL);
+    }
+    free(all);
 }
 
 void resnext_set_precision(resnext_t *m, int precision)

@@ -95,6 +95,16 @@ void resnext_set_precision(resnext_t *m, int precision);
 enum { RESNEXT_WEIGHT_CACHE_AUTO = 0, RESNEXT_WEIGHT_CACHE_ON, RESNEXT_WEIGHT_CACHE_OFF };
 void resnext_set_weight_cache(resnext_t *m, int mode);
 
+/*
+ * Keep the convolution weights (their gradients and Adam moments too) in the order the
+ * backend computes in, where it has one (nn_backend_t.conv_native_weights): on = 1 saves
+ * two weight reorders per convolution and training step (bench/README.md); 0 (default):
+ * PyTorch's plain order. The current values are converted; Adam is elementwise and does
+ * not care. Code that reads a weight or gradient by position then goes through
+ * nn_params_read_plain / nn_params_write_plain (checkpoints and nn_params_fill_hashed do).
+ */
+void resnext_set_native_weights(resnext_t *m, int on);
+
 /* Backward from dlogits (N x num_outputs, backend memory) after a training forward: fills
  * m->ps.grads (assigned, not accumulated). */
 void resnext_backward(resnext_t *m, const float *dlogits);

@@ -107,10 +107,19 @@ static void fill_uniform(seqmodel_t *m, size_t entry, double bound, nn_rng_t *rn
     free(host);
 }
 
+int seqmodel_set_precision(seqmodel_t *m, int precision)
+{
+    nn_lstm_set_precision(&m->lstm1, precision);
+    m->precision = nn_lstm_set_precision(&m->lstm2, precision);
+    return m->precision;
+}
+
 void seqmodel_weights_changed(seqmodel_t *m)
 {
     nn_lstm_weights_changed(&m->lstm1);
     nn_lstm_weights_changed(&m->lstm2);
+    for (int k = 0; k < SEQ_LINEARS; k++)
+        m->lin_w_bf16_of[k] = NULL;
 }
 
 void seqmodel_init_default(seqmodel_t *m, nn_rng_t *rng)
@@ -149,6 +158,11 @@ void seqmodel_destroy(seqmodel_t *m)
         return;
     free_batch(m);
     free(m->lengths);
+    for (int k = 0; k < SEQ_LINEARS; k++) {
+        free(m->lin_w_bf16[k]);
+        free(m->lin_x_bf16[k]);
+    }
+    free(m->dy_bf16);
     nn_lstm_free(&m->lstm1);
     nn_lstm_free(&m->lstm2);
     nn_params_free(&m->ps);
@@ -174,6 +188,21 @@ static void reserve(seqmodel_t *m, int batch, int steps)
     for (size_t i = 0; i < sizeof(out_bufs) / sizeof(out_bufs[0]); i++)
         *out_bufs[i] = xmalloc(rows * SEQ_OUTPUTS * sizeof(float));
     m->cap_rows = rows;
+}
+
+/* The bf16 operands of the linear layers (mixed precision), grown to batch x steps rows. */
+static void reserve_bf16(seqmodel_t *m, int batch, int steps)
+{
+    size_t rows = (size_t)batch * steps, wide = 2 * (size_t)m->hidden;
+    if (m->precision != NN_PRECISION_BF16 || rows <= m->cap_rows_bf16)
+        return;
+    for (int k = 0; k < SEQ_LINEARS; k++) {
+        free(m->lin_x_bf16[k]);
+        m->lin_x_bf16[k] = xmalloc(rows * wide * sizeof(nn_bf16_t));
+    }
+    free(m->dy_bf16);
+    m->dy_bf16 = xmalloc(rows * wide * sizeof(nn_bf16_t));
+    m->cap_rows_bf16 = rows;
 }
 
 /* X = [E, E - E_prev, E - E_next] per series; differences zero at its ends, padding zero. */
@@ -202,26 +231,58 @@ static void build_input(seqmodel_t *m, const float *embeddings)
     }
 }
 
-/* y[rows][out] = x[rows][in] W^T + b. */
-static void linear_forward(long rows, int in, int out, const float *x, const float *w,
-                           const float *b, float *y)
+/* Linear layer `which`'s weight rounded to bf16 (made when missing or stale). */
+static const nn_bf16_t *linear_weight_bf16(seqmodel_t *m, int which, const float *w,
+                                           size_t count, int in)
 {
+    if (m->lin_w_bf16_of[which] == w)
+        return m->lin_w_bf16[which];
+    if (!m->lin_w_bf16[which])
+        m->lin_w_bf16[which] = xmalloc(count * sizeof(nn_bf16_t));
+    nn_bf16_round_rows(w, (long)(count / (size_t)in), in, in, m->lin_w_bf16[which], in);
+    m->lin_w_bf16_of[which] = w;
+    return m->lin_w_bf16[which];
+}
+
+/* y[rows][out] = x[rows][in] W^T + b; in mixed precision on x and W rounded to bf16 (x's
+ * rounding kept for the backward). */
+static void linear_forward(seqmodel_t *m, int which, long rows, int in, int out,
+                           const float *x, const float *w, const float *b, float *y)
+{
+    if (m->precision == NN_PRECISION_BF16) {
+        nn_bf16_round_rows(x, rows, in, in, m->lin_x_bf16[which], in);
+        nn_bf16_matmul('N', 'T', rows, out, in, m->lin_x_bf16[which], in,
+                       linear_weight_bf16(m, which, w, (size_t)out * in, in), in, b, 0, y,
+                       out);
+        return;
+    }
     for (long r = 0; r < rows; r++)
         memcpy(y + r * out, b, (size_t)out * sizeof(float));
     nn_sgemm('N', 'T', rows, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
 }
 
-/* dW = dy^T x, db = column sums of dy, dx (+)= dy W (accumulate when add_dx). */
-static void linear_backward(long rows, int in, int out, const float *x, const float *w,
-                            const float *dy, float *dw, float *db, float *dx, int add_dx)
+/* dW = dy^T x, db = column sums of dy, dx (+)= dy W (accumulate when add_dx); in mixed
+ * precision the products on dy, x and W rounded to bf16. */
+static void linear_backward(seqmodel_t *m, int which, long rows, int in, int out,
+                            const float *x, const float *w, const float *dy, float *dw,
+                            float *db, float *dx, int add_dx)
 {
-    nn_sgemm('T', 'N', out, in, rows, 1.0f, dy, out, x, in, 0.0f, dw, in);
     for (int j = 0; j < out; j++) {
         double sum = 0.0;
         for (long r = 0; r < rows; r++)
             sum += dy[r * out + j];
         db[j] = (float)sum;
     }
+    if (m->precision == NN_PRECISION_BF16) {
+        nn_bf16_round_rows(dy, rows, out, out, m->dy_bf16, out);
+        nn_bf16_matmul('T', 'N', out, in, rows, m->dy_bf16, out, m->lin_x_bf16[which], in,
+                       NULL, 0, dw, in);
+        nn_bf16_matmul('N', 'N', rows, in, out, m->dy_bf16, out,
+                       linear_weight_bf16(m, which, w, (size_t)out * in, in), in, NULL,
+                       add_dx, dx, in);
+        return;
+    }
+    nn_sgemm('T', 'N', out, in, rows, 1.0f, dy, out, x, in, 0.0f, dw, in);
     nn_sgemm('N', 'N', rows, in, out, 1.0f, dy, out, w, in, add_dx ? 1.0f : 0.0f, dx, in);
 }
 
@@ -240,6 +301,7 @@ void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int ste
     nn_paramset_t *ps = &m->ps;
 
     reserve(m, batch, steps);
+    reserve_bf16(m, batch, steps);
     m->batch = batch;
     m->steps = steps;
     m->n_valid = 0;
@@ -257,10 +319,10 @@ void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int ste
     nn_lstm_forward(&m->lstm1, &w1, m->x, batch, steps, m->lengths, m->h1);
     nn_lstm_forward(&m->lstm2, &w2, m->h1, batch, steps, m->lengths, m->h2);
 
-    linear_forward(rows, W, W, m->h1, nn_params_value(ps, m->lin1_w),
+    linear_forward(m, SEQ_LINEAR1, rows, W, W, m->h1, nn_params_value(ps, m->lin1_w),
                    nn_params_value(ps, m->lin1_b), m->a1);
     relu((size_t)rows * W, m->a1);
-    linear_forward(rows, W, W, m->h2, nn_params_value(ps, m->lin2_w),
+    linear_forward(m, SEQ_LINEAR2, rows, W, W, m->h2, nn_params_value(ps, m->lin2_w),
                    nn_params_value(ps, m->lin2_b), m->a2);
     relu((size_t)rows * W, m->a2);
 
@@ -275,7 +337,7 @@ void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int ste
             m->summed[at + j] = sum + e[j % H];
         }
     }
-    linear_forward(rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
+    linear_forward(m, SEQ_HEAD, rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
                    nn_params_value(ps, m->lin_b), m->logits);
 }
 
@@ -360,18 +422,18 @@ void seqmodel_backward(seqmodel_t *m)
     const size_t n = (size_t)rows * W;
     nn_paramset_t *ps = &m->ps;
 
-    linear_backward(rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
+    linear_backward(m, SEQ_HEAD, rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
                     m->dlogits, nn_params_grad(ps, m->lin_w), nn_params_grad(ps, m->lin_b),
                     m->dhidden, 0);
 
     /* Each LSTM output feeds the sum directly and through its relu branch. */
     memcpy(m->dh1, m->dhidden, n * sizeof(float));
     relu_mask(n, m->a1, m->dhidden, m->dpre);
-    linear_backward(rows, W, W, m->h1, nn_params_value(ps, m->lin1_w), m->dpre,
+    linear_backward(m, SEQ_LINEAR1, rows, W, W, m->h1, nn_params_value(ps, m->lin1_w), m->dpre,
                     nn_params_grad(ps, m->lin1_w), nn_params_grad(ps, m->lin1_b), m->dh1, 1);
     memcpy(m->dh2, m->dhidden, n * sizeof(float));
     relu_mask(n, m->a2, m->dhidden, m->dpre);
-    linear_backward(rows, W, W, m->h2, nn_params_value(ps, m->lin2_w), m->dpre,
+    linear_backward(m, SEQ_LINEAR2, rows, W, W, m->h2, nn_params_value(ps, m->lin2_w), m->dpre,
                     nn_params_grad(ps, m->lin2_w), nn_params_grad(ps, m->lin2_b), m->dh2, 1);
 
     /* lstm2's input gradient joins h1's; the embeddings need none. */
@@ -383,4 +445,6 @@ void seqmodel_backward(seqmodel_t *m)
     for (size_t i = 0; i < n; i++)
         m->dh1[i] += m->dpre[i];
     nn_lstm_backward(&m->lstm1, &w1, m->x, m->h1, m->dh1, NULL, &g1);
+    /* The linear layers' bf16 weights served this batch; a step follows (as the LSTMs'). */
+    seqmodel_weights_changed(m);
 }

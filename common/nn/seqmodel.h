@@ -18,8 +18,14 @@
  * method's weighted BCE with its means over the valid slices only; a negative label (unknown)
  * is left out of both means.
  *
- * missing: bf16; a GPU backend (the activations and the parameter slabs are host memory,
- * so the model runs on the "cpu" backend only).
+ * Mixed precision (seqmodel_set_precision NN_PRECISION_BF16): every matrix product takes
+ * bf16 operands with fp32 sums, the LSTMs' (nn/lstm.h) and the linear layers' (oneDNN's
+ * bf16 matmul: input and weight rounded in the forward, output gradient, input and weight in
+ * the backward); parameters, gradients, Adam, biases, gates, cell states, the sums of the
+ * branches and the loss stay fp32.
+ *
+ * missing: a GPU backend (the activations and the parameter slabs are host memory, so the
+ * model runs on the "cpu" backend only).
  */
 #ifndef ICH_NN_SEQMODEL_H
 #define ICH_NN_SEQMODEL_H
@@ -33,9 +39,13 @@
 
 #define SEQ_OUTPUTS 6
 
+/* The linear layers. */
+enum { SEQ_LINEAR1 = 0, SEQ_LINEAR2 = 1, SEQ_HEAD = 2, SEQ_LINEARS = 3 };
+
 typedef struct {
     int emb, hidden;
     int pad_like_original;
+    int precision; /* NN_PRECISION_* in effect (seqmodel_set_precision) */
     nn_backend_t *be;
     nn_paramset_t ps;
     nn_lstm_t lstm1, lstm2;
@@ -52,6 +62,15 @@ typedef struct {
     float *logits, *dlogits;  /* [rows][6]; dlogits zero at padded rows */
     float *dhidden, *dh1, *dh2, *dpre; /* [rows][2H] backward scratch */
     float *valid_logits, *valid_labels, *valid_dlogits; /* [n_valid][6] */
+
+    /* Mixed precision, per linear layer (SEQ_LINEAR1, SEQ_LINEAR2, SEQ_HEAD): its weight
+     * rounded to bf16 with the weight it was made from, its input as the forward rounded it;
+     * the output gradient of the layer in the backward, rounded. */
+    nn_bf16_t *lin_w_bf16[3];
+    const float *lin_w_bf16_of[3];
+    nn_bf16_t *lin_x_bf16[3]; /* [rows][2H] */
+    nn_bf16_t *dy_bf16;       /* [rows][2H] */
+    size_t cap_rows_bf16;
 } seqmodel_t;
 
 /*
@@ -61,6 +80,12 @@ typedef struct {
 seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_original,
                             char *err, size_t err_len);
 void seqmodel_destroy(seqmodel_t *m);
+
+/*
+ * The arithmetic of the products that follow (fp32 after seqmodel_create); returns the one
+ * in effect: NN_PRECISION_FP32 with a notice on a CPU without AVX512-BF16.
+ */
+int seqmodel_set_precision(seqmodel_t *m, int precision);
 
 /*
  * PyTorch's default initialisation, drawn from rng: every LSTM tensor uniform in

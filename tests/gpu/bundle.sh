@@ -1,7 +1,9 @@
 #!/bin/sh
 # Put what tests/gpu/run.sh needs on a GPU machine that lacks this build's Debian libraries
-# into one folder: the check program and the CUDA backend's plugin beside it (stripped), and
-# the shared libraries they load, except
+# into one folder: the check program and the CUDA backend's plugin beside it (stripped), the
+# all-reduce benchmark (bench/mpi_bench.c, in a build with MPI: it then carries OpenMPI's
+# libraries, but not mpirun, which the GPU image lacks), and the shared libraries they load,
+# except
 # glibc's (the GPU machine's own) and CUDA's (its toolkit and PyTorch's wheels; run.sh finds
 # them). The folder must stay under 64 MiB, what the device tool carries.
 # Usage: bundle.sh BUILD BIN OUT
@@ -18,8 +20,23 @@ mkdir -p "$out.tmp/bin" "$out.tmp/lib"
 strip -o "$out.tmp/bin/gpu_parity" "$prog"
 strip --strip-unneeded -o "$out.tmp/bin/libichpipe_cuda.so" "$build/libichpipe_cuda.so"
 
+# The all-reduce driver, linked as bench/mpi_bench.sh links it.
+config() { sed -n "s/^$1 = //p" "$build/config.mk"; }
+carried="$prog $build/libichpipe_cuda.so"
+if [ "$(config HAVE_MPI)" = 1 ]; then
+    ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -pthread -Icommon \
+        $(config HDF5_CFLAGS) -c bench/mpi_bench.c -o "$out.tmp/mpi_bench.o"
+    ${CXX:-c++} -pthread "$out.tmp/mpi_bench.o" "$build/libichpipe.a" -o "$out.tmp/mpi_bench" \
+        $(config DCMTK_LIBS) $(config HDF5_LIBS) $(config JPEG_LIBS) $(config ZLIB_LIBS) \
+        $(config DNNL_LIBS) $(config MPI_LIBS) -Wl,--as-needed $(config NCCL_LIBS) -lm \
+            -rdynamic -ldl
+    strip -o "$out.tmp/bin/mpi_bench" "$out.tmp/mpi_bench"
+    rm -f "$out.tmp/mpi_bench.o" "$out.tmp/mpi_bench"
+    carried="$carried $out.tmp/bin/mpi_bench"
+fi
+
 # Every library ldd resolves, but the C library's own and CUDA's.
-ldd "$prog" "$build/libichpipe_cuda.so" | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do
+ldd $carried | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do
     case "$name" in
     libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | ld-linux*) continue ;;
     libcuda* | libcudnn* | libcublas* | libnccl* | libnv*) continue ;;

@@ -1,11 +1,13 @@
 """Print the folders (colon-separated) that hold the CUDA libraries the engine's CUDA backend
-loads (cudart 13, cuDNN 9, cuBLAS 13): PyTorch's nvidia wheels first, then torch's own
-folder, then the toolkit."""
+loads (cudart 13, cuDNN 9, cuBLAS 13), and NVRTC's and NCCL's (the all-reduce benchmark)
+when there are: PyTorch's nvidia wheels first, then torch's own folder, then the toolkit."""
 import glob
 import os
 import sys
 
 WANTED = ("libcudart.so.13", "libcudnn.so.9", "libcublas.so.13", "libcublasLt.so.13")
+# nvrtc: cuDNN compiles some of its engines at run time and looks for it by name.
+OPTIONAL = ("libnccl.so.2", "libnvrtc.so.13")
 
 
 def roots():
@@ -26,11 +28,12 @@ def roots():
 
 def main():
     folders, missing = [], []
-    for name in WANTED:
+    for name in WANTED + OPTIONAL:
         hits = [p for root in roots() for p in glob.glob(os.path.join(root, "**", name),
                                                           recursive=True)]
         if not hits:
-            missing.append(name)
+            if name in WANTED:
+                missing.append(name)
             continue
         folder = os.path.dirname(hits[0])
         if folder not in folders:

@@ -3,10 +3,14 @@
  *   --ops           every op of the CUDA backend against the CPU backend, same inputs
  *   --model NAME    a ResNeXt's training forward, backward and eval forward, GPU vs CPU
  *   --train STEPS   a short training run (tiny model, Adam) on both; the losses compare
+ *                   (--precision bf16 or fp16: the GPU in mixed precision, fp16 with dynamic
+ *                   loss scaling, against the CPU in fp32)
  *   --bench NAME    images/s of training and eval steps on the GPU
  * and one check that needs no GPU (tests/t_cuda_build.sh):
  *   --host-math     the CUDA kernels' element arithmetic (nn/math_cuda.h) against the host
- *                   loss and Adam of host_ops.c, compiled here for the CPU
+ *                   loss and Adam of host_ops.c, compiled here for the CPU; the 16-bit
+ *                   rounding against checkpoint.h's bf16 and the compiler's _Float16, the
+ *                   NHWC index map, the overflow check, index math past 2^32 elements
  * Errors are normalised: max |gpu - cpu| / max |cpu| per output, against a stated limit.
  * A device that cannot start exits 2 (EXIT_USAGE) with the reason, as the programs do.
  */
@@ -15,11 +19,15 @@
 #include "log.h"
 #include "opt.h"
 #include "nn/backend_cuda.h"
+#include "nn/checkpoint.h"
+#include "nn/lossscale.h"
 #include "nn/math_cuda.h"
+#include "nn/mixed.h"
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/resnext.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +49,15 @@ static double normalised_error(const float *got, const float *want, size_t count
         scale = fabs(want[i]) > scale ? fabs(want[i]) : scale;
     }
     return scale > 0.0 ? diff / scale : diff;
+}
+
+/* Same float, NaN matching any NaN (payloads differ: the GPU returns its
+ * canonical NaN, C does not specify one). */
+static int same_float(float a, float b)
+{
+    if (a != a || b != b)
+        return a != a && b != b;
+    return memcmp(&a, &b, sizeof a) == 0;
 }
 
 static void report(const char *what, double err, double limit)
@@ -134,6 +151,47 @@ static void check_op(nn_backend_t *cpu, nn_backend_t *gpu, const char *what, op_
     outputs_free(&got);
 }
 
+static int is_cpu(const nn_backend_t *be)
+{
+    return strcmp(be->name, "cpu") == 0;
+}
+
+/*
+ * A GPU in 16-bit against the CPU in fp32: each output within `limit`, and, so that a
+ * silent fall back to fp32 (cuDNN without a 16-bit algorithm for the shape) does not pass
+ * for mixed precision, each one's error at least limit / 100 (the formats' expected error
+ * is about limit / 3; fp32 sums differ by about 1e-6). must_be_16bit 0: the floor is only
+ * noted, for shapes where cuDNN may lack 16-bit kernels (few channels per group).
+ */
+static void check_op_mixed(nn_backend_t *cpu, nn_backend_t *gpu, const char *what,
+                           op_run_t run, const void *arg, double limit, int must_be_16bit)
+{
+    outputs_t want = {0}, got = {0};
+    run(cpu, arg, &want);
+    run(gpu, arg, &got);
+    double least = INFINITY, floor = limit / 100.0;
+    for (int i = 0; i < want.count; i++) {
+        char label[160];
+        snprintf(label, sizeof label, "%s: %s", what, want.name[i]);
+        double err = normalised_error(got.value[i], want.value[i], want.size[i]);
+        report(label, err, limit);
+        least = err < least ? err : least;
+    }
+    if (is_cpu(gpu)) {
+        /* --device cpu: both sides compute in fp32 (the CPU has no fp16); nothing to see. */
+    } else if (must_be_16bit) {
+        int ok = least >= floor;
+        printf("%-4s %-44s err %9.2e  floor %7.1e\n", ok ? "ok" : "FAIL",
+               "  computed in 16 bits (not fp32)", least, floor);
+        failures += !ok;
+    } else if (least < floor) {
+        printf("note: %s: smallest error %.2e is below %.1e: computed in fp32 (cuDNN has no "
+               "16-bit algorithm for this shape?)\n", what, least, floor);
+    }
+    outputs_free(&want);
+    outputs_free(&got);
+}
+
 /* A plain NCHW tensor of hashed values in backend memory. */
 static nn_tensor_t tensor_hashed(nn_backend_t *be, int n, int c, int h, int w, const char *name,
                                  float scale, float offset)
@@ -175,29 +233,56 @@ static float *conv_weights(nn_backend_t *be, const conv_case_t *cc, const char *
     return dev;
 }
 
-static void run_conv(nn_backend_t *be, const void *arg, outputs_t *out)
+/*
+ * Forward, both backwards. With `recache` the weights are first used, then overwritten
+ * through to_device (a new weights generation) before the forward that is kept, so that a
+ * stale 16-bit copy of the first weights would show.
+ */
+static void conv_pass(nn_backend_t *be, const conv_case_t *cc, int precision, int recache,
+                      outputs_t *out)
 {
-    const conv_case_t *cc = arg;
-    nn_conv_t op = {cc->in_ch, cc->out_ch, cc->kernel, cc->stride, cc->pad, cc->groups,
-                    NULL, 0, cc->precision};
+    nn_conv_t op = {.in_ch = cc->in_ch, .out_ch = cc->out_ch, .kernel = cc->kernel,
+                    .stride = cc->stride, .pad = cc->pad, .groups = cc->groups,
+                    .cache_weights = recache, .precision = precision};
     int oh = out_size(cc->size, cc->kernel, cc->stride, cc->pad);
     size_t wcount;
     nn_tensor_t x = tensor_hashed(be, cc->n, cc->in_ch, cc->size, cc->size, "conv.x", 1, 0);
     nn_tensor_t dy = tensor_hashed(be, cc->n, cc->out_ch, oh, oh, "conv.dy", 1, 0);
-    float *w = conv_weights(be, cc, "conv.w", &wcount);
+    float *w = conv_weights(be, cc, recache ? "conv.w0" : "conv.w", &wcount);
     nn_tensor_t y = tensor_zero(be, cc->n, cc->out_ch, oh, oh);
     nn_tensor_t dx = tensor_zero(be, cc->n, cc->in_ch, cc->size, cc->size);
     float *dw = be->alloc(be, wcount * sizeof(float));
 
+    if (recache) {
+        be->conv_forward(be, &op, &x, w, &y);
+        float *fresh = conv_weights(be, cc, "conv.w", &wcount);
+        float *host = download(be, fresh, wcount);
+        be->to_device(be, w, host, wcount * sizeof(float));
+        free(host);
+        be->release(be, fresh);
+    }
     be->conv_forward(be, &op, &x, w, &y);
     be->conv_backward_data(be, &op, &dy, w, &dx);
     be->conv_backward_weights(be, &op, &x, &dy, dw);
-    keep(out, be, "forward", y.data, nn_numel(&y));
+    keep(out, be, recache ? "forward (new weights)" : "forward", y.data, nn_numel(&y));
     keep(out, be, "backward data", dx.data, nn_numel(&dx));
     keep(out, be, "backward weights", dw, wcount);
 
     be->release_plan(be, &op.plan);
     RELEASE_ALL(be, x.data, dy.data, w, y.data, dx.data, dw);
+}
+
+static void run_conv(nn_backend_t *be, const void *arg, outputs_t *out)
+{
+    const conv_case_t *cc = arg;
+    conv_pass(be, cc, cc->precision, 0, out);
+}
+
+/* The GPU in the case's 16-bit precision, the CPU in fp32: mixed precision's own error. */
+static void run_conv_mixed(nn_backend_t *be, const void *arg, outputs_t *out)
+{
+    const conv_case_t *cc = arg;
+    conv_pass(be, cc, is_cpu(be) ? NN_PRECISION_FP32 : cc->precision, 1, out);
 }
 
 typedef struct {
@@ -261,14 +346,17 @@ static void run_bnorm_train(nn_backend_t *be, const void *arg, outputs_t *out)
 typedef struct {
     conv_case_t conv;
     int residual, relu;
+    int cpu_fp32; /* the CPU computes in fp32 whatever the case's precision */
 } conv_bn_case_t;
 
 static void run_conv_bn_infer(nn_backend_t *be, const void *arg, outputs_t *out)
 {
     const conv_bn_case_t *cb = arg;
     const conv_case_t *cc = &cb->conv;
-    nn_conv_t op = {cc->in_ch, cc->out_ch, cc->kernel, cc->stride, cc->pad, cc->groups,
-                    NULL, 1, cc->precision};
+    nn_conv_t op = {.in_ch = cc->in_ch, .out_ch = cc->out_ch, .kernel = cc->kernel,
+                    .stride = cc->stride, .pad = cc->pad, .groups = cc->groups,
+                    .cache_weights = 1,
+                    .precision = is_cpu(be) && cb->cpu_fp32 ? NN_PRECISION_FP32 : cc->precision};
     nn_bnorm_t bn = {cc->out_ch, 1e-5f, 0.1f, NULL};
     int oh = out_size(cc->size, cc->kernel, cc->stride, cc->pad);
     size_t wcount;
@@ -409,28 +497,198 @@ static void run_adam(nn_backend_t *be, const void *arg, outputs_t *out)
     free(g);
 }
 
-/* Limits: fp32 results differ by summation order only (cuDNN's algorithms, double sums in
- * batch norm): 1e-5 of the output's scale; TF32 products (bf16 requested): 1e-2. */
+/*
+ * Limits: fp32 results differ by summation order only (cuDNN's algorithms, double sums in
+ * batch norm): 1e-5 of the output's scale. bf16 on both sides (the CPU's oneDNN, cuDNN):
+ * the same rounded inputs, different sums, and a weight gradient the GPU rounds to bf16
+ * (2^-9 of its value): 1e-2.
+ * 16-bit on the GPU against fp32 on the CPU: rounding input and weights to p significant
+ * bits costs each product a relative error of RMS sqrt(2) * 2^-p / sqrt(3), independent from
+ * product to product, so an output's error is that fraction of its own RMS (the fp32 sums add
+ * nothing systematic): 3.2e-3 for bf16 (p = 8), 4e-4 for fp16 (p = 11). The normalised error
+ * is the largest one (about 4 RMS) over the largest output (about 3.5 RMS), plus the
+ * output's own rounding (2^-(p+1): y, dx and dw all leave cuDNN in 16 bits): bf16 about
+ * 6e-3, fp16 about 7e-4. Limits 2.5 times that: bf16 1.6e-2, fp16 2e-3 (the same 8x apart
+ * as the two formats). check_op_mixed also wants at least limit / 100 (16-bit arithmetic
+ * did run).
+ */
 #define LIMIT_FP32 1e-5
-#define LIMIT_TF32 1e-2
+#define LIMIT_BF16_BOTH 1e-2
+#define LIMIT_BF16_VS_FP32 1.6e-2
+#define LIMIT_FP16_VS_FP32 2e-3
+
+static double mixed_limit(int precision)
+{
+    return precision == NN_PRECISION_FP16 ? LIMIT_FP16_VS_FP32 : LIMIT_BF16_VS_FP32;
+}
+
+/*
+ * scale_check_finite against the host arithmetic: the values bit for bit, and the flag. A
+ * clean buffer follows the bad ones, so that a flag left set by an earlier call shows; the
+ * bad values sit at the first, the middle and the last element (the grid-stride loop's
+ * first and last passes).
+ */
+static void check_scale_finite(nn_backend_t *gpu)
+{
+    const size_t count = 3000017; /* past one pass of the grid (an H200: 132 x 32 x 256) */
+    const float factor = 1.0f / 65536.0f;
+    float *host = hashed(count, "scale.g", 3e4f, 0);
+    float *want = xmalloc(count * sizeof(float));
+    static const struct {
+        const char *name;
+        float value;
+        int where; /* 0 first, 1 middle, 2 last; -1: none */
+    } cases[] = {{"all finite", 0.0f, -1}, {"+inf in the middle", INFINITY, 1},
+                 {"-inf last", -INFINITY, 2}, {"NaN first", NAN, 0},
+                 {"all finite after overflows", 0.0f, -1}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        size_t at = cases[k].where == 0 ? 0 : cases[k].where == 1 ? count / 2 : count - 1;
+        float saved = host[at];
+        if (cases[k].where >= 0)
+            host[at] = cases[k].value;
+        float *dev = upload(gpu, host, count);
+        memcpy(want, host, count * sizeof(float));
+        int want_ok = nn_scale_check_finite_host(want, count, factor);
+        int got_ok = gpu->scale_check_finite(gpu, dev, count, factor);
+        float *got = download(gpu, dev, count);
+        int same = 1;
+        for (size_t i = 0; i < count; i++)
+            same &= same_float(got[i], want[i]);
+        char label[96];
+        snprintf(label, sizeof label, "loss scaling: unscale + check (%s)", cases[k].name);
+        printf("     %s: finite %d (host %d), values %s\n", cases[k].name, got_ok, want_ok,
+               same ? "same" : "differ");
+        report(label, (got_ok != want_ok) + !same, 0.0);
+        free(got);
+        gpu->release(gpu, dev);
+        host[at] = saved;
+    }
+    free(host);
+    free(want);
+}
+
+/*
+ * to_device_async: an upload must wait for the ops submitted before it that read its
+ * buffer, later ops must see it, and the host buffer is free on return (overwritten here at
+ * once). Large buffers and repeats make a missing wait likely to show.
+ */
+static void check_async_upload(nn_backend_t *gpu)
+{
+    const size_t count = (size_t)16 << 20;
+    nn_tensor_t a = tensor_zero(gpu, 1, (int)count, 1, 1), doubled = a;
+    doubled.data = gpu->alloc(gpu, count * sizeof(float));
+    float *host = xmalloc(count * sizeof(float));
+    int wrong = 0;
+    for (int round = 0; round < 4; round++) {
+        for (size_t i = 0; i < count; i++)
+            host[i] = (float)(round * 7 + (int)(i % 1001));
+        gpu->to_device_async(gpu, a.data, host, count * sizeof(float));
+        for (size_t i = 0; i < count; i++)
+            host[i] = -1.0f; /* staged: must not reach the device */
+        gpu->add(gpu, &a, &a, &doubled);
+        for (size_t i = 0; i < count; i++)
+            host[i] = (float)(round * 7 + 1000 + (int)(i % 13));
+        gpu->to_device_async(gpu, a.data, host, count * sizeof(float)); /* after the add */
+        float *sum = download(gpu, doubled.data, count);
+        float *now = download(gpu, a.data, count);
+        for (size_t i = 0; i < count; i++) {
+            wrong += sum[i] != 2.0f * (float)(round * 7 + (int)(i % 1001));
+            wrong += now[i] != (float)(round * 7 + 1000 + (int)(i % 13));
+        }
+        free(sum);
+        free(now);
+    }
+    printf("     async uploads: 8 of %zu MiB, %d wrong values\n", count * 4 >> 20, wrong);
+    report("async upload: ordered with the ops around it", wrong, 0.0);
+
+    /*
+     * The staging slots' reuse: with the GPU kept busy (a few hundred adds, tens of ms), three
+     * uploads in a row find their copies still waiting, so the third reuses the first's slot
+     * before that copy ran unless it waits for it. Each destination must hold its own data.
+     */
+    const size_t small = (size_t)1 << 20;
+    float *dest[3];
+    for (int k = 0; k < 3; k++)
+        dest[k] = gpu->alloc(gpu, small * sizeof(float));
+    for (int busy = 0; busy < 400; busy++)
+        gpu->add(gpu, &a, &a, &doubled);
+    for (int k = 0; k < 3; k++) {
+        for (size_t i = 0; i < small; i++)
+            host[i] = (float)(k * 100000 + (int)(i % 4099));
+        gpu->to_device_async(gpu, dest[k], host, small * sizeof(float));
+    }
+    int reuse_wrong = 0;
+    for (int k = 0; k < 3; k++) {
+        float *got = download(gpu, dest[k], small);
+        for (size_t i = 0; i < small; i++)
+            reuse_wrong += got[i] != (float)(k * 100000 + (int)(i % 4099));
+        free(got);
+        gpu->release(gpu, dest[k]);
+    }
+    printf("     3 uploads of %zu MiB behind a busy GPU: %d wrong values\n", small * 4 >> 20,
+           reuse_wrong);
+    report("async upload: a staging slot waits for its copy", reuse_wrong, 0.0);
+    free(host);
+    gpu->release(gpu, a.data);
+    gpu->release(gpu, doubled.data);
+}
 
 static void check_ops(nn_backend_t *cpu, nn_backend_t *gpu)
 {
+    /* mixed 1: the GPU in the case's 16-bit precision (NHWC, cached weights) against the
+     * CPU in fp32; 2: the same, and the GPU must have computed in 16 bits (8 channels per
+     * group or more, which cuDNN's tensor-core kernels take); 0: both in the case's
+     * precision. */
     static const struct {
         const char *name;
         conv_case_t c;
+        int mixed;
     } convs[] = {
-        {"conv 7x7/2 stem 3->16", {2, 3, 16, 37, 7, 2, 3, 1, NN_PRECISION_FP32}},
-        {"conv 1x1 32->64", {2, 32, 64, 14, 1, 1, 0, 1, NN_PRECISION_FP32}},
-        {"conv 1x1/2 32->64 (downsample)", {2, 32, 64, 14, 1, 2, 0, 1, NN_PRECISION_FP32}},
-        {"conv 3x3 grouped 64->64 g8", {2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_FP32}},
-        {"conv 3x3/2 grouped 64->64 g32", {2, 64, 64, 15, 3, 2, 1, 32, NN_PRECISION_FP32}},
-        {"conv 3x3 grouped g8 (bf16: tf32)", {2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_BF16}},
-        {"conv 1x1 32->64 (bf16: tf32)", {2, 32, 64, 14, 1, 1, 0, 1, NN_PRECISION_BF16}},
+        {"conv 7x7/2 stem 3->16", {2, 3, 16, 37, 7, 2, 3, 1, NN_PRECISION_FP32}, 0},
+        {"conv 1x1 32->64", {2, 32, 64, 14, 1, 1, 0, 1, NN_PRECISION_FP32}, 0},
+        {"conv 1x1/2 32->64 (downsample)", {2, 32, 64, 14, 1, 2, 0, 1, NN_PRECISION_FP32}, 0},
+        {"conv 3x3 grouped 64->64 g8", {2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_FP32}, 0},
+        {"conv 3x3/2 grouped 64->64 g32", {2, 64, 64, 15, 3, 2, 1, 32, NN_PRECISION_FP32}, 0},
+        {"conv 3x3 grouped g8 (bf16 both)", {2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_BF16}, 0},
+        {"conv 1x1 32->64 (bf16 both)", {2, 32, 64, 14, 1, 1, 0, 1, NN_PRECISION_BF16}, 0},
+        {"bf16 conv 7x7/2 stem 3->16 vs fp32", {2, 3, 16, 37, 7, 2, 3, 1, NN_PRECISION_BF16},
+         1},
+        {"bf16 conv 1x1/2 32->64 vs fp32", {2, 32, 64, 14, 1, 2, 0, 1, NN_PRECISION_BF16}, 2},
+        {"bf16 conv 3x3 g32 64->64 vs fp32", {2, 64, 64, 15, 3, 2, 1, 32, NN_PRECISION_BF16},
+         1},
+        {"bf16 conv 3x3 g32 256->256 vs fp32", {2, 256, 256, 15, 3, 1, 1, 32,
+                                                NN_PRECISION_BF16}, 2},
+        {"fp16 conv 7x7/2 stem 3->16 vs fp32", {2, 3, 16, 37, 7, 2, 3, 1, NN_PRECISION_FP16},
+         1},
+        {"fp16 conv 1x1/2 32->64 vs fp32", {2, 32, 64, 14, 1, 2, 0, 1, NN_PRECISION_FP16}, 2},
+        {"fp16 conv 3x3 g32 64->64 vs fp32", {2, 64, 64, 15, 3, 2, 1, 32, NN_PRECISION_FP16},
+         1},
+        {"fp16 conv 3x3 g32 256->256 vs fp32", {2, 256, 256, 15, 3, 1, 1, 32,
+                                                NN_PRECISION_FP16}, 2},
     };
-    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++)
-        check_op(cpu, gpu, convs[i].name, run_conv, &convs[i].c,
-                 convs[i].c.precision == NN_PRECISION_FP32 ? LIMIT_FP32 : LIMIT_TF32);
+    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++) {
+        int precision = convs[i].c.precision, mixed = convs[i].mixed;
+        double limit = mixed ? mixed_limit(precision)
+                       : precision == NN_PRECISION_FP32 ? LIMIT_FP32
+                                                        : LIMIT_BF16_BOTH;
+        if (mixed)
+            check_op_mixed(cpu, gpu, convs[i].name, run_conv_mixed, &convs[i].c, limit,
+                           mixed == 2);
+        else
+            check_op(cpu, gpu, convs[i].name, run_conv, &convs[i].c, limit);
+    }
+    conv_bn_case_t mixed_cbn[] = {
+        {{2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_BF16}, 1, 1, 1},
+        {{2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_FP16}, 1, 1, 1},
+    };
+    check_op_mixed(cpu, gpu, "bf16 grouped conv + bn + res + relu vs fp32", run_conv_bn_infer,
+                   &mixed_cbn[0], LIMIT_BF16_VS_FP32, 1);
+    check_op_mixed(cpu, gpu, "fp16 grouped conv + bn + res + relu vs fp32", run_conv_bn_infer,
+                   &mixed_cbn[1], LIMIT_FP16_VS_FP32, 1);
+    if (gpu->scale_check_finite)
+        check_scale_finite(gpu);
+    if (gpu->to_device_async)
+        check_async_upload(gpu);
 
     bn_case_t bn = {3, 24, 11, 0}, bn_relu = {3, 24, 11, 1}, bn_big = {8, 8, 64, 1};
     check_op(cpu, gpu, "batch norm", run_bnorm_train, &bn, LIMIT_FP32);
@@ -438,9 +696,9 @@ static void check_ops(nn_backend_t *cpu, nn_backend_t *gpu)
     check_op(cpu, gpu, "batch norm + relu 8x8x64x64", run_bnorm_train, &bn_big, LIMIT_FP32);
 
     conv_bn_case_t cbn[] = {
-        {{2, 32, 64, 14, 1, 1, 0, 1, NN_PRECISION_FP32}, 1, 1},
-        {{2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_FP32}, 0, 1},
-        {{2, 32, 64, 14, 1, 2, 0, 1, NN_PRECISION_FP32}, 0, 0},
+        {{2, 32, 64, 14, 1, 1, 0, 1, NN_PRECISION_FP32}, 1, 1, 0},
+        {{2, 64, 64, 14, 3, 1, 1, 8, NN_PRECISION_FP32}, 0, 1, 0},
+        {{2, 32, 64, 14, 1, 2, 0, 1, NN_PRECISION_FP32}, 0, 0, 0},
     };
     check_op(cpu, gpu, "conv + bn + residual + relu (infer)", run_conv_bn_infer, &cbn[0],
              LIMIT_FP32);
@@ -571,13 +829,23 @@ static void check_model(nn_backend_t *cpu, nn_backend_t *gpu, const char *name, 
     }
 }
 
-/* A few Adam steps of the tiny model on fixed data; the loss of every step compares. */
-static void check_training(nn_backend_t *cpu, nn_backend_t *gpu, int steps, double limit)
+/*
+ * A few Adam steps of the tiny model on fixed data; the loss of every step compares. The GPU
+ * computes in `precision` ("fp32", "bf16", "fp16"), the CPU in fp32; fp16 scales the loss
+ * gradient with nn/lossscale.h as cnntrain does, and a step it skips (overflow) is skipped on
+ * the CPU too, so that both stay on the same path.
+ */
+static void check_training(nn_backend_t *cpu, nn_backend_t *gpu, int steps, double limit,
+                           const char *precision)
 {
     const int batch = 4, size = 64;
     model_run_t runs[2];
     model_start(&runs[0], cpu, "tiny", batch, size);
     model_start(&runs[1], gpu, "tiny", batch, size);
+    resnext_set_precision(runs[1].m, nn_mixed_precision_setup(gpu, precision, "--precision"));
+    int scaling = strcmp(precision, "fp16") == 0;
+    nn_lossscale_t scaler;
+    nn_lossscale_init(&scaler);
     nn_adam_t hp = {1e-3, 0.9, 0.999, 1e-8, 1e-4};
     double worst = 0.0, first = 0.0, last[2] = {0, 0};
 
@@ -585,15 +853,21 @@ static void check_training(nn_backend_t *cpu, nn_backend_t *gpu, int steps, doub
         nn_params_alloc_adam(&runs[k].m->ps);
     for (int step = 1; step <= steps; step++) {
         double loss[2];
-        for (int k = 0; k < 2; k++) {
+        int take = 1;
+        for (int k = 1; k >= 0; k--) { /* the GPU first: it decides a skip */
             model_run_t *r = &runs[k];
             nn_paramset_t *ps = &r->m->ps;
             resnext_forward(r->m, &r->x, 1);
-            loss[k] = r->be->bce_loss(r->be, r->m->logits.data, r->labels, batch,
-                                      r->m->dlogits.data);
-            resnext_backward(r->m, r->m->dlogits.data);
-            r->be->adam_step(r->be, &hp, step, ps->params, ps->grads, ps->adam_m, ps->adam_v,
-                             ps->param_count);
+            float *dlogits = r->m->dlogits.data;
+            loss[k] = r->be->bce_loss(r->be, r->m->logits.data, r->labels, batch, dlogits);
+            if (k == 1 && scaling)
+                r->be->scale_check_finite(r->be, dlogits, (size_t)batch * 6, scaler.scale);
+            resnext_backward(r->m, dlogits);
+            if (k == 1 && scaling)
+                take = nn_lossscale_unscale(&scaler, r->be, ps->grads, ps->param_count);
+            if (take)
+                r->be->adam_step(r->be, &hp, step, ps->params, ps->grads, ps->adam_m,
+                                 ps->adam_v, ps->param_count);
             last[k] = loss[k];
         }
         if (step == 1)
@@ -601,9 +875,17 @@ static void check_training(nn_backend_t *cpu, nn_backend_t *gpu, int steps, doub
         double err = fabs(loss[1] - loss[0]) / fabs(loss[0]);
         worst = err > worst ? err : worst;
     }
-    printf("     training tiny %dpx b%d, %d Adam steps: loss %.6f -> cpu %.6f, gpu %.6f\n",
-           size, batch, steps, first, last[0], last[1]);
-    report("training: loss per step, gpu vs cpu", worst, limit);
+    printf("     training tiny %dpx b%d, %d Adam steps, gpu %s: loss %.6f -> cpu %.6f, "
+           "gpu %.6f\n",
+           size, batch, steps, precision, first, last[0], last[1]);
+    if (scaling)
+        printf("     loss scale %g, %lld step(s) skipped for overflow\n", scaler.scale,
+               (long long)scaler.skipped_steps);
+    char label[96];
+    snprintf(label, sizeof label, "training: loss per step, gpu %s vs cpu fp32", precision);
+    report(label, worst, limit);
+    if (strcmp(precision, "fp32") != 0)
+        report("training: the gpu's loss fell", !(last[1] < first), 0.0);
     if (!(last[0] < first))
         printf("note: the loss did not fall over %d steps\n", steps);
     model_end(&runs[0]);
@@ -900,8 +1182,7 @@ static void bench(nn_backend_t *gpu, const char *name, int batch, int size, int 
     nn_backend_t *be = prof ? &prof->base : gpu;
     model_run_t r;
     model_start(&r, be, name, batch, size);
-    resnext_set_precision(r.m, strcmp(precision, "bf16") == 0 ? NN_PRECISION_BF16
-                                                               : NN_PRECISION_FP32);
+    resnext_set_precision(r.m, nn_mixed_precision_setup(gpu, precision, "--precision"));
     nn_params_alloc_adam(&r.m->ps);
     for (int training = 1; training >= 0; training--) {
         double step = seconds_per_step(be, r.m, &r, training, 1); /* measures algorithms */
@@ -1137,8 +1418,191 @@ static void check_host_maxpool(int size, int kernel, int stride, int pad)
     free(argmax);
 }
 
+/* The compiler's IEEE half (GCC's _Float16, libgcc's rounding) as bits, and back. */
+typedef union {
+    _Float16 half;
+    uint16_t bits;
+} compiler_fp16_t;
+
+static uint16_t compiler_fp16_bits(float value)
+{
+    return ((compiler_fp16_t){.half = (_Float16)value}).bits;
+}
+
+static float compiler_fp16_value(uint16_t bits)
+{
+    return (float)((compiler_fp16_t){.bits = bits}).half;
+}
+
+/*
+ * The layout kernels run block by block as the GPU would (every thread's load, the barrier,
+ * every thread's store) against the element-wise map: values written where they belong,
+ * every destination written, and back again exactly. Returns the number of wrong values.
+ */
+static size_t check_host_tiles(int n, int channels, size_t plane, int format)
+{
+    size_t total = (size_t)n * channels * plane;
+    float *src = hashed(total, "tiles.x", 100.0f, 0), *back = xmalloc(total * sizeof(float));
+    uint16_t *half = xmalloc(total * sizeof(uint16_t));
+    memset(half, 0xFF, total * sizeof(uint16_t)); /* NaN: an unwritten value shows */
+    size_t plane_tiles = (plane + NN_TILE - 1) / NN_TILE;
+    int channel_tiles = (channels + NN_TILE - 1) / NN_TILE;
+    uint16_t tile16[NN_TILE][NN_TILE + 1];
+    float tile32[NN_TILE][NN_TILE + 1];
+    for (int in = 0; in < n; in++)
+        for (int tc = 0; tc < channel_tiles; tc++)
+            for (size_t tk = 0; tk < plane_tiles; tk++) {
+                for (int y = 0; y < NN_TILE_ROWS; y++)
+                    for (int x = 0; x < NN_TILE; x++)
+                        nn_to_half_load(src, in, channels, plane, format, tc, tk, x, y, tile16);
+                for (int y = 0; y < NN_TILE_ROWS; y++)
+                    for (int x = 0; x < NN_TILE; x++)
+                        nn_to_half_store(tile16, in, channels, plane, tc, tk, x, y, half);
+            }
+    size_t wrong = 0;
+    for (size_t i = 0; i < total; i++)
+        wrong += half[nn_nhwc_of_nchw(i, channels, plane)] != nn_half_bits(src[i], format);
+    for (int in = 0; in < n; in++)
+        for (int tc = 0; tc < channel_tiles; tc++)
+            for (size_t tk = 0; tk < plane_tiles; tk++) {
+                for (int y = 0; y < NN_TILE_ROWS; y++)
+                    for (int x = 0; x < NN_TILE; x++)
+                        nn_from_half_load(half, in, channels, plane, format, tc, tk, x, y,
+                                          tile32);
+                for (int y = 0; y < NN_TILE_ROWS; y++)
+                    for (int x = 0; x < NN_TILE; x++)
+                        nn_from_half_store(tile32, in, channels, plane, tc, tk, x, y, back);
+            }
+    for (size_t i = 0; i < total; i++)
+        wrong += !same_float(back[i], nn_half_value(nn_half_bits(src[i], format), format));
+    free(src);
+    free(back);
+    free(half);
+    return wrong;
+}
+
+/* One float rounded both ways; a mismatch counted in wrong[0] (bf16) or wrong[1] (fp16). */
+static void round_both(float v, size_t *checked, size_t wrong[2])
+{
+    (*checked)++;
+    wrong[0] += nn_bf16_bits(v) != nn_bf16_from_f32(v);
+    uint16_t got = nn_fp16_bits(v), want = compiler_fp16_bits(v);
+    int nan_both = v != v && (got & 0x7C00u) == 0x7C00u && (got & 0x3FFu) &&
+                   (want & 0x7C00u) == 0x7C00u && (want & 0x3FFu);
+    wrong[1] += got != want && !nan_both;
+}
+
+/*
+ * The 16-bit formats of the mixed-precision kernels: rounding every 257th float bit pattern
+ * (16.7 M of them, both signs, every exponent) plus the edges, against checkpoint.h's bf16
+ * (the CPU's) and the compiler's fp16; decoding every 16-bit pattern; the NHWC map.
+ */
+static void check_host_half(void)
+{
+    static const float edges[] = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.996f, 65520.0f,
+                                  65536.0f, 0x1p-14f, 0x1.ff8p-15f, 0x1p-24f, 0x1p-25f,
+                                  0x1.000002p-25f, 0x1.8p-24f, 0x1.4p-24f, 0x1p-26f, FLT_MAX,
+                                  FLT_MIN, 0x1p-149f, INFINITY, -INFINITY, NAN};
+    size_t checked = 0, wrong[2] = {0, 0};
+    size_t n_edges = sizeof edges / sizeof edges[0];
+    for (uint64_t pattern = 0; pattern <= 0xFFFFFFFFu; pattern += 257)
+        round_both(nn_bits_float((uint32_t)pattern), &checked, wrong);
+    for (size_t i = 0; i < n_edges; i++)
+        round_both(edges[i], &checked, wrong);
+    size_t bf16_wrong = wrong[0], fp16_wrong = wrong[1];
+    printf("16-bit rounding of %zu floats: bf16 %zu differ from checkpoint.h, fp16 %zu from "
+           "_Float16\n", checked, bf16_wrong, fp16_wrong);
+    report("host half: bf16 rounding", (double)bf16_wrong, 0.0);
+    report("host half: fp16 rounding", (double)fp16_wrong, 0.0);
+
+    size_t decode_wrong = 0;
+    for (uint32_t h = 0; h <= 0xFFFFu; h++) {
+        decode_wrong += !same_float(nn_fp16_value((uint16_t)h), compiler_fp16_value((uint16_t)h));
+        decode_wrong += !same_float(nn_bf16_value((uint16_t)h), nn_bf16_to_f32((uint16_t)h));
+        /* Decoding then rounding gives the pattern back (NaNs aside). */
+        float f16 = nn_fp16_value((uint16_t)h), b16 = nn_bf16_value((uint16_t)h);
+        decode_wrong += f16 == f16 && nn_fp16_bits(f16) != h;
+        decode_wrong += b16 == b16 && nn_bf16_bits(b16) != h;
+    }
+    report("host half: decoding all 65536 patterns", (double)decode_wrong, 0.0);
+
+    /* NHWC: a permutation, and element (n, c, k) lands at (n * plane + k) * C + c. */
+    static const int shapes[][3] = {{2, 3, 37 * 37}, {3, 64, 1}, {1, 1, 49}, {4, 5, 9}};
+    size_t map_wrong = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int n = shapes[s][0], c = shapes[s][1];
+        size_t plane = (size_t)shapes[s][2], total = (size_t)n * c * plane;
+        unsigned char *seen = xcalloc(total, 1);
+        for (int in = 0; in < n; in++)
+            for (int ic = 0; ic < c; ic++)
+                for (size_t k = 0; k < plane; k++) {
+                    size_t at = nn_nhwc_of_nchw(((size_t)in * c + ic) * plane + k, c, plane);
+                    map_wrong += at != ((size_t)in * plane + k) * c + ic || seen[at]++;
+                }
+        free(seen);
+    }
+    report("host half: NCHW -> NHWC map", (double)map_wrong, 0.0);
+    size_t tiles_wrong = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int format = NN_PRECISION_BF16; format <= NN_PRECISION_FP16; format++)
+            tiles_wrong += check_host_tiles(shapes[s][0], shapes[s][1], (size_t)shapes[s][2],
+                                            format);
+    tiles_wrong += check_host_tiles(2, 70, 45, NN_PRECISION_FP16);
+    report("host half: tiled layout kernels, both ways", (double)tiles_wrong, 0.0);
+
+    /* The overflow check's element test against isfinite, on the edges. */
+    size_t finite_wrong = 0;
+    for (size_t i = 0; i < n_edges; i++) {
+        float v = edges[i];
+        finite_wrong += nn_scale_check(&v, 0.5f) != isfinite(edges[i]);
+        finite_wrong += !same_float(v, edges[i] * 0.5f);
+    }
+    report("host half: overflow check vs isfinite", (double)finite_wrong, 0.0);
+}
+
+/*
+ * The kernels' index math past 2^32 elements (a 16 x 2048 x 480 x 480 activation has 7.5e9),
+ * without the memory: the last element, a channel's first element of the last image, and
+ * the last tile map where they belong in both layouts, and the batch norm walk steps across
+ * images of a plane past 2^32 values. An int anywhere in the chain would wrap.
+ */
+static void check_host_big_index(void)
+{
+    size_t wrong = 0;
+    static const struct {
+        int n, channels;
+        size_t plane;
+    } big[] = {{16, 2048, 480 * 480}, {65535, 2048, 240 * 240}, {3, 3, ((size_t)1 << 33) + 7}};
+    for (size_t s = 0; s < sizeof big / sizeof big[0]; s++) {
+        int n = big[s].n, channels = big[s].channels;
+        size_t plane = big[s].plane, total = (size_t)n * channels * plane;
+        wrong += nn_nchw_at(n - 1, channels - 1, channels, plane, plane - 1) != total - 1;
+        wrong += nn_nhwc_at(n - 1, channels - 1, channels, plane, plane - 1) != total - 1;
+        wrong += nn_nhwc_of_nchw(total - 1, channels, plane) != total - 1;
+        /* (last image, channel 1, position 0) */
+        size_t at = ((size_t)(n - 1) * channels + 1) * plane;
+        wrong += nn_nhwc_of_nchw(at, channels, plane) != (size_t)(n - 1) * plane * channels + 1;
+        /* The last tile's corner lies inside; one tile further along the plane does not. */
+        int tile_c = (channels - 1) / NN_TILE, c;
+        size_t tile_k = (plane - 1) / NN_TILE, k;
+        int x = (int)((plane - 1) % NN_TILE), row = (channels - 1) % NN_TILE;
+        wrong += !nn_tile_at(tile_c, tile_k, row, x, 1, channels, plane, &c, &k) ||
+                 c != channels - 1 || k != plane - 1;
+        wrong += nn_tile_at(tile_c, tile_k + 1, 0, 0, 1, channels, plane, &c, &k);
+        /* A thread whose first value is in image 1 and whose step crosses one image. */
+        nn_channel_walk_t walk = nn_channel_walk(plane + 7, plane + 1, plane);
+        wrong += walk.n != 1 || walk.k != 7;
+        nn_channel_walk_next(&walk, plane);
+        wrong += walk.n != 2 || walk.k != 8;
+    }
+    printf("index math past 2^32 elements: %zu wrong\n", wrong);
+    report("host index: layouts, tiles, walk past 2^32", (double)wrong, 0.0);
+}
+
 static int check_host_math(void)
 {
+    check_host_half();
+    check_host_big_index();
     /* The batch norm walk covers each value once: planes smaller and larger than a step. */
     static const struct {
         int batch;
@@ -1210,6 +1674,19 @@ static int check_host_math(void)
 
 /* ---- main -------------------------------------------------------------------------------- */
 
+/*
+ * The loss per step, GPU vs CPU fp32: fp32 differs by summation order (1e-4 over the steps).
+ * Mixed precision: test_nn_bf16 holds the tiny model's outputs and loss in bf16 to 5e-2
+ * (26 convolutions deep, each adding 3.2e-3 in quadrature, times 3); fp16 rounds 8x finer:
+ * 1e-2 (rounded up from 6e-3, since Adam's first steps amplify small gradient differences).
+ */
+static double training_limit(const char *precision)
+{
+    if (strcmp(precision, "bf16") == 0)
+        return 5e-2;
+    return strcmp(precision, "fp16") == 0 ? 1e-2 : 1e-4;
+}
+
 int main(int argc, char **argv)
 {
     const char *device = "cuda", *model = NULL, *bench_model = NULL, *precision = "fp32";
@@ -1229,7 +1706,9 @@ int main(int argc, char **argv)
         {0, "batch", OPT_INT, &batch, "N", "batch for --model and --bench", 1, 4096, NULL},
         {0, "size", OPT_INT, &size, "PX", "image size for --model and --bench", 32, 4096, NULL},
         {0, "iters", OPT_INT, &iters, "N", "timed steps for --bench", 1, 1000, NULL},
-        {0, "precision", OPT_CHOICE, &precision, "P", "--bench arithmetic", 1, 0, "fp32|bf16"},
+        {0, "precision", OPT_CHOICE, &precision, "P",
+         "--bench and --train arithmetic on the GPU (--train: the CPU stays fp32)", 1, 0,
+         NN_PRECISION_CHOICES},
         {0, "profile", OPT_FLAG, &profile, NULL,
          "--bench: time by kind of op instead (waits after each op)", 1, 0, NULL},
         {0, "limit-forward", OPT_DOUBLE, &limit_forward, "E",
@@ -1267,7 +1746,7 @@ int main(int argc, char **argv)
     if (model)
         check_model(cpu, gpu, model, batch, size, limit_forward, limit_grads);
     if (train_steps)
-        check_training(cpu, gpu, train_steps, 1e-4);
+        check_training(cpu, gpu, train_steps, training_limit(precision), precision);
     if (bench_model)
         bench(gpu, bench_model, batch, size, iters, precision, profile);
 

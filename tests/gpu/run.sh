@@ -5,11 +5,18 @@
 # libraries it needs); CUDA's libraries come from the GPU machine (PyTorch's wheels or the
 # toolkit). Needs python3 with torch and torchvision for the side-by-side benchmark.
 #
+# Checks: every op against the CPU backend (fp32; bf16 and fp16 convolutions against the
+# CPU's fp32 with limits from the formats' precision; loss scaling's unscale and overflow
+# flag; uploads through the copy stream), the models, short training runs (fp32, bf16, and
+# fp16 with dynamic loss scaling, against the CPU in fp32), the gradient all-reduce of
+# bench/mpi_bench.c on the GPU with one rank (issue 9's N=1 overhead), then the benchmark.
+#
 #   sh tests/gpu/run.sh [BUNDLE]          default BUNDLE: build/gpu-bundle
 #
 # Environment: GPU_BENCH_SIZE (480), GPU_BENCH_BATCH (16), GPU_BENCH_ITERS (4),
-# GPU_SKIP_BENCH=1 (parity only), PY (python3). Results also go to $OUT/gpu_results.txt
-# when OUT names a folder. Exit 0 when every check passed, 1 otherwise.
+# GPU_SKIP_BENCH=1 (parity only), GPU_BENCH_FP16=1 (the engine in fp16 too), PY (python3).
+# Results also go to $OUT/gpu_results.txt when OUT names a folder. Exit 0 when every check
+# passed, 1 otherwise (no usable GPU: 1, saying so, nothing checked).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 bundle=${1:-build/gpu-bundle}
@@ -52,7 +59,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 head -n 1 "$bundle/MANIFEST" | tee -a "$results"
 
 cuda_dirs=$("$PY" tests/gpu/cuda_libs.py)
-export LD_LIBRARY_PATH="$PWD/$bundle/lib${cuda_dirs:+:$cuda_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+lib_path="$PWD/$bundle/lib${cuda_dirs:+:$cuda_dirs}"
+# PyTorch runs with the machine's own libraries, not this build's Debian ones (libstdc++,
+# libgomp, libz) that the bundle puts first for the engine.
+machine_lib_path=${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 say "libraries: $LD_LIBRARY_PATH"
 if ldd "$bundle/bin/gpu_parity" "$bundle/bin/libichpipe_cuda.so" | grep "not found" |
     tee -a "$results" | grep -q .; then
@@ -61,22 +72,53 @@ if ldd "$bundle/bin/gpu_parity" "$bundle/bin/libichpipe_cuda.so" | grep "not fou
 fi
 prog=$bundle/bin/gpu_parity
 
+# No usable GPU (no driver, no device): say so once and stop, instead of failing every step.
+if ! "$prog" --device cuda >"$scratch/probe" 2>&1; then
+    say "no usable GPU here, nothing checked: $(tail -n 1 "$scratch/probe")"
+    exit 1
+fi
+
 step "ops, gpu vs cpu" 120 "$prog" --device cuda --ops
 step "tiny model, gpu vs cpu" 120 "$prog" --device cuda --model tiny --batch 4 --size 64
 step "resnext50_32x4d, gpu vs cpu" 150 "$prog" --device cuda --model resnext50_32x4d \
     --batch 2 --size 64 --limit-grads 5e-3
 step "training, gpu vs cpu" 120 "$prog" --device cuda --train 10
+step "training bf16 gpu vs fp32 cpu" 60 "$prog" --device cuda --train 10 --precision bf16
+step "training fp16 (loss scaling) gpu vs fp32 cpu" 60 "$prog" --device cuda --train 10 \
+    --precision fp16
+
+# The all-reduce of cnntrain's step with one rank on the GPU. The GPU image has no OpenMPI:
+# the bundle carries its libraries but not mpirun, so without one mpi_bench runs as a single
+# process, which dist.c treats exactly as `mpirun -np 1` (no MPI_Init; one rank). With one
+# rank dist.c skips the collective (path=none), so this measures the call's own overhead;
+# NCCL itself runs from two GPUs on.
+nccl_bench=$bundle/bin/mpi_bench
+if [ ! -x "$nccl_bench" ]; then
+    say "== all-reduce N=1: skipped (the bundle has no mpi_bench: a build without MPI)"
+elif ldd "$nccl_bench" | grep -q "not found"; then
+    say "== all-reduce N=1: skipped, libraries missing:"
+    ldd "$nccl_bench" | grep "not found" | tee -a "$results"
+elif command -v mpirun >/dev/null 2>&1; then
+    step "all-reduce N=1 (mpirun -np 1)" 60 env OMPI_ALLOW_RUN_AS_ROOT=1 \
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 1 "$nccl_bench" allreduce \
+        resnext101_32x8d 5 cuda
+else
+    say "(no mpirun on this machine: mpi_bench runs as one process, the same as -np 1)"
+    step "all-reduce N=1 (one process)" 60 "$nccl_bench" allreduce resnext101_32x8d 5 cuda
+fi
 
 if [ "${GPU_SKIP_BENCH:-0}" != 1 ]; then
-    for precision in fp32 bf16; do
+    for precision in fp32 bf16 ${GPU_BENCH_FP16:+fp16}; do
         step "engine resnext101_32x8d $precision" 200 "$prog" --device cuda \
             --bench resnext101_32x8d --size "$size" --batch "$batch" --iters "$iters" \
             --precision "$precision"
     done
-    step "pytorch resnext101_32x8d bf16" 200 "$PY" tests/gpu/bench_torch.py --flops \
-        --size "$size" --batch "$batch" --iters "$iters" --precision bf16
-    step "pytorch resnext101_32x8d fp32" 200 "$PY" tests/gpu/bench_torch.py \
-        --size "$size" --batch "$batch" --iters "$iters" --precision fp32
+    step "pytorch resnext101_32x8d bf16" 200 env LD_LIBRARY_PATH="$machine_lib_path" \
+        "$PY" tests/gpu/bench_torch.py --flops --size "$size" --batch "$batch" \
+        --iters "$iters" --precision bf16
+    step "pytorch resnext101_32x8d fp32" 200 env LD_LIBRARY_PATH="$machine_lib_path" \
+        "$PY" tests/gpu/bench_torch.py --size "$size" --batch "$batch" --iters "$iters" \
+        --precision fp32
     "$PY" tests/gpu/summary.py "$results" | tee "$scratch/summary"
     cat "$scratch/summary" >>"$results"
     # Where the engine's training step spends its time, if the 4 minutes allow.

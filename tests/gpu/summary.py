@@ -19,7 +19,8 @@ def main():
                 results.setdefault((r["side"], r["precision"]), {}).update(r)
             elif line.startswith("flops "):
                 flops = fields(line)
-    print("== summary (images/s; engine 'bf16' computes in TF32, see common/nn/README.md)")
+    print("== summary (images/s; engine 'bf16': bf16 NHWC convolutions, fp32 activations "
+          "between layers, see common/nn/backend_cuda.cu)")
     for precision in ("fp32", "bf16"):
         ours = results.get(("ours", precision))
         torch = results.get(("torch", precision))

@@ -1,6 +1,8 @@
 """dcm2jpg's output folder across runs: images are reused only when the settings that shaped
 them are known to equal the run's; meta.h5 describes the whole folder (rows of earlier runs
-are kept); a second run into the folder waits for the first.
+are kept); a second run into the folder waits for the first. An output folder that is an
+input folder, or one that the input's walk would reach, is refused; an empty .dcm gives the
+same message whether it is named or found in a walk.
 
 On two mkphantom series (no shared data needed), and on the reviewer's commands with the
 shared data's challenge series when it is there.
@@ -170,6 +172,69 @@ def check_waits_for_other_run(series):
            % [l for l in text.splitlines() if "waiting" in l][0].split(": ", 1)[-1])
 
 
+def tree(folder):
+    """Every path below folder, hidden ones too."""
+    return sorted(os.path.join(d, n) for d, dirs, files in os.walk(folder) for n in dirs + files)
+
+
+def check_output_in_input():
+    """-o naming an input folder (any spelling: trailing /., a link, a path through ..) or a
+    folder its walk would reach (existing or not) is a usage error: exit 2, the message names
+    both, nothing is written. A hidden folder inside the input is not walked: accepted."""
+    root = testlib.phantom(os.path.join(WORK, "self"), "--series", 1, "--slices", 3,
+                           "--size", 32, "--seed", 4)
+    os.makedirs(os.path.join(root, "existing"))
+    link = os.path.join(WORK, "self-link")
+    os.symlink(root, link)
+    before = tree(root)
+    same = {"the folder itself": (root, root), "with a trailing /.": (root + "/.", root),
+            "through a link": (link, root), "given through the link": (root, link)}
+    inside = {"an existing subfolder": (os.path.join(root, "existing"), root),
+              "a new nested folder": (os.path.join(root, "new", "deeper"), root),
+              "a path through ..": (os.path.join(root, "existing", "..", "x"), root),
+              "a subfolder of the link": (os.path.join(link, "out"), root)}
+    said = []
+    for cases, words in ((same, "is the input folder"), (inside, "is inside the input folder")):
+        for name, (out, given) in cases.items():
+            _, err = testlib.run_expect("dcm2jpg", ["-o", out, given], expect=2)
+            line = "-o %s %s %s" % (out, words, given)
+            assert line in err, "%s: %r not in %s" % (name, line, err)
+            assert tree(root) == before, "%s: wrote %s" % (name, set(tree(root)) - set(before))
+            said.append(name)
+    hidden = os.path.join(root, ".images")
+    dcm2jpg("-o", hidden, root)
+    assert os.path.isfile(os.path.join(hidden, "meta.h5"))
+    passed("-o equal to the input folder (%s) or below it (%s): exit 2 naming both, nothing "
+           "written; a hidden folder inside it (not walked): converted"
+           % (", ".join(same), ", ".join(inside)))
+
+
+def check_empty_file_message():
+    """An empty .dcm named on the command line and the same file found in a walk: the same
+    words ("empty file (0 bytes)"), exit 3 and 4."""
+    folder = os.path.join(WORK, "empty-dcm")
+    os.makedirs(folder)
+    empty = os.path.join(folder, "empty.dcm")
+    open(empty, "wb").close()
+    good = testlib.phantom(os.path.join(WORK, "empty-dcm-good"), "--series", 1, "--slices", 2,
+                           "--size", 32, "--seed", 5)
+    named_out, walked_out = os.path.join(WORK, "empty-named"), os.path.join(WORK, "empty-walk")
+    named = dcm2jpg("-o", named_out, good, empty, expect=3)
+    walked = dcm2jpg("-o", walked_out, good, folder, expect=4)
+
+    def said(err):
+        lines = [l for l in err.splitlines() if l.startswith("dcm2jpg: error: %s: " % empty)]
+        assert len(lines) == 1, err
+        return lines[0].split(empty + ": ", 1)[1]
+    rows, _ = table(walked_out)
+    message = [r["message"] for r in rows if r["path"] == empty]
+    assert said(named) == said(walked) == "empty file (0 bytes)" and message == [said(walked)], (
+        said(named), said(walked), message)
+    assert not os.path.exists(named_out) or os.listdir(named_out) == []
+    passed("an empty .dcm: %r named (exit 3, nothing written) and in a walk (exit 4, its row "
+           "says the same)" % said(named))
+
+
 def check_real_repro():
     """The reviewer's commands on the shared data."""
     app = os.path.join(DATA, "rsna_ich_app_series", "dcm")
@@ -204,6 +269,8 @@ def main():
     check_unfinished_runs(series_a)
     check_merged_table(series_a, series_b, broken)
     check_waits_for_other_run(series_b)
+    check_output_in_input()
+    check_empty_file_message()
     if testlib.have_data("the reviewer's re-run and two-run commands on the challenge series",
                          "rsna_ich_app_series"):
         check_real_repro()

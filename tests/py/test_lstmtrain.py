@@ -21,9 +21,14 @@
   first step's loss equals PyTorch's (the module of tests/ref/lstm_ref.py with the run's
   initial weights, BCE means over the known labels; 1e-5 relative);
   an empty validation fold still gives val.h5 with no rows;
+- --precision bf16 (on a CPU with AVX512-BF16; else the notice and fp32 attributes): the
+  lr-0 validation predictions, all series in one batch, equal lstm_ref.py's emulation of the
+  engine's mixed precision (1e-5) and differ from the fp32 run's (the rounding is there); a
+  3-epoch run's checkpoints hold float32 weights, its files the attribute precision=bf16, and
+  its validation loss is within 1% of the fp32 run's;
 - refused, exit code and message checked, nothing written: a missing EMB file (3), EMB files of
   different widths (3), --hidden above the width (2), a series mixing splits (3),
-  --precision bf16 (2), an unknown --device (2).
+  an unknown --device (2).
 Needs no shared data; 5-20 s (one thread; more on a loaded machine).
 """
 import os
@@ -248,19 +253,21 @@ def masked_loss_against_torch(data, labels, out):
              "%.1e <= 1e-5)" % (unknown, ours, rel))
 
 
-def predictions_against_torch(data, out, original):
+def predictions_against_torch(data, out, original, bf16=False):
     """Validation predictions (all validation series in one batch, over 8 of them: the
     recurrence on the transposed weights) against PyTorch: the plain module on the padded
-    batch (--pad-like-original) or packed sequences (default)."""
+    batch (--pad-like-original) or packed sequences (default), or with bf16 the emulation of
+    the engine's mixed precision. Returns the predictions by slice ID."""
     torch = T.import_or_skip("torch")
-    lr0_run(data, out, *(["--pad-like-original"] if original else []))
+    lr0_run(data, out, *(["--pad-like-original"] if original else []),
+            *(["--precision", "bf16"] if bf16 else []))
     model = torch_model(torch, out)
     make_input = reference().model_input
     val = [s for s in range(len(data["starts"])) if data["fold"][data["starts"][s]] == 0]
     assert len(val) >= 8, "only %d validation series" % len(val)
     emb, _, lengths = padded_batch(torch, data, val, data["labels"])
     with torch.no_grad():
-        logits = model(make_input(emb, lengths), emb, None if original else lengths)
+        logits = model(make_input(emb, lengths), emb, None if original else lengths, bf16)
     steps = emb.shape[1]
     want = {}
     for b, s in enumerate(val):
@@ -271,8 +278,47 @@ def predictions_against_torch(data, out, original):
     diff = max(float(np.abs(p - want[i]).max()) for i, p in zip(ids, prob))
     assert len(ids) == len(want) and diff <= 1e-5, "%d slices, max diff %g" % (len(ids), diff)
     T.passed("%s mode: %d validation series in one batch = PyTorch's %s (max diff %.1e <= "
-             "1e-5)" % ("original" if original else "default", len(val),
+             "1e-5)" % ("bf16" if bf16 else "original" if original else "default", len(val),
+                        "bf16 emulation" if bf16 else
                         "plain module" if original else "packed sequences", diff))
+    return dict(zip(ids, prob))
+
+
+def cpu_has_bf16():
+    with open("/proc/cpuinfo") as f:
+        return " avx512_bf16" in f.read()
+
+
+def mixed_precision(data, work, fp32_out, plain):
+    """--precision bf16 against PyTorch's emulation and against the fp32 runs (fp32_out: the
+    3-epoch run; plain: the lr-0 default-mode predictions)."""
+    if not cpu_has_bf16():
+        out = os.path.join(work, "bf16_absent")
+        proc = train_ok(data, out, "--epochs", "1", "--bag", "1", "--precision", "bf16")
+        _, _, attrs = read_pred(os.path.join(out, "val.h5"))
+        assert "AVX512-BF16" in proc.stderr and attrs["precision"] == "fp32", proc.stderr
+        T.passed("--precision bf16 without AVX512-BF16: the notice, precision=fp32")
+        return
+    emulated = predictions_against_torch(data, os.path.join(work, "torch_bf16"), False, True)
+    moved = max(float(np.abs(p - plain[i]).max()) for i, p in emulated.items())
+    assert moved > 0, "bf16 predictions equal the fp32 ones: no rounding happened"
+    out = os.path.join(work, "bf16")
+    train_ok(data, out, "--precision", "bf16")
+    with h5py.File(os.path.join(out, "epoch3.h5"), "r") as f:
+        assert f.attrs["precision"] in ("bf16", b"bf16"), f.attrs["precision"]
+        dtypes = {f["state_dict"][k].dtype for k in f["state_dict"]}
+        assert dtypes == {np.dtype(np.float32)}, dtypes
+    losses = []
+    for run in (fp32_out, out):
+        _, _, attrs = read_pred(os.path.join(run, "val_epoch3.h5"))
+        losses.append(attrs["val_loss"])
+    _, _, attrs = read_pred(os.path.join(out, "val.h5"))
+    assert attrs["precision"] in ("bf16", b"bf16"), attrs
+    rel = abs(losses[1] - losses[0]) / losses[0]
+    assert rel <= 0.01, "bf16 val loss %.5f, fp32 %.5f" % (losses[1], losses[0])
+    T.passed("bf16: lr-0 predictions %.1e from fp32's; 3 epochs: float32 checkpoint, "
+             "precision=bf16, val loss %.5f vs fp32 %.5f (rel %.1e <= 1e-2)"
+             % (moved, losses[1], losses[0], rel))
 
 
 def main():
@@ -367,7 +413,8 @@ def main():
              "gives val.h5 with 0 rows")
     masked_loss_against_torch(data, labels, os.path.join(work, "masked"))
     predictions_against_torch(data, os.path.join(work, "torch_original"), True)
-    predictions_against_torch(data, os.path.join(work, "torch_default"), False)
+    plain = predictions_against_torch(data, os.path.join(work, "torch_default"), False)
+    mixed_precision(data, work, out, plain)
     write_folds(data["folds"], [ids[i] for i in order], data["labels"][order],
                 data["fold"][order])
 
@@ -386,7 +433,6 @@ def main():
          "absent.h5"),
         ("EMB files of different widths", [data["emb"], narrow], [], 3, "wide"),
         ("--hidden above the width", [data["emb"]], ["--hidden", "17"], 2, "exceeds"),
-        ("--precision bf16", [data["emb"]], ["--precision", "bf16"], 2, "fp32 only"),
         ("an unknown --device", [data["emb"]], ["--device", "tpu9"], 2, "tpu9"),
     ]
     for what, embs, extra, code, pattern in cases + [("a series mixing splits", None, [], 3,

@@ -6,8 +6,8 @@ labels without metadata): a mkphantom dataset with a test split (metadata by dcm
 same columns read with pydicom when dcm2jpg is absent), and, when the shared data is there,
 the challenge labels in $DATA/rsna_labels with the 90 RSNA slices. Fixtures (h5py): rows that
 failed conversion, a slice ID twice, and a larger set for the stratified method. Useless
-inputs (nothing to fold) stop the run with a message that says why; -o naming an input is
-refused; -j does not change the output.
+inputs (nothing to fold, or a fold the original rule leaves empty) stop the run with a message
+that says why; -o naming an input is refused; -j does not change the output.
 """
 import csv
 import glob
@@ -170,9 +170,10 @@ def attributes_check(name, base, labelled, test):
 
 
 def phantom_group():
-    """A phantom dataset with a test split: returns its labels CSV and meta.h5."""
+    """A phantom dataset with a test split: returns its labels CSV and meta.h5. (Seed 5: its
+    6 labelled patients fill every fold with K=5 and K=3; most seeds leave one empty.)"""
     ph = testlib.phantom(os.path.join(WORK, "phantom"), "--series", 8, "--slices", "6-10",
-                         "--size", 32, "--seed", 3, "--test-fraction", 0.25)
+                         "--size", 32, "--seed", 5, "--test-fraction", 0.25)
     files = sorted(glob.glob(os.path.join(ph, "*", "*.dcm")))
     meta_path = os.path.join(WORK, "phantom_conv", "meta.h5")
     source = testlib.make_meta([ph], meta_path, files)
@@ -350,6 +351,34 @@ def useless_inputs(labels_csv, meta_path):
           "a test slice without PatientID: exit %d with a warning naming it" % r.returncode)
 
 
+def empty_original_fold():
+    """Three patients of two slices each: in ID order their first slices sit at positions 0,
+    2 and 4, so with -k 2 the original rule puts every patient in fold 0 although K does not
+    exceed the patients. That is refused (exit 3, nothing written); the stratified method
+    fills both folds."""
+    rows = [{"id": "ID_%s%d" % (p, s), "patient_id": "P" + p, "path": "/e/%s%d.dcm" % (p, s)}
+            for p in "abc" for s in range(2)]
+    labels = {r["id"]: {t: int(r["id"].endswith("0")) for t in SUBTYPES} for r in rows}
+    meta = os.path.join(WORK, "three_patients.h5")
+    write_meta(meta, rows)
+    labels_csv = write_csv(os.path.join(WORK, "three_patients.csv"),
+                           [["%s_%s" % (sid, t), str(v)] for sid, lab in labels.items()
+                            for t, v in lab.items()])
+    want = original_folds(labels, [dict(r, status="ok") for r in rows], 2)
+    check(sorted(set(want.values())) == [0],
+          "fixture: the reference rule puts all 3 patients in fold 0 with -k 2: %s" % want)
+    expect_refusal("original rule leaving fold 1 empty", 3,
+                   ["-k", 2, labels_csv, meta], "-k 2 --method original",
+                   "1 of the 2 folds would be empty (first: fold 1)", "3 labelled patients",
+                   "three_patients.csv", "patients per fold: 3 0")
+    out = os.path.join(WORK, "three_stratified.h5")
+    r = run("mkfolds", "-k", 2, "--method", "stratified", "-o", out, labels_csv, meta)
+    folds = sorted(set(read_folds(out)["fold"].values())) if r.returncode == 0 else []
+    check(r.returncode == 0 and folds == [0, 1],
+          "the same patients with --method stratified: exit %d, folds used %s %s"
+          % (r.returncode, folds, r.stderr.strip()[:200]))
+
+
 def overwrite_and_threads(labels_csv, meta_path):
     """-o naming an input (any spelling, or a link to it) is a usage error; -j changes
     nothing in the output."""
@@ -396,6 +425,7 @@ def main():
     meta_troubles()
     stratified()
     useless_inputs(labels_csv, meta_path)
+    empty_original_fold()
     overwrite_and_threads(labels_csv, meta_path)
     command_line(labels_csv, meta_path)
     testlib.finish("mkfolds")

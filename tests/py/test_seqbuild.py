@@ -94,7 +94,7 @@ def phantom_group():
     ph = testlib.phantom(os.path.join(WORK, "phantom"), "--series", 8, "--slices", "3-9",
                          "--size", 32, "--seed", 6)
     files = sorted(glob.glob(os.path.join(ph, "*", "*.dcm")))
-    got, _ = build_and_compare("phantom", [ph], files)
+    got, _ = build_and_compare("phantom_conv", [ph], files)
     tilted = sum(1 for v in got.values() if abs(v["normal"][2]) < 0.999)
     check(tilted >= 1, "phantom: %d of %d series with gantry tilt" % (tilted, len(got)))
 

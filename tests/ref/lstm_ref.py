@@ -14,7 +14,16 @@ updates (final - initial).
 --summary dumps each gradient and update as its L2 norm, max |value| and SAMPLES values at
 fixed positions (the full-size model has 268 M parameters), and runs the default mode only.
 
-Usage: lstm_ref.py --emb E --hidden H --lengths 5,3,1 --steps 3 --out FILE.h5 [--summary]
+--bf16 runs the default mode and a third, "bf16": the engine's mixed precision emulated in
+torch. Each series alone (exactly the default mode's arithmetic), each LSTM direction as its
+input projection x W_ih^T and a loop over its steps with the recurrent product h_prev W_hh^T.
+These products and the linear layers' take their operands rounded to bf16 (round to nearest
+even) and sum in fp32, and so do their backward products (ProductBF16: the output gradient,
+the weight and the input rounded). The rest (biases, gates, cell state, the sums, loss,
+Adam) is fp32, as in the engine (common/nn/seqmodel.h, common/nn/lstm.h).
+
+Usage: lstm_ref.py --emb E --hidden H --lengths 5,3,1 --steps 3 --out FILE.h5
+       [--summary | --bf16]
 """
 import argparse
 
@@ -60,6 +69,66 @@ def run_packed(lstm, x, lengths):
     return torch.stack(rows)
 
 
+def bf16_rounded(t):
+    return t.to(torch.bfloat16).to(torch.float32)
+
+
+class ProductBF16(torch.autograd.Function):
+    """x W^T on bf16 operands with fp32 sums; the backward's dx = dy W and dW = dy^T x the
+    same way."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return bf16_rounded(x) @ bf16_rounded(w).t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dy = bf16_rounded(dy)
+        rows = dy.reshape(-1, dy.shape[-1]).t()
+        return dy @ bf16_rounded(w), rows @ bf16_rounded(x).reshape(-1, x.shape[-1])
+
+
+def direction_bf16(x, w_ih, w_hh, b_ih, b_hh, reverse):
+    """One LSTM direction over one series x [n][in] -> [n][H], gates i, f, g, o."""
+    n = x.shape[0]
+    projected = ProductBF16.apply(x, w_ih) + (b_ih + b_hh)
+    h = c = None
+    out = [None] * n
+    for t in (range(n - 1, -1, -1) if reverse else range(n)):
+        a = projected[t:t + 1]
+        if h is not None:
+            a = a + ProductBF16.apply(h, w_hh)
+        i, f, g, o = a.chunk(4, 1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = i * g if c is None else f * c + i * g
+        h = o * torch.tanh(c)
+        out[t] = h
+    return torch.cat(out, 0)
+
+
+def run_bf16(lstm, x, lengths):
+    """The engine's mixed-precision LSTM over front-padded series; zeros at padded steps."""
+    steps = x.shape[1]
+    rows = []
+    for b, n in enumerate(lengths):
+        series = x[b, steps - n:]
+        halves = [direction_bf16(series, getattr(lstm, "weight_ih_l0" + sfx),
+                                 getattr(lstm, "weight_hh_l0" + sfx),
+                                 getattr(lstm, "bias_ih_l0" + sfx),
+                                 getattr(lstm, "bias_hh_l0" + sfx), sfx != "")
+                  for sfx in ("", "_reverse")]
+        pad = x.new_zeros(steps - n, 2 * lstm.hidden_size)
+        rows.append(torch.cat([pad, torch.cat(halves, 1)], 0))
+    return torch.stack(rows)
+
+
+def linear_bf16(layer, x):
+    """An nn.Linear as the engine's mixed precision computes it: bf16 product, fp32 bias."""
+    return ProductBF16.apply(x, layer.weight) + layer.bias
+
+
 class SeqModel(nn.Module):
     def __init__(self, emb, hidden, outputs=6):
         super().__init__()
@@ -70,18 +139,23 @@ class SeqModel(nn.Module):
         self.linear2 = nn.Linear(2 * hidden, 2 * hidden)
         self.linear = nn.Linear(2 * hidden, outputs)
 
-    def forward(self, x, embeddings, lengths=None):
-        """x: the model input [E, dE_prev, dE_next], front-padded; lengths None: unpacked."""
+    def forward(self, x, embeddings, lengths=None, bf16=False):
+        """x: the model input [E, dE_prev, dE_next], front-padded; lengths None: unpacked;
+        bf16: the engine's mixed precision (run_bf16, needs lengths)."""
         if lengths is None:
             h1, _ = self.lstm1(x)
             h2, _ = self.lstm2(h1)
+        elif bf16:
+            h1 = run_bf16(self.lstm1, x, lengths)
+            h2 = run_bf16(self.lstm2, h1, lengths)
         else:
             h1 = run_packed(self.lstm1, x, lengths)
             h2 = run_packed(self.lstm2, h1, lengths)
         skip = embeddings[:, :, :self.hidden]
-        hidden = (h1 + h2 + F.relu(self.linear1(h1)) + F.relu(self.linear2(h2))
+        linear = linear_bf16 if bf16 else (lambda layer, v: layer(v))
+        hidden = (h1 + h2 + F.relu(linear(self.linear1, h1)) + F.relu(linear(self.linear2, h2))
                   + torch.cat([skip, skip], -1))
-        return self.linear(hidden)
+        return linear(self.linear, hidden)
 
 
 def model_input(embeddings, lengths):
@@ -123,7 +197,7 @@ def run_mode(out, name, args, embeddings, labels, lengths):
     losses = []
     for step in range(args.steps + 1):
         opt.zero_grad()
-        logits = model(x, embeddings, packed)
+        logits = model(x, embeddings, packed, name == "bf16")
         loss = method_loss(logits, labels, lengths)
         losses.append(loss.item())
         if step == args.steps:
@@ -148,6 +222,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", required=True)
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2 if args.summary else 1)
     lengths = [int(v) for v in args.lengths.split(",")]
@@ -166,7 +241,12 @@ def main():
         out["lengths"] = np.array(lengths, dtype=np.int32)
         out.attrs["lr"] = args.lr
         out.attrs["hidden"] = args.hidden
-        for name in ("default",) if args.summary else ("default", "original"):
+        modes = ("default", "original")
+        if args.summary:
+            modes = ("default",)
+        elif args.bf16:
+            modes = ("default", "bf16")
+        for name in modes:
             run_mode(out, name, args, embeddings, labels, lengths)
 
 

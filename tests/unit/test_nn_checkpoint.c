@@ -267,6 +267,20 @@ static char *test_roundtrip_fp32(nn_backend_t *be, const char *dir)
     char *message = NULL;
     EXPECT(nn_ckpt_read_meta(path, &only, &message) == 0 && strcmp(only.model, "tiny") == 0);
     free(message);
+    EXPECT(!got.has_loss_scale && !only.has_loss_scale);
+
+    /* An fp16 run's loss scaling state goes with the moments and comes back. */
+    meta.loss_scale = 1024.0;
+    meta.loss_scale_clean_steps = 7;
+    meta.skipped_steps = 3;
+    char *scaled_path = work_path(dir, "tiny_scaled.h5");
+    nn_ckpt_save(scaled_path, &a->ps, &meta, 0);
+    message = NULL;
+    EXPECT(nn_ckpt_read_meta(scaled_path, &only, &message) == 0);
+    free(message);
+    EXPECT(only.has_loss_scale && only.loss_scale == 1024.0 &&
+           only.loss_scale_clean_steps == 7 && only.skipped_steps == 3);
+    free(scaled_path);
 
     resnext_free(a);
     resnext_free(b);

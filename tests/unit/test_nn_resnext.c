@@ -3,11 +3,13 @@
  * with the same hashed weights, input and labels; eval forward, training forward, every
  * parameter gradient, 3 Adam steps (losses, weight updates, running statistics).
  *
- * Cases: "tiny" (64 px, batch 3, every tensor compared whole) and "resnext101_32x8d"
- * (64 px, batch 4, gradients, updates and buffers compared by norm, max and 2048 sampled
- * values). NN_TEST_MODELS=NAME runs only the cases whose model name contains NAME;
- * NN_VERBOSE=1 prints every tensor; NN_STEPS=K changes the number of Adam steps; NN_DOUBLE=1
- * makes the reference compute in float64 (slow: 90 s for ResNeXt-101).
+ * Cases: "tiny" (64 px, batch 3, every tensor compared whole; with the weights in plain
+ * and in the backend's own order, resnext_set_native_weights) and "resnext101_32x8d" (64 px,
+ * batch 4, native order, as the benchmark trains; gradients, updates and buffers compared by
+ * norm, max and 2048 sampled values). Then both orders against each other, bit for bit.
+ * NN_TEST_MODELS=NAME runs only the cases whose model name contains NAME; NN_VERBOSE=1
+ * prints every tensor; NN_STEPS=K changes the number of Adam steps; NN_DOUBLE=1 makes the
+ * reference compute in float64 (slow: 90 s for ResNeXt-101).
  *
  * Tolerances, per tensor: relative L2 error, and max abs error / max |ref| (the same bound).
  *   tiny: outputs, gradients, buffers 1e-4 (measured <= 3e-6); loss 1e-5; Adam updates
@@ -29,8 +31,10 @@
 #include <string.h>
 
 #include "check.h"
+#include "expect.h"
 #include "h5io.h"
 #include "log.h"
+#include "nn/checkpoint.h"
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/resnext.h"
@@ -38,12 +42,10 @@
 
 typedef struct {
     const char *model;
-    int size, batch, full;
+    int size, batch, full, native; /* native: weights in the backend's order */
     double tol_out, tol_grad, tol_grad_abs, tol_grad_median;
     double tol_update, update_flips, tol_buffer, tol_loss;
 } nn_case_t;
-
-static int failures;
 
 typedef struct {
     double worst_rel, worst_abs;
@@ -191,6 +193,16 @@ static int run_reference(const nn_case_t *tc, const char *out)
     return rc;
 }
 
+/* A host copy of a parameter-sized slab in plain order, whatever order it is kept in. */
+static float *plain_copy(nn_paramset_t *ps, const float *slab)
+{
+    float *out = xmalloc((ps->param_count ? ps->param_count : 1) * sizeof(float));
+    for (size_t i = 0; i < ps->n_entries; i++)
+        if (ps->entries[i].kind == NN_ENTRY_PARAM)
+            nn_params_read_plain(ps, slab, i, out + ps->entries[i].offset);
+    return out;
+}
+
 static void run_case(const nn_case_t *tc, const char *dir)
 {
     char *path = xasprintf("%s/ref_%s.h5", dir, tc->model);
@@ -203,10 +215,10 @@ static void run_case(const nn_case_t *tc, const char *dir)
     int verbose = tc->full || getenv("NN_VERBOSE");
     nn_backend_t *be = nn_backend_create("cpu");
     resnext_t *m = resnext_create(be, tc->model, 6);
+    resnext_set_native_weights(m, tc->native);
     nn_paramset_t *ps = &m->ps;
     nn_params_fill_hashed(ps);
-    float *initial = xmalloc(ps->param_count * sizeof(float));
-    memcpy(initial, ps->params, ps->param_count * sizeof(float));
+    float *initial = plain_copy(ps, ps->params);
 
     hsize_t dims[8];
     float *input = h5_read(f, "input", H5T_NATIVE_FLOAT, 4, dims);
@@ -214,8 +226,9 @@ static void run_case(const nn_case_t *tc, const char *dir)
     nn_tensor_t x = {.data = input, .n = (int)dims[0], .c = (int)dims[1], .h = (int)dims[2],
                      .w = (int)dims[3]};
     int n = x.n;
-    printf("%s: %d params, %dx%dx%dx%d input, reference %.1f s\n", tc->model,
-           (int)ps->param_count, x.n, x.c, x.h, x.w, t_ref);
+    printf("%s%s: %d params, %dx%dx%dx%d input, reference %.1f s\n", tc->model,
+           tc->native ? " (native weight order)" : "", (int)ps->param_count, x.n, x.c, x.h,
+           x.w, t_ref);
 
     t0 = time_now();
     category_t out_cat = {0};
@@ -243,15 +256,17 @@ static void run_case(const nn_case_t *tc, const char *dir)
                     &out_cat, 1);
             compare(f, "train/embedding", m->embedding.data, nn_numel(&m->embedding),
                     tc->tol_out, &out_cat, 1);
+            float *grads = plain_copy(ps, ps->grads);
             for (size_t i = 0; i < ps->n_entries; i++) {
                 nn_entry_t *e = &ps->entries[i];
                 if (e->kind != NN_ENTRY_PARAM)
                     continue;
                 char *name = xasprintf("grad/%s", e->name);
-                compare_mode(f, name, ps->grads + e->offset, e->count, tc->tol_grad,
+                compare_mode(f, name, grads + e->offset, e->count, tc->tol_grad,
                              tc->tol_grad_abs, &grad_cat, verbose, 0.0);
                 free(name);
             }
+            free(grads);
         }
         be->adam_step(be, &hp, step + 1, ps->params, ps->grads, ps->adam_m, ps->adam_v,
                       ps->param_count);
@@ -268,9 +283,9 @@ static void run_case(const nn_case_t *tc, const char *dir)
     }
 
     category_t upd_cat = {0}, buf_cat = {0};
-    float *update = xmalloc(ps->param_count * sizeof(float));
+    float *update = plain_copy(ps, ps->params);
     for (size_t i = 0; i < ps->param_count; i++)
-        update[i] = ps->params[i] - initial[i];
+        update[i] -= initial[i];
     for (size_t i = 0; i < ps->n_entries; i++) {
         nn_entry_t *e = &ps->entries[i];
         char *name = xasprintf("%s/%s", e->kind == NN_ENTRY_PARAM ? "update" : "buffer",
@@ -317,6 +332,118 @@ static void run_case(const nn_case_t *tc, const char *dir)
     free(path);
 }
 
+/* Values of two host arrays that differ in their bits. */
+static size_t bits_differ(const float *a, const float *b, size_t n)
+{
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++)
+        differ += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    return differ;
+}
+
+static void expect_same_bits(const char *what, const float *a, const float *b, size_t n)
+{
+    size_t differ = bits_differ(a, b, n);
+    printf("  %-4s %s: %zu of %zu values differ\n", differ ? "FAIL" : "ok", what, differ, n);
+    failures += differ != 0;
+}
+
+/*
+ * Weights kept in the backend's own order give the same bits as plain order: the kernels
+ * see the same blocked weights either way, and Adam is elementwise. Two tiny models train 2
+ * steps from the same weights; then the native one's checkpoint loads into a plain model.
+ * In bf16 too: the weights are rounded from either order into the same kernel layout.
+ */
+static void check_native_order(const char *dir, int precision)
+{
+    enum { BATCH = 2, SIZE = 64, STEPS = 2 };
+    nn_backend_t *be = nn_backend_create("cpu");
+    resnext_t *models[2];
+    size_t native_convs = 0;
+    size_t in_count = (size_t)BATCH * 3 * SIZE * SIZE;
+    float *input = xmalloc(in_count * sizeof(float)), labels[BATCH * 6];
+    nn_fill_hashed(input, in_count, nn_name_seed("native.input"), 1.0f, 0.0f);
+    for (int i = 0; i < BATCH * 6; i++)
+        labels[i] = (float)(i % 4 == 0);
+    nn_tensor_t x = {.data = input, .n = BATCH, .c = 3, .h = SIZE, .w = SIZE};
+    nn_adam_t hp = {1e-3, 0.9, 0.999, 1e-8, 1e-4};
+
+    float *logits[2], *grads[2];
+    for (int k = 0; k < 2; k++) {
+        resnext_t *m = models[k] = resnext_create(be, "tiny", 6);
+        resnext_set_precision(m, precision);
+        nn_params_fill_hashed(&m->ps);
+        nn_params_alloc_adam(&m->ps);
+        resnext_set_native_weights(m, k); /* converts the weights already there */
+        for (int step = 1; step <= STEPS; step++) {
+            resnext_forward(m, &x, 1);
+            be->bce_loss(be, m->logits.data, labels, BATCH, m->dlogits.data);
+            resnext_backward(m, m->dlogits.data);
+            be->adam_step(be, &hp, step, m->ps.params, m->ps.grads, m->ps.adam_m,
+                          m->ps.adam_v, m->ps.param_count);
+        }
+        grads[k] = plain_copy(&m->ps, m->ps.grads);
+        resnext_forward(m, &x, 0);
+        logits[k] = xmalloc(BATCH * 6 * sizeof(float));
+        memcpy(logits[k], m->logits.data, BATCH * 6 * sizeof(float));
+    }
+    for (size_t i = 0; i < models[1]->ps.n_entries; i++)
+        native_convs += models[1]->ps.entries[i].native_conv != NULL;
+    printf("native weight order (%s): %zu of tiny's conv weights kept in the backend's order\n",
+           precision == NN_PRECISION_BF16 ? "bf16" : "fp32", native_convs);
+    EXPECT(native_convs >= 10);
+
+    size_t n = models[0]->ps.param_count;
+    size_t moved = bits_differ(models[0]->ps.params, models[1]->ps.params, n);
+    printf("  %-4s the two models' weight slabs differ in %zu positions (the orders)\n",
+           moved ? "ok" : "FAIL", moved);
+    failures += moved == 0;
+    expect_same_bits("gradients of step 2", grads[0], grads[1], n);
+    expect_same_bits("eval logits after 2 steps", logits[0], logits[1], BATCH * 6);
+    float *slabs[2][3] = {{models[0]->ps.params, models[0]->ps.adam_m, models[0]->ps.adam_v},
+                          {models[1]->ps.params, models[1]->ps.adam_m, models[1]->ps.adam_v}};
+    const char *names[3] = {"weights after 2 steps", "Adam m", "Adam v"};
+    for (int s = 0; s < 3; s++) {
+        float *a = plain_copy(&models[0]->ps, slabs[0][s]);
+        float *b = plain_copy(&models[1]->ps, slabs[1][s]);
+        expect_same_bits(names[s], a, b, n);
+        free(a);
+        free(b);
+    }
+
+    /* The native model's checkpoint holds plain order: a plain model loads the same. */
+    char *path = xasprintf("%s/native_order.h5", dir);
+    nn_ckpt_meta_t meta;
+    nn_ckpt_meta_init(&meta, NULL);
+    nn_ckpt_meta_resnext(&meta, models[1]);
+    nn_ckpt_save(path, &models[1]->ps, &meta, 0);
+    resnext_t *loaded = resnext_create(be, "tiny", 6);
+    nn_ckpt_report_t report;
+    EXPECT(nn_ckpt_load(path, &loaded->ps, "tiny", NN_CKPT_ADAM, NULL, &report) == 0);
+    nn_ckpt_report_free(&report);
+    float *want = plain_copy(&models[0]->ps, models[0]->ps.params);
+    expect_same_bits("checkpoint of the native model, loaded plain", want, loaded->ps.params,
+                     n);
+    resnext_set_native_weights(loaded, 1);
+    float *back = plain_copy(&loaded->ps, loaded->ps.adam_v);
+    float *want_v = plain_copy(&models[0]->ps, models[0]->ps.adam_v);
+    expect_same_bits("Adam v loaded, made native, read back", want_v, back, n);
+    remove(path);
+
+    free(path);
+    free(want);
+    free(back);
+    free(want_v);
+    for (int k = 0; k < 2; k++) {
+        free(logits[k]);
+        free(grads[k]);
+        resnext_free(models[k]);
+    }
+    resnext_free(loaded);
+    free(input);
+    be->destroy(be);
+}
+
 int main(void)
 {
     if (!python_has("torch, torchvision, h5py")) {
@@ -328,10 +455,15 @@ int main(void)
     const char *only = getenv("NN_TEST_MODELS");
 
     const nn_case_t cases[] = {
-        /* model  px  batch full  out  grad  grad_abs median update flips buffer loss */
-        {"tiny", 64, 3, 1, 1e-4, 1e-4, 1e-4, 1e-4, 1e-2, 1e-3, 1e-4, 1e-5},
-        {"resnext101_32x8d", 64, 4, 0, 1e-4, 5e-2, 0.5, 1e-2, 0.2, 2e-2, 1e-2, 1e-3},
+        /* model px batch full native out grad grad_abs median update flips buffer loss */
+        {"tiny", 64, 3, 1, 0, 1e-4, 1e-4, 1e-4, 1e-4, 1e-2, 1e-3, 1e-4, 1e-5},
+        {"tiny", 64, 3, 1, 1, 1e-4, 1e-4, 1e-4, 1e-4, 1e-2, 1e-3, 1e-4, 1e-5},
+        {"resnext101_32x8d", 64, 4, 0, 1, 1e-4, 5e-2, 0.5, 1e-2, 0.2, 2e-2, 1e-2, 1e-3},
     };
+    if (!only || strstr("tiny", only)) {
+        check_native_order(dir, NN_PRECISION_FP32);
+        check_native_order(dir, NN_PRECISION_BF16);
+    }
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         if (only && !strstr(cases[i].model, only))
             continue;

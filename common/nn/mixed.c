@@ -1,0 +1,30 @@
+/* The programs' device helpers (nn/mixed.h). */
+#include "nn/mixed.h"
+
+#include "check.h"
+#include "exitcodes.h"
+
+#include <string.h>
+
+int nn_mixed_precision_setup(nn_backend_t *be, const char *name, const char *option)
+{
+    if (!strcmp(name, "fp32"))
+        return NN_PRECISION_FP32;
+    if (strcmp(name, "bf16") && strcmp(name, "fp16"))
+        die(EXIT_USAGE, "%s %s: expected one of " NN_PRECISION_CHOICES, option, name);
+    int format = !strcmp(name, "fp16") ? NN_PRECISION_FP16 : NN_PRECISION_BF16;
+    if (be->set_mixed_format && be->set_mixed_format(be, format))
+        return NN_PRECISION_BF16;
+    if (format == NN_PRECISION_FP16)
+        die(EXIT_USAGE, "%s fp16: the %s backend has no fp16 arithmetic (use bf16, or a cuda "
+            "device)", option, be->name);
+    return NN_PRECISION_BF16; /* bf16 is every backend's mixed format */
+}
+
+void nn_upload_batch(nn_backend_t *be, void *dev, const void *host, size_t bytes)
+{
+    if (be->to_device_async)
+        be->to_device_async(be, dev, host, bytes);
+    else
+        be->to_device(be, dev, host, bytes);
+}
