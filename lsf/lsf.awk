@@ -22,6 +22,7 @@ BEGIN {
     else if (task == "status") print_status()
     else if (task == "unfinished") print_unfinished()
     else if (task == "previous") check_previous()
+    else if (task == "failure") describe_log(ARGV[1], ARGV[2])
     else die(1, "lsf.awk: unknown task " task)
     exit 0
 }
@@ -654,7 +655,28 @@ function job_label(i) {
 # The exit code of the program whose failure stopped a job: a job runs make, which exits 2
 # whatever its recipe's command exited with, and says "*** [FILE:LINE: TARGET] Error N" last
 # in the job's error log. Empty when the log names none (make's own error, a killed job).
-function program_exit_code(path,    line, code) {
+# make names a program killed by a signal by the signal's description (strsignal), not by a
+# code: those of the signals a job meets, as the shell's 128 + N.
+function signal_code(description) {
+    sub(/ \(core dumped\)$/, "", description)
+    if (description == "Hangup") return 129
+    if (description == "Interrupt") return 130
+    if (description == "Quit") return 131
+    if (description == "Illegal instruction") return 132
+    if (description == "Aborted") return 134
+    if (description == "Bus error") return 135
+    if (description == "Floating point exception") return 136
+    if (description == "Killed") return 137
+    if (description == "Segmentation fault") return 139
+    if (description == "Terminated") return 143
+    if (description ~ /^CPU time limit exceeded/) return 152
+    return ""
+}
+
+# The failed program's exit code from make's last "*** [...]" line in a job's error log:
+# "Error N" gives N, a signal's description 128 + N; "make" when make stopped on its own
+# error ("*** ...  Stop.") before a program failed; "" when the log names neither.
+function program_exit_code(path,    line, code, tail) {
     code = ""
     if (system("test -f " shell_quote(path) " && test -r " shell_quote(path)) != 0) return code
     while ((getline line < path) > 0) {
@@ -662,6 +684,12 @@ function program_exit_code(path,    line, code) {
         if (line ~ /\*\*\* \[.*\] Error [0-9]+$/) {
             code = line
             sub(/.* Error /, "", code)
+        } else if (line ~ /\*\*\* \[[^]]*\] [A-Z]/) {
+            tail = line
+            sub(/.*\*\*\* \[[^]]*\] /, "", tail)
+            if (signal_code(tail) != "") code = signal_code(tail)
+        } else if (line ~ /\*\*\* .*Stop\.$/) {
+            code = "make"
         }
     }
     close(path)
@@ -688,12 +716,22 @@ function exit_meaning(code, long) {
 # else the job's own. Short: "exit 3 (bad input)"; long: "3, bad input: ... (make exited 2)".
 function describe_failure(i, long,    code, from_log) {
     code = program_exit_code(row[i, "stderr"])
+    if (code == "make")
+        return long ? "make stopped before any program failed (its message is in the log " \
+            "below; job exit code " row[i, "exit_code"] ")" : "make error"
     from_log = code != ""
     if (!from_log) code = row[i, "exit_code"]
     if (code !~ /^[0-9]+$/) return long ? code : "exit " code
     if (!long) return "exit " code " (" exit_meaning(code + 0, 0) ")"
     return code ", " exit_meaning(code + 0, 1) (from_log ? " (make exited " row[i, "exit_code"] \
         ")" : " (the job's exit code: its log names no failed program)")
+}
+
+# What status says of a failed job with this error log and exit code (for the tests).
+function describe_log(path, job_code) {
+    row[1, "stderr"] = path
+    row[1, "exit_code"] = job_code
+    print describe_failure(1, 1)
 }
 
 # lsf/status: a line per node, a count per state, then every failed node's logs.

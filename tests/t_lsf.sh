@@ -249,4 +249,24 @@ lsf/submit --makefile "$WORK/cycle.mk" "$cfg" >"$WORK/cycle.txt" 2>&1 || rc=$?
 [ $rc -eq 3 ] && grep -q "a dependency cycle among a b" "$WORK/cycle.txt" ||
     fail "a cyclic DAG: exit $rc, $(cat "$WORK/cycle.txt")"
 echo "ok    a cyclic DAG is refused (exit 3)"
+
+# What status reads from a failed job's log, on make's own messages: a program's exit code,
+# a program killed by a signal (make names the signal, not a code), make's own error.
+printf 'code:\n\t@sh -c "exit 5"\nsegv:\n\t@sh -c %s\nkilled:\n\t@sh -c %s\n' \
+    "'kill -SEGV \$\$\$\$'" "'kill -KILL \$\$\$\$'" >"$WORK/die.mk"
+failure() {
+    make -f "$WORK/die.mk" "$1" 2>"$WORK/die-$1.err" && fail "make $1 did not fail"
+    awk -v task=failure -v program=status -f lsf/lsf.awk -- "$WORK/die-$1.err" 2
+}
+[ "$(failure code)" = "5, output not written: disk full or permissions (make exited 2)" ] ||
+    fail "a program's exit code: $(failure code)"
+[ "$(failure segv)" = "139, killed by signal 11 (make exited 2)" ] ||
+    fail "a program killed by SIGSEGV: $(failure segv); log: $(cat "$WORK/die-segv.err")"
+[ "$(failure killed)" = "137, killed by signal 9 (make exited 2)" ] ||
+    fail "a program killed by SIGKILL: $(failure killed)"
+case "$(failure no-such-node)" in
+"make stopped before any program failed"*) ;;
+*) fail "make's own error: $(failure no-such-node)" ;;
+esac
+echo "ok    status reads exit codes, signals and make's own errors from the logs"
 echo "lsf: all checks passed"

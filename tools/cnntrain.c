@@ -593,6 +593,7 @@ int main(int argc, char **argv)
                      dist_size(), o.batch);
         o.micro_batch = per_rank;
     }
+    nn_mixed_precision_check(o.precision, o.device, "--precision");
     if (o.micro_batch == 1 || o.batch % o.micro_batch == 1)
         die(EXIT_USAGE, "--batch %d in micro-batches of %d leaves a micro-batch of one image: "
             "batch norm in training needs two (choose other sizes%s)", o.batch, o.micro_batch,
@@ -662,6 +663,9 @@ int main(int argc, char **argv)
             t.scaler.skipped_steps = meta.skipped_steps;
         }
         meta.adam = t.adam;
+        /* The checkpoint holds fp32 master weights: a run may go on in another precision. */
+        if (meta.precision[0] && strcmp(meta.precision, o.precision) != 0)
+            log_info("resuming a %s run in %s", meta.precision, o.precision);
         snprintf(meta.precision, sizeof meta.precision, "%s", o.precision);
         t.be->weights_changed(t.be);
         log_info("resuming from %s (step %lld, epoch %lld)", resume_from,

@@ -262,6 +262,19 @@ static void refuse_output_in_input(const inputs_t *in, const char *folder)
         "folder outside the inputs", in->out_dir, folder);
 }
 
+/* Whether a file found in a walk is one of the output folder's own, reached through a
+ * symbolic link inside an input folder: never read back as an input. */
+static int in_output_folder(const inputs_t *in, const char *path)
+{
+    char *real = realpath(path, NULL);
+    if (real == NULL)
+        return 0;
+    size_t len = strlen(in->out_real);
+    int inside = strncmp(real, in->out_real, len) == 0 && real[len] == '/';
+    free(real);
+    return inside;
+}
+
 /*
  * A folder is walked: what it holds that cannot be read becomes an error row. A file named
  * explicitly (on the command line or in a list), or a folder that cannot be read at all, must
@@ -279,8 +292,16 @@ static void add_input(inputs_t *in, const char *path)
                 die(EXIT_BAD_INPUT, "%s: %s", path, problem_reasons.items[i]);
             inputs_add(in, problem_paths.items[i], 1, problem_reasons.items[i]);
         }
-        for (size_t i = 0; i < found.count; i++)
-            inputs_add(in, found.items[i], 1, NULL);
+        size_t outputs = 0;
+        for (size_t i = 0; i < found.count; i++) {
+            if (in_output_folder(in, found.items[i]))
+                outputs++;
+            else
+                inputs_add(in, found.items[i], 1, NULL);
+        }
+        if (outputs)
+            log_warn("%s: %zu files reached through a link into the output folder %s were "
+                     "left out", path, outputs, in->out_dir);
         /* Rows in path order, problems among the files. */
         qsort(in->items + first, in->count - first, sizeof *in->items, compare_inputs);
         strlist_free(&found);

@@ -619,6 +619,7 @@ int main(int argc, char **argv)
     dist_init(&argc, &argv);
     const char *ckpt_path = pos[0], *image_dir = pos[1];
     const char *folds_path = n_pos > 2 ? pos[2] : NULL;
+    nn_mixed_precision_check(o.precision, o.device, "--precision");
     free(pos); /* the strings belong to argv */
     if (!o.out)
         die(EXIT_USAGE, "-o OUT.h5 is required");

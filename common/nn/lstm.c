@@ -171,12 +171,13 @@ static const nn_bf16_t *w_hh_bf16(nn_lstm_t *l, int d, const float *w_hh, int ba
 
     if (*of == w_hh)
         return *copy;
+
+    /* Forward: products over H into 4H columns; backward: over 4H into H. The panels pad
+     * the column count to whole panels, so the two sizes differ for some H. */
+    long k = backward ? G4 : H, n = backward ? H : G4;
     if (!*copy)
-        *copy = xmalloc(nn_bf16_packed_count(G4, H) * sizeof(nn_bf16_t));
-    if (backward)
-        nn_bf16_pack(w_hh, H, 0, G4, H, *copy);
-    else
-        nn_bf16_pack(w_hh, H, 1, H, G4, *copy);
+        *copy = xmalloc(nn_bf16_packed_count(k, n) * sizeof(nn_bf16_t));
+    nn_bf16_pack(w_hh, H, !backward, k, n, *copy);
     *of = w_hh;
     return *copy;
 }

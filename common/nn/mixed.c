@@ -21,6 +21,13 @@ int nn_mixed_precision_setup(nn_backend_t *be, const char *name, const char *opt
     return NN_PRECISION_BF16; /* bf16 is every backend's mixed format */
 }
 
+void nn_mixed_precision_check(const char *name, const char *device, const char *option)
+{
+    if (!strcmp(name, "fp16") && strncmp(device, "cuda", 4) != 0)
+        die(EXIT_USAGE, "%s fp16: the %s backend has no fp16 arithmetic (use bf16, or a cuda "
+            "device)", option, device);
+}
+
 void nn_upload_batch(nn_backend_t *be, void *dev, const void *host, size_t bytes)
 {
     if (be->to_device_async)

@@ -20,6 +20,10 @@
  */
 int nn_mixed_precision_setup(nn_backend_t *be, const char *name, const char *option);
 
+/* The same refusal before any work, from the option values alone: fp16 on a --device that is
+ * not a cuda one. */
+void nn_mixed_precision_check(const char *name, const char *device, const char *option);
+
 /* Copy a batch (data, not weights) to the device: without waiting for the ops already
  * submitted where the backend can (to_device_async), else with to_device. host may be reused
  * on return. */

@@ -200,8 +200,10 @@ static void reserve_bf16(seqmodel_t *m, int batch, int steps)
         free(m->lin_x_bf16[k]);
         m->lin_x_bf16[k] = xmalloc(rows * wide * sizeof(nn_bf16_t));
     }
+    /* dy of every linear layer: 2H wide, or the head's outputs where H < 3. */
+    size_t dy_wide = wide > SEQ_OUTPUTS ? wide : SEQ_OUTPUTS;
     free(m->dy_bf16);
-    m->dy_bf16 = xmalloc(rows * wide * sizeof(nn_bf16_t));
+    m->dy_bf16 = xmalloc(rows * dy_wide * sizeof(nn_bf16_t));
     m->cap_rows_bf16 = rows;
 }
 

@@ -208,6 +208,22 @@ def check_output_in_input():
            "written; a hidden folder inside it (not walked): converted"
            % (", ".join(same), ", ".join(inside)))
 
+    # A link inside the input to the output's parent: the walk reaches the output folder
+    # through it on the next run; its files are left out, and said to be.
+    outside = os.path.join(WORK, "self-outside")
+    os.makedirs(outside)
+    os.symlink(outside, os.path.join(root, "to-outside"))
+    out = os.path.join(outside, "out")
+    first = dcm2jpg("-o", out, root)
+    second = dcm2jpg("-o", out, root)
+    rows, _ = table(out)
+    assert summary(second) == (0, summary(first)[0]), second
+    assert "reached through a link into the output folder" in second, second
+    assert not any(out in r["path"] for r in rows), [r["path"] for r in rows]
+    passed("a link in the input that leads to the output folder: a second run leaves the "
+           "%d files found there out and says so; meta.h5 has no row of them"
+           % len(tree(out)))
+
 
 def check_empty_file_message():
     """An empty .dcm named on the command line and the same file found in a walk: the same
