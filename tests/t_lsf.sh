@@ -255,7 +255,8 @@ echo "ok    a cyclic DAG is refused (exit 3)"
 printf 'code:\n\t@sh -c "exit 5"\nsegv:\n\t@sh -c %s\nkilled:\n\t@sh -c %s\n' \
     "'kill -SEGV \$\$\$\$'" "'kill -KILL \$\$\$\$'" >"$WORK/die.mk"
 failure() {
-    make -f "$WORK/die.mk" "$1" 2>"$WORK/die-$1.err" && fail "make $1 did not fail"
+    env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make --no-print-directory -f "$WORK/die.mk" "$1" \
+        >/dev/null 2>"$WORK/die-$1.err" && fail "make $1 did not fail"
     awk -v task=failure -v program=status -f lsf/lsf.awk -- "$WORK/die-$1.err" 2
 }
 [ "$(failure code)" = "5, output not written: disk full or permissions (make exited 2)" ] ||
