@@ -722,7 +722,8 @@ static void write_bag(const run_t *run, int split, int first, int last)
     const char *prefix = split == SPLIT_VAL ? "val_epoch" : "test_epoch";
     pred_table_t base = {0};
     double *sum = NULL;
-    char *epochs = NULL, *losses = NULL;
+    char *epochs = NULL, *losses = NULL, *precisions = NULL;
+    int mixed = 0; /* epochs of a resumed run made in another precision than this run's */
 
     for (int e = first; e <= last; e++) {
         char *path = epoch_file(run->o->out_dir, prefix, e);
@@ -754,6 +755,17 @@ static void write_bag(const run_t *run, int split, int first, int last)
         char *grown = xasprintf("%s%s%d", epochs ? epochs : "", epochs ? "," : "", e);
         free(epochs);
         epochs = grown;
+
+        hid_t f = h5_open_read(path);
+        char *precision = h5_attr_read_str(f, "precision");
+        h5_close(f);
+        const char *made_in = precision ? precision : "fp32";
+        mixed |= strcmp(made_in, run->precision) != 0;
+        grown = xasprintf("%s%s%s", precisions ? precisions : "", precisions ? "," : "",
+                          made_in);
+        free(precisions);
+        free(precision);
+        precisions = grown;
         free(path);
         if (e != first)
             predfile_free(&t);
@@ -766,7 +778,12 @@ static void write_bag(const run_t *run, int split, int first, int last)
     char *path = xasprintf("%s/%s.h5", run->o->out_dir, split_names[split]);
     h5out_t out;
     predfile_write_begin(&out, path, (const char *const *)base.ids, prob, n);
-    attr_inputs(out.file, run);
+    run_t as_bagged = *run;
+    if (mixed)
+        as_bagged.precision = "mixed";
+    attr_inputs(out.file, &as_bagged);
+    if (mixed)
+        h5_attr_str(out.file, "epoch_precisions", precisions);
     h5_attr_str(out.file, "split", split == SPLIT_VAL ? "valid" : "test");
     h5_attr_str(out.file, "lstm_epochs", epochs);
     h5_attr_i64(out.file, "epochs_bagged", last - first + 1);
@@ -793,6 +810,7 @@ static void write_bag(const run_t *run, int split, int first, int last)
     free(prob);
     free(sum);
     free(epochs);
+    free(precisions);
     free(losses);
     predfile_free(&base);
 }

@@ -320,6 +320,15 @@ def mixed_precision(data, work, fp32_out, plain):
              "precision=bf16, val loss %.5f vs fp32 %.5f (rel %.1e <= 1e-2)"
              % (moved, losses[1], losses[0], rel))
 
+    # Resumed in fp32 for a 4th epoch: the bag of epochs 3 and 4 says it mixes precisions.
+    train_ok(data, out, "--epochs", "4", "--resume")
+    _, _, attrs = read_pred(os.path.join(out, "val.h5"))
+    got = (attrs["precision"], attrs.get("epoch_precisions"))
+    got = tuple(v.decode() if isinstance(v, bytes) else v for v in got)
+    assert got == ("mixed", "bf16,fp32"), got
+    T.passed("bf16 run resumed in fp32: the bag of epochs 3-4 has precision=mixed, "
+             "epoch_precisions=bf16,fp32")
+
 
 def main():
     work = T.WORK
