@@ -12,7 +12,8 @@
  * ms: the recurrence's forward (BATCH x 4H x H against W_hh) and backward (BATCH x H x 4H) in
  * fp32 (oneDNN sgemm) and bf16 (nn/bf16gemm.h), the bf16 copies' conversions, then lstm1's
  * input projection (BATCH x 40 rows x 4H x 3H) and its weight gradient (4H x 3H x the rows)
- * as sgemm and as the bf16 matmul.
+ * as sgemm and as the bf16 matmul, and the projection as the swapped sgemm of
+ * nn_sgemm_bias_nt (W_ih x^T, then transposed).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,7 @@ typedef struct {
     long batch, hidden;
     float *w, *w_t, *h, *dg, *out;
     nn_bf16_t *w_bf16, *w_packed, *h_bf16, *dg_bf16;
-    float *x, *w_ih, *gates;             /* [rows][3H], [4H][3H], [rows][4H] */
+    float *x, *w_ih, *gates, *scratch;   /* [rows][3H], [4H][3H], [rows][4H] twice */
     nn_bf16_t *x_bf16, *w_ih_bf16, *gates_bf16;
 } products_t;
 
@@ -98,10 +99,14 @@ static double median_ms(products_t *p, int which, int reps)
         case 9:
             nn_sgemm('T', 'N', G4, in, rows, 1.0f, p->gates, G4, p->x, in, 0.0f, p->w_ih, in);
             break;
-        default:
+        case 10:
             nn_bf16_round_rows(p->gates, rows, G4, G4, p->gates_bf16, G4);
             nn_bf16_matmul('T', 'N', G4, in, rows, p->gates_bf16, G4, p->x_bf16, in, NULL, 0,
                            p->w_ih, in);
+            break;
+        default:
+            nn_sgemm_bias_nt(rows, G4, in, p->x, in, p->w_ih, in, p->dg, p->gates, G4,
+                             p->scratch);
             break;
         }
         if (r > 0)
@@ -129,6 +134,7 @@ static int products(long batch, long hidden, int reps)
     p.x = xmalloc(rows * in * sizeof(float));
     p.w_ih = xmalloc((size_t)G4 * in * sizeof(float));
     p.gates = xmalloc(rows * G4 * sizeof(float));
+    p.scratch = xmalloc(rows * G4 * sizeof(float));
     p.x_bf16 = xmalloc(rows * in * sizeof(nn_bf16_t));
     p.w_ih_bf16 = xmalloc((size_t)G4 * in * sizeof(nn_bf16_t));
     p.gates_bf16 = xmalloc(rows * G4 * sizeof(nn_bf16_t));
@@ -145,14 +151,14 @@ static int products(long batch, long hidden, int reps)
         "forward fp32 sgemm (W_hh)",   "forward fp32 sgemm (W_hh^T)", "forward bf16 kernel",
         "backward fp32 sgemm",         "backward bf16 kernel",        "pack W_hh^T (forward)",
         "pack W_hh (backward)",        "input projection sgemm",      "input projection bf16",
-        "dW_ih sgemm",                 "dW_ih bf16",
+        "dW_ih sgemm",                 "dW_ih bf16",                  "input projection swapped",
     };
     int have_bf16 = nn_bf16_available();
     printf("products batch %ld hidden %ld: median of %d calls, load %.2f\n", batch, hidden,
            reps, load_average());
     if (have_bf16)
         nn_bf16_round_rows(p.w_ih, G4, (long)in, (long)in, p.w_ih_bf16, (long)in);
-    for (int which = 0; which < 11; which++) {
+    for (int which = 0; which < 12; which++) {
         if (!have_bf16 && (which == 2 || (which >= 4 && which % 2 == 0) || which == 5))
             continue;
         double ms = median_ms(&p, which, which >= 7 ? (reps + 3) / 4 : reps);
@@ -178,6 +184,7 @@ static int products(long batch, long hidden, int reps)
     free(p.x);
     free(p.w_ih);
     free(p.gates);
+    free(p.scratch);
     free(p.x_bf16);
     free(p.w_ih_bf16);
     free(p.gates_bf16);

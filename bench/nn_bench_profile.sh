@@ -8,6 +8,9 @@
 #
 #   sh bench/nn_bench_profile.sh   (MODEL=resnext101_32x8d SIZE=224 BATCH=2 MODE=train
 #                                   ITERS=2 VARIANT=fp32+native BUILD=build)
+# VARIANT=torch profiles PyTorch's step instead (bench/nn_bench_ref.py, whose mkldnn
+# convolutions and reorders are the same oneDNN's primitives; its batch norm, relu, adds and
+# Adam are ATen loops that oneDNN does not see: torch.autograd.profiler times those).
 #
 # The per-primitive times include waiting for a descheduled thread: on a loaded machine the
 # shares of memory-bound primitives grow. Record the load (printed) with any figure.
@@ -39,8 +42,13 @@ ${CXX:-c++} -pthread "$work/nn_bench.o" "$BUILD/libichpipe.a" -o "$work/nn_bench
 
 echo "nn profile: $MODEL $SIZE px batch $BATCH $MODE $VARIANT, load before:" \
     "$(cut -d' ' -f1-3 /proc/loadavg)"
-DNNL_VERBOSE=1 "$work/nn_bench" model "$MODEL" "$SIZE" "$BATCH" "$MODE" "$ITERS" "$VARIANT" \
-    >"$work/verbose.txt"
+if [ "$VARIANT" = torch ]; then
+    DNNL_VERBOSE=1 PYTHONNOUSERSITE=1 "${PY:-/usr/bin/python3}" bench/nn_bench_ref.py \
+        "$MODEL" "$SIZE" "$BATCH" "$MODE" "$ITERS" >"$work/verbose.txt"
+else
+    DNNL_VERBOSE=1 "$work/nn_bench" model "$MODEL" "$SIZE" "$BATCH" "$MODE" "$ITERS" \
+        "$VARIANT" >"$work/verbose.txt"
+fi
 grep '^result' "$work/verbose.txt"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 

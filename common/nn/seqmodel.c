@@ -258,6 +258,12 @@ static void linear_forward(seqmodel_t *m, int which, long rows, int in, int out,
                        out);
         return;
     }
+    /* The 2H-wide layers through the swapped product (lstm.h), dpre (the backward's) as its
+     * scratch; the narrow head as it is. */
+    if (out == 2 * m->hidden) {
+        nn_sgemm_bias_nt(rows, out, in, x, in, w, in, b, y, out, m->dpre);
+        return;
+    }
     for (long r = 0; r < rows; r++)
         memcpy(y + r * out, b, (size_t)out * sizeof(float));
     nn_sgemm('N', 'T', rows, out, in, 1.0f, x, in, w, in, 1.0f, y, out);
