@@ -371,7 +371,7 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
                             const run_info_t *run, double val_loss)
 {
     nn_ckpt_meta_t saved = *meta;
-    if (t->loss_scaling) {
+    if (t->loss_scaling || t->scaler.skipped_steps) { /* skips stay known after fp16 */
         saved.loss_scale = t->scaler.scale;
         saved.loss_scale_clean_steps = t->scaler.clean_steps;
         saved.skipped_steps = t->scaler.skipped_steps;
@@ -654,13 +654,14 @@ int main(int argc, char **argv)
         h5_attr_read_i64(f, "train_ranks", &ranks_before);
         h5_close(f);
         nn_ckpt_load_or_die(resume_from, ps, o.arch, NN_CKPT_ADAM, &meta);
-        if (meta.has_loss_scale && t.loss_scaling) {
-            t.scaler.scale = (float)meta.loss_scale;
-            t.scaler.clean_steps = (int)meta.loss_scale_clean_steps;
+        /* Adam's step count goes on from the steps an fp16 run took; fp16 goes on with
+         * its loss scale. */
+        if (meta.has_loss_scale) {
             t.scaler.skipped_steps = meta.skipped_steps;
-        } else if (meta.has_loss_scale) {
-            /* Adam's step count goes on from the steps the fp16 run took. */
-            t.scaler.skipped_steps = meta.skipped_steps;
+            if (t.loss_scaling) {
+                t.scaler.scale = (float)meta.loss_scale;
+                t.scaler.clean_steps = (int)meta.loss_scale_clean_steps;
+            }
         }
         meta.adam = t.adam;
         /* The checkpoint holds fp32 master weights: a run may go on in another precision. */

@@ -238,18 +238,24 @@ static char *resolve_future_path(const char *path)
  * below a hidden folder, which walks skip), would have its images and meta.h5 read back as
  * inputs on the next run: a usage error, before anything is read or written.
  */
+/* Of two resolved paths: what follows folder in path ("" when they are equal, "/a/b" below
+ * it), or NULL when path is not folder or below it. */
+static const char *path_below(const char *path, const char *folder)
+{
+    if (strcmp(folder, "/") == 0)
+        return path;
+    size_t len = strlen(folder);
+    if (strncmp(path, folder, len) == 0 && (path[len] == '/' || path[len] == '\0'))
+        return path + len;
+    return NULL;
+}
+
 static void refuse_output_in_input(const inputs_t *in, const char *folder)
 {
     char *folder_real = realpath(folder, NULL);
     if (folder_real == NULL)
         return; /* the walk reports it */
-    size_t len = strlen(folder_real);
-    const char *below = NULL;
-    if (strcmp(folder_real, "/") == 0)
-        below = in->out_real;
-    else if (strncmp(in->out_real, folder_real, len) == 0 &&
-             (in->out_real[len] == '/' || in->out_real[len] == '\0'))
-        below = in->out_real + len;
+    const char *below = path_below(in->out_real, folder_real);
     free(folder_real);
     if (below == NULL || strstr(below, "/.") != NULL)
         return;
@@ -269,8 +275,8 @@ static int in_output_folder(const inputs_t *in, const char *path)
     char *real = realpath(path, NULL);
     if (real == NULL)
         return 0;
-    size_t len = strlen(in->out_real);
-    int inside = strncmp(real, in->out_real, len) == 0 && real[len] == '/';
+    const char *below = path_below(real, in->out_real);
+    int inside = below != NULL && below[0] == '/';
     free(real);
     return inside;
 }

@@ -713,6 +713,14 @@ static void check_resume(const char *path, const run_t *run, const nn_ckpt_meta_
     h5_close(f);
 }
 
+/* Append item to a comma-separated list (NULL: empty). */
+static void append_item(char **list, const char *item)
+{
+    char *grown = xasprintf("%s%s%s", *list ? *list : "", *list ? "," : "", item);
+    free(*list);
+    *list = grown;
+}
+
 /*
  * val.h5 / test.h5: the mean of the per-epoch prediction files of epochs first..last (read
  * back, so a resumed run bags exactly what an uninterrupted one does), slices sorted by ID.
@@ -743,29 +751,22 @@ static void write_bag(const run_t *run, int split, int first, int last)
             for (int j = 0; j < N_SUBTYPES; j++)
                 sum[i * N_SUBTYPES + j] += t.prob[i * N_SUBTYPES + j];
         }
+        hid_t f = h5_open_read(path);
+        char item[64];
         if (split == SPLIT_VAL) {
-            hid_t f = h5_open_read(path);
             double loss = NAN;
             h5_attr_read_f64(f, "val_loss", &loss);
-            h5_close(f);
-            char *more = xasprintf("%s%s%.9g", losses ? losses : "", losses ? "," : "", loss);
-            free(losses);
-            losses = more;
+            snprintf(item, sizeof item, "%.9g", loss);
+            append_item(&losses, item);
         }
-        char *grown = xasprintf("%s%s%d", epochs ? epochs : "", epochs ? "," : "", e);
-        free(epochs);
-        epochs = grown;
-
-        hid_t f = h5_open_read(path);
+        snprintf(item, sizeof item, "%d", e);
+        append_item(&epochs, item);
         char *precision = h5_attr_read_str(f, "precision");
         h5_close(f);
         const char *made_in = precision ? precision : "fp32";
         mixed |= strcmp(made_in, run->precision) != 0;
-        grown = xasprintf("%s%s%s", precisions ? precisions : "", precisions ? "," : "",
-                          made_in);
-        free(precisions);
+        append_item(&precisions, made_in);
         free(precision);
-        precisions = grown;
         free(path);
         if (e != first)
             predfile_free(&t);

@@ -126,18 +126,23 @@ static cpu_backend_t *cpu_of(nn_backend_t *be)
 typedef struct {
     size_t total;
     int mapped;
-    size_t map_bytes; /* of the mapping the block starts, whole pages */
 } alloc_header_t;
 
+/* The whole pages a mapped block of `bytes` takes. */
+static size_t mapped_bytes(size_t bytes)
+{
+    return (bytes + 4095) / 4096 * 4096;
+}
+
 /* A mapping of at least `bytes` starting on a 2 MiB boundary (the slack is unmapped). */
-static char *map_huge_aligned(size_t bytes, size_t *map_bytes)
+static char *map_huge_aligned(size_t bytes)
 {
     size_t padded = bytes + HUGE_PAGE;
     char *raw = mmap(NULL, padded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED)
         return NULL;
     char *aligned = (char *)(((uintptr_t)raw + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-    size_t used = (bytes + 4095) / 4096 * 4096;
+    size_t used = mapped_bytes(bytes);
     if (aligned > raw)
         munmap(raw, (size_t)(aligned - raw));
     if (raw + padded > aligned + used)
@@ -145,7 +150,6 @@ static char *map_huge_aligned(size_t bytes, size_t *map_bytes)
 #ifdef MADV_HUGEPAGE
     madvise(aligned, used, MADV_HUGEPAGE); /* only a hint: 4 KiB pages work too */
 #endif
-    *map_bytes = used;
     return aligned;
 }
 
@@ -154,10 +158,9 @@ static void *cpu_alloc(nn_backend_t *be, size_t bytes)
     (void)be;
     size_t total = ALLOC_HEADER + (bytes + 63) / 64 * 64;
     char *base;
-    size_t map_bytes = 0;
     int mapped = total >= ALLOC_MMAP_MIN;
     if (mapped) {
-        base = map_huge_aligned(total, &map_bytes);
+        base = map_huge_aligned(total);
     } else {
         base = aligned_alloc(64, total);
         if (base)
@@ -168,7 +171,6 @@ static void *cpu_alloc(nn_backend_t *be, size_t bytes)
     alloc_header_t *h = (alloc_header_t *)base;
     h->total = total;
     h->mapped = mapped;
-    h->map_bytes = map_bytes;
     return base + ALLOC_HEADER;
 }
 
@@ -180,7 +182,7 @@ static void cpu_release(nn_backend_t *be, void *p)
     char *base = (char *)p - ALLOC_HEADER;
     alloc_header_t *h = (alloc_header_t *)base;
     if (h->mapped)
-        munmap(base, h->map_bytes);
+        munmap(base, mapped_bytes(h->total));
     else
         free(base);
 }

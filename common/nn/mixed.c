@@ -6,6 +6,12 @@
 
 #include <string.h>
 
+static void refuse_fp16(const char *option, const char *backend)
+{
+    die(EXIT_USAGE, "%s fp16: the %s backend has no fp16 arithmetic (use bf16, or a cuda "
+        "device)", option, backend);
+}
+
 int nn_mixed_precision_setup(nn_backend_t *be, const char *name, const char *option)
 {
     if (!strcmp(name, "fp32"))
@@ -16,16 +22,14 @@ int nn_mixed_precision_setup(nn_backend_t *be, const char *name, const char *opt
     if (be->set_mixed_format && be->set_mixed_format(be, format))
         return NN_PRECISION_BF16;
     if (format == NN_PRECISION_FP16)
-        die(EXIT_USAGE, "%s fp16: the %s backend has no fp16 arithmetic (use bf16, or a cuda "
-            "device)", option, be->name);
+        refuse_fp16(option, be->name);
     return NN_PRECISION_BF16; /* bf16 is every backend's mixed format */
 }
 
 void nn_mixed_precision_check(const char *name, const char *device, const char *option)
 {
     if (!strcmp(name, "fp16") && strncmp(device, "cuda", 4) != 0)
-        die(EXIT_USAGE, "%s fp16: the %s backend has no fp16 arithmetic (use bf16, or a cuda "
-            "device)", option, device);
+        refuse_fp16(option, device);
 }
 
 void nn_upload_batch(nn_backend_t *be, void *dev, const void *host, size_t bytes)
