@@ -3,7 +3,8 @@
 # libichpipe_cuda.so holds kernels for sm_80 and sm_90 and is linked with cuDNN, cuBLAS and
 # cudart, while no program is; the kernels' arithmetic (loss, Adam, batch norm's partial sums
 # and mask, max pooling, mixed precision's bf16 and fp16 rounding and NHWC map, loss scaling's
-# overflow check, index math past 2^32 elements) equals the host code (checked on the host);
+# overflow check, index math past 2^32 elements; the sequence model's kernels replayed against
+# lstm.c and seqmodel.c) equals the host code (checked on the host);
 # asking for "cuda" without a GPU, or without the plugin, fails with the reason and exit 2.
 set -u
 prog=$BUILD/tests/gpu_parity
@@ -29,6 +30,15 @@ if grep -q '^HAVE_CUDA = 1' "$config"; then
     for arch in sm_80 sm_90 compute_90; do
         echo "$code" | grep -qx "$arch" || fail "no $arch code in $obj"
     done
+    # The sequence model's kernels are in the plugin too (seqmodel_cuda.cu).
+    seq_obj=$BUILD/common/nn/seqmodel_cuda.o
+    code=$("$PY" tests/gpu/fatbin_archs.py "$seq_obj") ||
+        fail "cannot read the GPU code of $seq_obj"
+    echo "GPU code in seqmodel_cuda.o:" $code
+    for arch in sm_80 sm_90 compute_90; do
+        echo "$code" | grep -qx "$arch" || fail "no $arch code in $seq_obj"
+    done
+    nm -C "$plugin" | grep -q ' seq_forward(' || fail "$plugin lacks the sequence model's ops"
     nm -D --defined-only "$plugin" | grep -q ' T nn_cuda_plugin_create$' ||
         fail "$plugin does not export nn_cuda_plugin_create"
     needed=$(readelf -d "$plugin" | grep NEEDED)

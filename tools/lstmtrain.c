@@ -874,6 +874,20 @@ static double rescale_to_batch(seqmodel_t *m, const double local[2], const doubl
     return scale[0];
 }
 
+/* Gradients of zero, in the backend's memory (a rank without series this step). */
+static void zero_grads(nn_backend_t *be, nn_paramset_t *ps)
+{
+    size_t bytes = ps->param_count * sizeof *ps->grads;
+    if (strcmp(be->name, "cpu") == 0) {
+        memset(ps->grads, 0, bytes);
+        return;
+    }
+    float *zeros = xcalloc(ps->param_count, sizeof *zeros);
+    be->to_device(be, ps->grads, zeros, bytes);
+    be->synchronize(be); /* the copy may read the host buffer until then */
+    free(zeros);
+}
+
 /*
  * One epoch over the training series; returns the mean batch loss. With several ranks each
  * global batch of --batch series is split over them (dist_share_of with batches of 1
@@ -915,7 +929,7 @@ static double train_epoch(seqmodel_t *m, const dataset_t *d, const options_t *o,
         } else {
             double nothing[2] = {0, 0}; /* a rank without series still joins the sums */
             dist_allreduce_sum_f64(nothing, 2);
-            memset(ps->grads, 0, ps->param_count * sizeof *ps->grads);
+            zero_grads(be, ps);
         }
         if (!isfinite(loss))
             die(EXIT_INTERNAL,
@@ -942,16 +956,26 @@ static double train_epoch(seqmodel_t *m, const dataset_t *d, const options_t *o,
 
 /*
  * Every rank must hold the same weights and Adam moments after the same steps: compare a
- * hash of the three slabs (host memory: the model runs on the cpu backend).
+ * hash of the three slabs (read through a host copy on a backend with its own memory).
  */
-static void check_ranks_agree(const nn_paramset_t *ps)
+static void check_ranks_agree(nn_paramset_t *ps)
 {
     if (dist_size() < 2)
         return;
+    nn_backend_t *be = ps->be;
     const float *slabs[3] = {ps->params, ps->adam_m, ps->adam_v};
+    size_t bytes = ps->param_count * sizeof(float);
+    float *host = strcmp(be->name, "cpu") == 0 ? NULL : xmalloc(bytes);
     uint64_t hash = 0;
-    for (int k = 0; k < 3; k++)
-        hash = hash * 0x100000001b3ull ^ dist_hash_bytes(slabs[k], ps->param_count * 4);
+    for (int k = 0; k < 3; k++) {
+        const float *slab = slabs[k];
+        if (host) {
+            be->to_host(be, host, slab, bytes);
+            slab = host;
+        }
+        hash = hash * 0x100000001b3ull ^ dist_hash_bytes(slab, bytes);
+    }
+    free(host);
     int differs = dist_check_same(hash);
     if (differs >= 0)
         die(EXIT_INTERNAL, "rank %d's weights differ from rank 0's after the same steps",
@@ -1003,7 +1027,8 @@ int main(int argc, char **argv)
         {0, "precision", OPT_CHOICE, &o.precision, "P",
          "arithmetic; bf16: the model's matrix products on bf16 operands with fp32 sums, "
          "weights and Adam fp32 (fp32 on a CPU without AVX512-BF16)", 1, 0, "fp32|bf16"},
-        {0, "device", OPT_STRING, &o.device, "NAME", "NN backend", 1, 0, NULL},
+        {0, "device", OPT_STRING, &o.device, "NAME",
+         "NN backend: cpu, cuda or cuda:N (the whole model on that GPU)", 1, 0, NULL},
         {'j', "threads", OPT_INT, &o.threads, "N",
          "compute threads (0: OMP_NUM_THREADS, else every core)", 0, 1024, NULL},
         {0, "resume", OPT_FLAG, &o.resume, NULL,
@@ -1043,7 +1068,7 @@ int main(int argc, char **argv)
             "seconds (default 1800), exit 1.",
         .exit_codes =
             "  2  also: --hidden larger than the embedding width, a --device that cannot\n"
-            "     be created (another one that can is replaced by cpu, with a warning)\n",
+            "     be created here\n",
         .options = options,
         .min_positional = 3,
         .max_positional = -1,
@@ -1060,13 +1085,6 @@ int main(int argc, char **argv)
     nn_backend_t *be = nn_backend_open(dist_device_for_rank(o.device), why, sizeof why);
     if (!be)
         die(EXIT_USAGE, "--device %s: %s", o.device, why);
-    if (strcmp(be->name, "cpu") != 0) {
-        /* The model keeps its tensors in host memory (seqmodel.h): it cannot use another. */
-        log_warn("--device %s: the sequence model runs on the cpu backend only; using it",
-                 o.device);
-        be->destroy(be);
-        be = nn_backend_create("cpu");
-    }
 
     run_t run = {.o = &o, .seq_path = pos[0], .folds_path = pos[1]};
     dataset_t d = {0};

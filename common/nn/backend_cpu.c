@@ -23,9 +23,11 @@
 
 #include "check.h"
 #include "exitcodes.h"
+#include "nn/math_cuda.h"
 
 #include <dnnl.h>
 #include <dnnl_debug.h>
+#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -1312,10 +1314,55 @@ typedef struct {
     size_t count;
 } adam_range_t;
 
+/*
+ * Adam over count values with the arithmetic of nn_host_adam_step element for element: 16
+ * lanes at a time with AVX-512 (the same multiplies and adds in the same order, nothing fused,
+ * IEEE division and square root: the same bits), the rest one by one. The plain loop is bound
+ * by its divisions and square roots, not by memory: 4x slower on this machine's Zen 4 cores.
+ */
+__attribute__((target("avx512f"))) static void adam_avx512(const nn_adam_scalars_t *s,
+                                                           float *w, const float *g, float *m,
+                                                           float *v, size_t count)
+{
+    const __m512 beta1 = _mm512_set1_ps(s->beta1), beta2 = _mm512_set1_ps(s->beta2);
+    const __m512 keep1 = _mm512_set1_ps(s->keep1), keep2 = _mm512_set1_ps(s->keep2);
+    const __m512 decay = _mm512_set1_ps(s->decay), eps = _mm512_set1_ps(s->eps);
+    const __m512 neg_step_size = _mm512_set1_ps(s->neg_step_size);
+    const __m512 bias2_sqrt = _mm512_set1_ps(s->bias2_sqrt);
+    const int decays = s->decay != 0.0f;
+    size_t i = 0;
+
+    for (; i + 16 <= count; i += 16) {
+        __m512 grad = _mm512_loadu_ps(g + i), weight = _mm512_loadu_ps(w + i);
+        if (decays)
+            grad = _mm512_add_ps(grad, _mm512_mul_ps(decay, weight));
+        __m512 mean = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(m + i), beta1),
+                                    _mm512_mul_ps(keep1, grad));
+        __m512 var = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), beta2),
+                                   _mm512_mul_ps(_mm512_mul_ps(keep2, grad), grad));
+        __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(var), bias2_sqrt), eps);
+        weight = _mm512_add_ps(weight, _mm512_mul_ps(neg_step_size, _mm512_div_ps(mean, denom)));
+        _mm512_storeu_ps(m + i, mean);
+        _mm512_storeu_ps(v + i, var);
+        _mm512_storeu_ps(w + i, weight);
+    }
+    for (; i < count; i++)
+        nn_adam_update(s, &w[i], g[i], &m[i], &v[i]);
+}
+
 static void *adam_thread(void *arg)
 {
     adam_range_t *r = arg;
-    nn_host_adam_step(r->hp, r->step, r->w, r->g, r->m, r->v, r->count);
+    static int avx512 = -1;
+    if (avx512 < 0)
+        avx512 = __builtin_cpu_supports("avx512f") != 0;
+
+    if (!avx512) {
+        nn_host_adam_step(r->hp, r->step, r->w, r->g, r->m, r->v, r->count);
+        return NULL;
+    }
+    nn_adam_scalars_t scalars = nn_adam_scalars(r->hp, r->step);
+    adam_avx512(&scalars, r->w, r->g, r->m, r->v, r->count);
     return NULL;
 }
 
@@ -1328,7 +1375,8 @@ static void cpu_adam_step(nn_backend_t *be, const nn_adam_t *hp, int64_t step, f
     cpu->generation++;
     int threads = cpu->threads;
     if (count < ((size_t)1 << 16) || threads < 2) {
-        nn_host_adam_step(hp, step, w, g, m, v, count);
+        adam_range_t all = {hp, step, w, m, v, g, count};
+        adam_thread(&all);
         return;
     }
     /* Element i's arithmetic does not depend on the split, so neither does the result. */

@@ -1,6 +1,7 @@
 /*
  * The CUDA backend: cuDNN for convolutions, cuBLAS for linear layers, own kernels for the
- * rest (batch norm, relu, pooling, add, loss, Adam).
+ * rest (batch norm, relu, pooling, add, loss, Adam). The sequence model's seq_* ops are in
+ * seqmodel_cuda.cu (the error checks and the stream are shared through nn/cuda_internal.h).
  *
  * Memory: every tensor, parameter and gradient is device memory (cudaMalloc); to_host and
  * to_device copy. NN_LAYOUT_NATIVE is plain NCHW here (fp32 computes as fast in it), so
@@ -44,6 +45,7 @@
  * reported at the op that caused it.
  */
 #include "nn/backend_cuda.h"
+#include "nn/cuda_internal.h"
 #include "nn/math_cuda.h"
 
 extern "C" {
@@ -71,7 +73,7 @@ extern "C" {
 
 static int sync_every_call = -1; /* NN_CUDA_SYNC, read once */
 
-static void cuda_die(cudaError_t status, const char *call, const char *file, int line)
+void cuda_die(cudaError_t status, const char *call, const char *file, int line)
 {
     die(EXIT_INTERNAL, "%s:%d: %s failed: %s (%s)", file, line, call, cudaGetErrorString(status),
         cudaGetErrorName(status));
@@ -85,17 +87,10 @@ static void cudnn_die(cudnnStatus_t status, const char *call, const char *file, 
         detail[0] ? ": " : "", detail);
 }
 
-static void cublas_die(cublasStatus_t status, const char *call, const char *file, int line)
+void cublas_die(cublasStatus_t status, const char *call, const char *file, int line)
 {
     die(EXIT_INTERNAL, "%s:%d: %s failed: %s", file, line, call, cublasGetStatusString(status));
 }
-
-#define CUDA_CHECK(call)                                                                      \
-    do {                                                                                      \
-        cudaError_t status_ = (call);                                                         \
-        if (status_ != cudaSuccess)                                                           \
-            cuda_die(status_, #call, __FILE__, __LINE__);                                     \
-    } while (0)
 
 #define CUDNN_CHECK(call)                                                                     \
     do {                                                                                      \
@@ -105,24 +100,7 @@ static void cublas_die(cublasStatus_t status, const char *call, const char *file
         debug_sync(#call, __FILE__, __LINE__);                                                \
     } while (0)
 
-#define CUBLAS_CHECK(call)                                                                    \
-    do {                                                                                      \
-        cublasStatus_t status_ = (call);                                                      \
-        if (status_ != CUBLAS_STATUS_SUCCESS)                                                 \
-            cublas_die(status_, #call, __FILE__, __LINE__);                                   \
-        debug_sync(#call, __FILE__, __LINE__);                                                \
-    } while (0)
-
-/* After a kernel launch: a bad launch now, a fault in the kernel when NN_CUDA_SYNC=1. */
-#define KERNEL_CHECK(name)                                                                    \
-    do {                                                                                      \
-        cudaError_t status_ = cudaGetLastError();                                             \
-        if (status_ != cudaSuccess)                                                           \
-            cuda_die(status_, "launch of " name, __FILE__, __LINE__);                         \
-        debug_sync(name, __FILE__, __LINE__);                                                 \
-    } while (0)
-
-static void debug_sync(const char *what, const char *file, int line)
+void debug_sync(const char *what, const char *file, int line)
 {
     if (sync_every_call < 0) {
         const char *env = getenv("NN_CUDA_SYNC");
@@ -267,6 +245,11 @@ static void gpu_to_device(nn_backend_t *be, void *dev, const void *host, size_t 
     cuda_backend_t *gpu = cuda_of(be);
     gpu->generation++;
     CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, gpu->stream));
+}
+
+cudaStream_t nn_cuda_stream(nn_backend_t *be)
+{
+    return cuda_of(be)->stream;
 }
 
 static void gpu_synchronize(nn_backend_t *be)
@@ -1408,6 +1391,13 @@ __global__ static void bias_grad_kernel(const float *dy, int rows, int out, floa
     db[o] = (float)sum;
 }
 
+void nn_cuda_column_sums(nn_backend_t *be, const float *m, int rows, int cols, float *sums)
+{
+    bias_grad_kernel<<<(cols + THREADS - 1) / THREADS, THREADS, 0, cuda_of(be)->stream>>>(
+        m, rows, cols, sums);
+    KERNEL_CHECK("bias_grad_kernel");
+}
+
 static void gpu_linear_forward(nn_backend_t *be, nn_linear_t *op, const nn_tensor_t *x,
                                const float *w, const float *b, nn_tensor_t *y)
 {
@@ -1445,11 +1435,8 @@ static void gpu_linear_backward(nn_backend_t *be, nn_linear_t *op, const nn_tens
     /* dw^T (in x out) = x^T (in x rows) . dy (rows x out). */
     CUBLAS_CHECK(cublasSgemm(gpu->cublas, CUBLAS_OP_N, CUBLAS_OP_T, op->in, op->out, rows, &ONE,
                              x->data, op->in, dy->data, op->out, &ZERO, dw, op->in));
-    if (db) {
-        bias_grad_kernel<<<(op->out + THREADS - 1) / THREADS, THREADS, 0, gpu->stream>>>(
-            dy->data, rows, op->out, db);
-        KERNEL_CHECK("bias_grad_kernel");
-    }
+    if (db)
+        nn_cuda_column_sums(be, dy->data, rows, op->out, db);
 }
 
 /* ---- loss and optimizer: math_cuda.h's arithmetic, the same as host_ops.c ---------------- */
@@ -1785,5 +1772,6 @@ nn_backend_t *nn_cuda_plugin_create(int device, char *err, size_t err_size)
     be->set_mixed_format = gpu_set_mixed_format;
     be->scale_check_finite = gpu_scale_check_finite;
     be->to_device_async = gpu_to_device_async;
+    nn_cuda_seq_install(be);
     return be;
 }

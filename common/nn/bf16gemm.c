@@ -329,10 +329,11 @@ void nn_bf16_gemm_packed(long m, long n, long k, const nn_bf16_t *a, long lda,
     require_kernels();
     packed_job_t job = {m, n, k, lda, ldc, a, packed, beta, c};
     size_t tasks = (size_t)((panels_of(n) + PACKED_TASK_PANELS - 1) / PACKED_TASK_PANELS);
-    /* On the calling thread: a product takes about a millisecond, and a thread started for
-     * it waits for a core on a busy machine (bench/README.md: one thread trained 1.3x
-     * faster than two at load 3.7). */
-    parallel_for(1, tasks, packed_task, &job);
+    /* Over OMP_NUM_THREADS threads, as the rest of the engine. Measured on the quiet
+     * machine with 2 threads: at 4 rows 0.40-0.45 ms a call against 0.68 on one thread, at
+     * 16 rows 2.0-2.1 ms against 3.2; with the second core busy elsewhere, two threads lose
+     * up to 15% (3.7 ms). */
+    parallel_for(kernel_threads(), tasks, packed_task, &job);
 }
 
 /* ---- compute-bound products: oneDNN's matmul primitive on bf16 operands ---- */

@@ -5,9 +5,9 @@
  *   against a large weight matrix, the LSTM recurrence: there the weights are read once per
  *   call and their bytes set the time, so bf16 weights halve it. It broadcasts pairs of A
  *   against 16-column panels of W (vdpbf16ps), reading W once, in order, whatever the rows
- *   of A. It runs on the calling thread (a product takes about a millisecond); the packing
- *   and large roundings split the work over OMP_NUM_THREADS threads (all online CPUs when
- *   unset).
+ *   of A. It, the packing and large roundings split the work over OMP_NUM_THREADS threads
+ *   (all online CPUs when unset); each output column is one thread's, so the result does
+ *   not depend on the count.
  * - nn_bf16_matmul, oneDNN's matmul primitive on bf16 operands, for compute-bound products.
  *
  * A bf16 value is the upper half of an fp32; nn_bf16_from_f32 (nn/checkpoint.h) rounds to

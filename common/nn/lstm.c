@@ -5,13 +5,12 @@
 #include "exitcodes.h"
 #include "log.h"
 #include "nn/nn.h"
+#include "nn/seq_math.h"
 
 #include <dnnl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum { GATE_I = 0, GATE_F = 1, GATE_G = 2, GATE_O = 3 };
 
 void nn_sgemm(char trans_a, char trans_b, long m, long n, long k, float alpha, const float *a,
               long lda, const float *b, long ldb, float beta, float *c, long ldc)
@@ -164,11 +163,6 @@ static int step_before(int d, int t)
     return d == 0 ? t - 1 : t + 1;
 }
 
-static float sigmoidf(float z)
-{
-    return 1.0f / (1.0f + expf(-z));
-}
-
 /*
  * From this many series on, the recurrence reads a transposed copy of W_hh: oneDNN's sgemm
  * with the weights transposed ('T') slows down sharply beyond a few rows (measured at 16 rows:
@@ -277,17 +271,9 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
                 continue;
             }
             const float *c_prev = s > 0 ? cells + ((size_t)b * steps + tp) * H : NULL;
-            for (int j = 0; j < H; j++) {
-                float gi = sigmoidf(a[GATE_I * H + j]), gf = sigmoidf(a[GATE_F * H + j]);
-                float gg = tanhf(a[GATE_G * H + j]), go = sigmoidf(a[GATE_O * H + j]);
-                float cell = gi * gg + (c_prev ? gf * c_prev[j] : 0.0f);
-                a[GATE_I * H + j] = gi;
-                a[GATE_F * H + j] = gf;
-                a[GATE_G * H + j] = gg;
-                a[GATE_O * H + j] = go;
-                c[j] = cell;
-                h[j] = go * tanhf(cell);
-            }
+            for (int j = 0; j < H; j++)
+                nn_lstm_unit_forward(a + j, (size_t)H, c_prev ? c_prev + j : NULL, c + j,
+                                     h + j);
         }
     }
 }
@@ -338,19 +324,9 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
             const float *a = gates + row * G4, *c = cells + row * H;
             const float *dh_out = dy + row * y_row + (size_t)d * H;
             const float *c_prev = s > 0 ? cells + ((size_t)b * steps + tp) * H : NULL;
-            for (int j = 0; j < H; j++) {
-                float gi = a[GATE_I * H + j], gf = a[GATE_F * H + j];
-                float gg = a[GATE_G * H + j], go = a[GATE_O * H + j];
-                float tc = tanhf(c[j]);
-                float dh = dh_out[j] + ch[j];
-                float dc = dh * go * (1.0f - tc * tc) + cc[j];
-                float cp = c_prev ? c_prev[j] : 0.0f;
-                da[GATE_I * H + j] = dc * gg * gi * (1.0f - gi);
-                da[GATE_F * H + j] = dc * cp * gf * (1.0f - gf);
-                da[GATE_G * H + j] = dc * gi * (1.0f - gg * gg);
-                da[GATE_O * H + j] = dh * tc * go * (1.0f - go);
-                cc[j] = dc * gf;
-            }
+            for (int j = 0; j < H; j++)
+                nn_lstm_unit_backward(a + j, (size_t)H, c[j], c_prev ? c_prev + j : NULL,
+                                      dh_out[j], ch[j], cc + j, da + j);
         }
         if (s == 0)
             continue;

@@ -18,7 +18,8 @@
  * Arithmetic: one oneDNN sgemm for the input projections of all steps (as W_ih x^T, then
  * transposed: nn_sgemm_bias_nt), one small sgemm over the batch per step for the recurrence
  * (from 8 series on, against a transposed copy of W_hh kept until the weights change:
- * oneDNN's sgemm is slow on a transposed operand at those sizes), gate loops in plain C.
+ * oneDNN's sgemm is slow on a transposed operand at those sizes), gate loops in plain C over
+ * nn/seq_math.h's per-unit functions, which the CUDA kernels (seqmodel_cuda.cu) share.
  *
  * Mixed precision (nn_lstm_set_precision NN_PRECISION_BF16): every matrix product takes
  * bf16 operands and sums in fp32 (nn/bf16gemm.h); weights, gradients, gates, cell states stay
@@ -33,7 +34,8 @@
  * training, a rounding pass over the weights per step.
  * missing: fp32 training stays bound by the recurrence's memory traffic (about 20 GB a batch
  * of 4 series of 40 slices); the packing of W_hh for the backward is slower than a plain
- * copy (strided reads); no GPU version.
+ * copy (strided reads). On the GPU the sequence model runs whole (nn/seqmodel.h, the
+ * backend's seq_* ops) rather than this layer.
  */
 #ifndef ICH_NN_LSTM_H
 #define ICH_NN_LSTM_H

@@ -21,7 +21,8 @@
  *
  * Backends: "cpu" (backend_cpu.c, oneDNN) and "cuda" (backend_cuda.cu: cuDNN, cuBLAS and own
  * kernels, device memory; built when mk/probe.sh finds CUDA).
- * missing: concat; the LSTM (common/nn/lstm.c) behind this interface.
+ * missing: concat; the LSTM alone (common/nn/lstm.c) behind this interface (the CUDA backend
+ * has the whole sequence model, seq_*, instead).
  */
 #ifndef ICH_NN_H
 #define ICH_NN_H
@@ -91,6 +92,17 @@ typedef struct {
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay;
 } nn_adam_t;
+
+/*
+ * The sequence model's tensors (nn/seqmodel.h) in backend memory, for the seq_* ops: each
+ * LSTM's 8 tensors in state_dict order (weight_ih, weight_hh, bias_ih, bias_hh, then the
+ * same _reverse), the linear layers' weights [out][in] and biases.
+ */
+enum { NN_SEQ_LINEAR1 = 0, NN_SEQ_LINEAR2 = 1, NN_SEQ_HEAD = 2 };
+typedef struct {
+    float *lstm[2][8];                   /* lstm1, lstm2 */
+    float *linear_w[3], *linear_b[3];    /* NN_SEQ_* */
+} nn_seq_tensors_t;
 
 typedef struct nn_backend nn_backend_t;
 
@@ -198,7 +210,8 @@ struct nn_backend {
     void (*destroy)(nn_backend_t *be);
 
     /* Optional ops: NULL where a backend does not have them (the CPU backend: the first
-     * three; the CUDA backend, whose weights are in plain order: the last two). */
+     * three and the seq_* ones; the CUDA backend, whose weights are in plain order:
+     * conv_set_native_weights and conv_weights_convert). */
 
     /* Convolutions asking for NN_PRECISION_BF16 compute in `format` (NN_PRECISION_BF16 or
      * NN_PRECISION_FP16) from the next call on, so that a model's mixed precision can be fp16
@@ -222,6 +235,24 @@ struct nn_backend {
      * src and dst are distinct backend memory of the weights' size. Waits. */
     void (*conv_weights_convert)(nn_backend_t *be, const nn_conv_t *op, const float *src,
                                  float *dst, int to_native);
+
+    /*
+     * The sequence model of nn/seqmodel.h computed whole by the backend (the CUDA backend;
+     * NULL on the CPU, where seqmodel.c computes it on the host with nn/lstm.h), with
+     * seqmodel.c's arithmetic and padding. seq_create makes a plan for the sizes (released
+     * by seq_destroy). seq_forward: embeddings [batch][steps][emb] and lengths (host memory,
+     * series front-padded) -> logits [batch][steps][6] (host memory; waits), in precision
+     * NN_PRECISION_FP32 or _BF16 (bf16 products, fp32 sums), keeping what the backward
+     * needs. seq_backward, after a forward with the same weights: dlogits (host memory) ->
+     * every gradient in grads, assigned.
+     */
+    void *(*seq_create)(nn_backend_t *be, int emb, int hidden, int pad_like_original);
+    void (*seq_forward)(nn_backend_t *be, void *plan, int precision,
+                        const nn_seq_tensors_t *weights, const float *embeddings, int batch,
+                        int steps, const int *lengths, float *logits);
+    void (*seq_backward)(nn_backend_t *be, void *plan, const nn_seq_tensors_t *weights,
+                         const float *dlogits, const nn_seq_tensors_t *grads);
+    void (*seq_destroy)(nn_backend_t *be, void *plan);
 };
 
 /*

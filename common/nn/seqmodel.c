@@ -3,6 +3,7 @@
 
 #include "check.h"
 #include "exitcodes.h"
+#include "nn/seq_math.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -60,6 +61,28 @@ static nn_lstm_weights_t lstm_view(seqmodel_t *m, size_t first, int grads)
     return w;
 }
 
+/* Every tensor (values or gradients) for the backend's seq_* ops. */
+static nn_seq_tensors_t seq_tensors(seqmodel_t *m, int grads)
+{
+    nn_seq_tensors_t t;
+    size_t linears[3][2] = {{m->lin1_w, m->lin1_b}, {m->lin2_w, m->lin2_b},
+                            {m->lin_w, m->lin_b}};
+
+    for (int k = 0; k < 8; k++) {
+        t.lstm[0][k] = grads ? nn_params_grad(&m->ps, m->lstm1_first + k)
+                             : nn_params_value(&m->ps, m->lstm1_first + k);
+        t.lstm[1][k] = grads ? nn_params_grad(&m->ps, m->lstm2_first + k)
+                             : nn_params_value(&m->ps, m->lstm2_first + k);
+    }
+    for (int k = 0; k < 3; k++) {
+        t.linear_w[k] = grads ? nn_params_grad(&m->ps, linears[k][0])
+                              : nn_params_value(&m->ps, linears[k][0]);
+        t.linear_b[k] = grads ? nn_params_grad(&m->ps, linears[k][1])
+                              : nn_params_value(&m->ps, linears[k][1]);
+    }
+    return t;
+}
+
 seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_original,
                             char *err, size_t err_len)
 {
@@ -92,6 +115,9 @@ seqmodel_t *seqmodel_create(nn_backend_t *be, int emb, int hidden, int pad_like_
     m->lin2_w = declare_linear(&m->ps, "linear2", 2 * hidden, 2 * hidden, &m->lin2_b);
     m->lin_w = declare_linear(&m->ps, "linear", 2 * hidden, SEQ_OUTPUTS, &m->lin_b);
     nn_params_alloc(&m->ps);
+    /* A backend with the whole model computes it in its own memory. */
+    if (be->seq_create)
+        m->plan = be->seq_create(be, emb, hidden, pad_like_original);
     return m;
 }
 
@@ -109,6 +135,10 @@ static void fill_uniform(seqmodel_t *m, size_t entry, double bound, nn_rng_t *rn
 
 int seqmodel_set_precision(seqmodel_t *m, int precision)
 {
+    if (m->plan) {
+        m->precision = precision == NN_PRECISION_BF16 ? NN_PRECISION_BF16 : NN_PRECISION_FP32;
+        return m->precision;
+    }
     nn_lstm_set_precision(&m->lstm1, precision);
     m->precision = nn_lstm_set_precision(&m->lstm2, precision);
     return m->precision;
@@ -163,6 +193,8 @@ void seqmodel_destroy(seqmodel_t *m)
         free(m->lin_x_bf16[k]);
     }
     free(m->dy_bf16);
+    if (m->plan)
+        m->be->seq_destroy(m->be, m->plan);
     nn_lstm_free(&m->lstm1);
     nn_lstm_free(&m->lstm2);
     nn_params_free(&m->ps);
@@ -178,11 +210,14 @@ static void reserve(seqmodel_t *m, int batch, int steps)
     if (rows <= m->cap_rows)
         return;
     free_batch(m);
-    m->x = xmalloc(rows * 3 * (size_t)m->emb * sizeof(float));
-    float **wide_bufs[] = {&m->h1, &m->h2, &m->a1, &m->a2, &m->summed,
-                           &m->dhidden, &m->dh1, &m->dh2, &m->dpre};
-    for (size_t i = 0; i < sizeof(wide_bufs) / sizeof(wide_bufs[0]); i++)
-        *wide_bufs[i] = xmalloc(rows * wide * sizeof(float));
+    /* The activations live where the model is computed: here without a backend plan. */
+    if (!m->plan) {
+        m->x = xmalloc(rows * 3 * (size_t)m->emb * sizeof(float));
+        float **wide_bufs[] = {&m->h1, &m->h2, &m->a1, &m->a2, &m->summed,
+                               &m->dhidden, &m->dh1, &m->dh2, &m->dpre};
+        for (size_t i = 0; i < sizeof(wide_bufs) / sizeof(wide_bufs[0]); i++)
+            *wide_bufs[i] = xmalloc(rows * wide * sizeof(float));
+    }
     float **out_bufs[] = {&m->logits, &m->dlogits, &m->valid_logits, &m->valid_labels,
                           &m->valid_dlogits};
     for (size_t i = 0; i < sizeof(out_bufs) / sizeof(out_bufs[0]); i++)
@@ -194,7 +229,7 @@ static void reserve(seqmodel_t *m, int batch, int steps)
 static void reserve_bf16(seqmodel_t *m, int batch, int steps)
 {
     size_t rows = (size_t)batch * steps, wide = 2 * (size_t)m->hidden;
-    if (m->precision != NN_PRECISION_BF16 || rows <= m->cap_rows_bf16)
+    if (m->plan || m->precision != NN_PRECISION_BF16 || rows <= m->cap_rows_bf16)
         return;
     for (int k = 0; k < SEQ_LINEARS; k++) {
         free(m->lin_x_bf16[k]);
@@ -222,13 +257,9 @@ static void build_input(seqmodel_t *m, const float *embeddings)
                 continue;
             }
             const float *e = embeddings + row * E;
-            const float *prev = t > first ? e - E : NULL;
-            const float *next = t < steps - 1 ? e + E : NULL;
-            for (int j = 0; j < E; j++) {
-                x[j] = e[j];
-                x[E + j] = prev ? e[j] - prev[j] : 0.0f;
-                x[2 * E + j] = next ? e[j] - next[j] : 0.0f;
-            }
+            int has_prev = t > first, has_next = t < steps - 1;
+            for (int j = 0; j < E; j++)
+                nn_seq_features(e + j, has_prev, has_next, (size_t)E, x + j);
         }
     }
 }
@@ -297,8 +328,7 @@ static void linear_backward(seqmodel_t *m, int which, long rows, int in, int out
 static void relu(size_t n, float *v)
 {
     for (size_t i = 0; i < n; i++)
-        if (!(v[i] > 0.0f))
-            v[i] = 0.0f;
+        v[i] = nn_seq_relu(v[i]);
 }
 
 void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int steps,
@@ -320,6 +350,12 @@ void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int ste
         m->lengths[b] = lengths[b];
         m->n_valid += lengths[b];
     }
+    if (m->plan) {
+        nn_seq_tensors_t w = seq_tensors(m, 0);
+        m->be->seq_forward(m->be, m->plan, m->precision, &w, embeddings, batch, steps,
+                           m->lengths, m->logits);
+        return;
+    }
     build_input(m, embeddings);
 
     nn_lstm_weights_t w1 = lstm_view(m, m->lstm1_first, 0);
@@ -338,12 +374,9 @@ void seqmodel_forward(seqmodel_t *m, const float *embeddings, int batch, int ste
     for (long r = 0; r < rows; r++) {
         const float *e = embeddings + r * E;
         size_t at = (size_t)r * W;
-        for (int j = 0; j < W; j++) {
-            float sum = m->h1[at + j] + m->h2[at + j];
-            sum += m->a1[at + j];
-            sum += m->a2[at + j];
-            m->summed[at + j] = sum + e[j % H];
-        }
+        for (int j = 0; j < W; j++)
+            m->summed[at + j] = nn_seq_hidden_sum(m->h1[at + j], m->h2[at + j], m->a1[at + j],
+                                                  m->a2[at + j], e[j % H]);
     }
     linear_forward(m, SEQ_HEAD, rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
                    nn_params_value(ps, m->lin_b), m->logits);
@@ -420,7 +453,7 @@ double seqmodel_loss(seqmodel_t *m, const float *labels, int with_grad)
 static void relu_mask(size_t n, const float *relu_out, const float *dy, float *dpre)
 {
     for (size_t i = 0; i < n; i++)
-        dpre[i] = relu_out[i] > 0.0f ? dy[i] : 0.0f;
+        dpre[i] = nn_seq_relu_grad(relu_out[i], dy[i]);
 }
 
 void seqmodel_backward(seqmodel_t *m)
@@ -430,6 +463,11 @@ void seqmodel_backward(seqmodel_t *m)
     const size_t n = (size_t)rows * W;
     nn_paramset_t *ps = &m->ps;
 
+    if (m->plan) {
+        nn_seq_tensors_t w = seq_tensors(m, 0), g = seq_tensors(m, 1);
+        m->be->seq_backward(m->be, m->plan, &w, m->dlogits, &g);
+        return;
+    }
     linear_backward(m, SEQ_HEAD, rows, W, SEQ_OUTPUTS, m->summed, nn_params_value(ps, m->lin_w),
                     m->dlogits, nn_params_grad(ps, m->lin_w), nn_params_grad(ps, m->lin_b),
                     m->dhidden, 0);

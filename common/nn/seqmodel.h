@@ -24,8 +24,11 @@
  * the backward); parameters, gradients, Adam, biases, gates, cell states, the sums of the
  * branches and the loss stay fp32.
  *
- * missing: a GPU backend (the activations and the parameter slabs are host memory, so the
- * model runs on the "cpu" backend only).
+ * Backends: parameters, gradients and Adam moments are the backend's memory (nn_paramset_t).
+ * On the CPU backend the model runs here, on nn/lstm.h; a backend with the seq_* ops (nn.h:
+ * the CUDA backend, seqmodel_cuda.cu) computes it whole in its memory, with the same element
+ * arithmetic (nn/seq_math.h), padding and rounding points. Either way the embeddings,
+ * logits, dlogits and the loss are host memory.
  */
 #ifndef ICH_NN_SEQMODEL_H
 #define ICH_NN_SEQMODEL_H
@@ -39,20 +42,27 @@
 
 #define SEQ_OUTPUTS 6
 
-/* The linear layers. */
-enum { SEQ_LINEAR1 = 0, SEQ_LINEAR2 = 1, SEQ_HEAD = 2, SEQ_LINEARS = 3 };
+/* The linear layers (numbered as nn_seq_tensors_t's). */
+enum {
+    SEQ_LINEAR1 = NN_SEQ_LINEAR1,
+    SEQ_LINEAR2 = NN_SEQ_LINEAR2,
+    SEQ_HEAD = NN_SEQ_HEAD,
+    SEQ_LINEARS = 3
+};
 
 typedef struct {
     int emb, hidden;
     int pad_like_original;
     int precision; /* NN_PRECISION_* in effect (seqmodel_set_precision) */
     nn_backend_t *be;
+    void *plan; /* the backend's seq_create, or NULL: computed here */
     nn_paramset_t ps;
     nn_lstm_t lstm1, lstm2;
     size_t lstm1_first, lstm2_first; /* entry of weight_ih_l0; the 8 tensors follow */
     size_t lin1_w, lin1_b, lin2_w, lin2_b, lin_w, lin_b;
 
-    /* The current batch (host memory, grown on demand). */
+    /* The current batch (host memory, grown on demand; with a plan only lengths, logits,
+     * dlogits and the valid_* rows). */
     int batch, steps, n_valid;
     int *lengths;
     size_t cap_rows;
@@ -83,7 +93,8 @@ void seqmodel_destroy(seqmodel_t *m);
 
 /*
  * The arithmetic of the products that follow (fp32 after seqmodel_create); returns the one
- * in effect: NN_PRECISION_FP32 with a notice on a CPU without AVX512-BF16.
+ * in effect: NN_PRECISION_FP32 with a notice on a CPU without AVX512-BF16 (a backend with
+ * the seq_* ops always has bf16).
  */
 int seqmodel_set_precision(seqmodel_t *m, int precision);
 

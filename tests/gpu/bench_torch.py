@@ -1,11 +1,17 @@
 """PyTorch side of the GPU benchmark (tests/gpu/run.sh): ResNeXt training and eval steps on
 the same GPU, with what PyTorch does best there (cuDNN autotuning; in bf16 autocast and
 channels-last), and the model's FLOPs per image (2 per multiply-add, torch's FlopCounterMode).
+--seq: the stage-5 sequence model instead (tests/ref/lstm_ref.py's SeqModel, cuDNN's
+nn.LSTM), training and inference slices/s at the method's shapes, fp32 and bf16 autocast.
 
-Prints lines "result side=torch ..." and "flops ...", read by run.sh.
+Prints lines "result side=torch ...", "seqresult side=torch ..." and "flops ...", read by
+run.sh.
 """
 import argparse
+import os
+import sys
 import time
+import types
 
 import torch
 import torchvision
@@ -44,6 +50,50 @@ def flops_per_image(model, size, memory_format):
     return train, counter.get_total_flops()
 
 
+def seq_bench(iters, emb=2048, hidden=2048, steps=40, train_batch=4, eval_batch=16):
+    """The sequence model as the engine's --seq-bench runs it: full-length series."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
+    try:
+        import h5py  # noqa: F401  (lstm_ref.py's dump format; not needed here)
+    except ImportError:
+        sys.modules["h5py"] = types.ModuleType("h5py")
+    from lstm_ref import SeqModel, method_loss as seq_loss, model_input
+
+    torch.backends.cudnn.benchmark = True
+    model = SeqModel(emb, hidden).cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for precision in ("fp32", "bf16"):
+        bf16 = precision == "bf16"
+        torch.backends.cudnn.allow_tf32 = bf16
+        torch.backends.cuda.matmul.allow_tf32 = bf16
+        for training, batch in ((False, eval_batch), (True, train_batch)):
+            lengths = [steps] * batch
+            embeddings = torch.randn(batch, steps, emb)
+            x = model_input(embeddings, lengths).cuda()
+            embeddings = embeddings.cuda()
+            labels = (torch.rand(batch, steps, 6, device="cuda") > 0.5).float()
+
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16), \
+                        torch.set_grad_enabled(training):
+                    logits = model(x, embeddings)
+                    if not training:
+                        return
+                    loss = seq_loss(logits.float(), labels, lengths)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            model.train(training)
+            rate = steps_per_second(step, iters, warmup=1) * batch * steps
+            print("seqresult side=torch precision=%s batch=%d steps=%d iters=%d "
+                  "%s_slices_per_s=%.1f" % (precision, batch, steps, iters,
+                                            "train" if training else "eval", rate),
+                  flush=True)
+    print("memory seqmodel side=torch peak_mib=%.0f"
+          % (torch.cuda.max_memory_allocated() / 2**20), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="resnext101_32x8d")
@@ -52,7 +102,12 @@ def main():
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--flops", action="store_true", help="also count FLOPs per image")
+    parser.add_argument("--seq", action="store_true",
+                        help="the sequence model instead (both precisions, --iters)")
     args = parser.parse_args()
+    if args.seq:
+        seq_bench(args.iters)
+        return
 
     torch.backends.cudnn.benchmark = True
     bf16 = args.precision == "bf16"

@@ -6,11 +6,16 @@
  *                   (--precision bf16 or fp16: the GPU in mixed precision, fp16 with dynamic
  *                   loss scaling, against the CPU in fp32)
  *   --bench NAME    images/s of training and eval steps on the GPU
+ *   --seq           the sequence model (seqmodel.h) on the GPU's seq_* ops against the CPU:
+ *                   logits, loss, every gradient in both paddings, fp32 and bf16, 5 Adam steps
+ *   --seq-bench     its training and inference slices/s at the method's shapes
  * and one check that needs no GPU (tests/t_cuda_build.sh):
  *   --host-math     the CUDA kernels' element arithmetic (nn/math_cuda.h) against the host
  *                   loss and Adam of host_ops.c, compiled here for the CPU; the 16-bit
  *                   rounding against checkpoint.h's bf16 and the compiler's _Float16, the
- *                   NHWC index map, the overflow check, index math past 2^32 elements
+ *                   NHWC index map, the overflow check, index math past 2^32 elements;
+ *                   the sequence model's kernels (seq_math.h) replayed on the host against
+ *                   lstm.c and seqmodel.c
  * Errors are normalised: max |gpu - cpu| / max |cpu| per output, against a stated limit.
  * A device that cannot start exits 2 (EXIT_USAGE) with the reason, as the programs do.
  */
@@ -26,6 +31,8 @@
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/resnext.h"
+#include "nn/seq_math.h"
+#include "nn/seqmodel.h"
 
 #include <float.h>
 #include <math.h>
@@ -892,6 +899,232 @@ static void check_training(nn_backend_t *cpu, nn_backend_t *gpu, int steps, doub
     model_end(&runs[1]);
 }
 
+/* ---- the sequence model ---------------------------------------------------------------- */
+
+/* The checks' sizes: embeddings wider than the hidden size (the skip takes E[:, :H]),
+ * series of several lengths front-padded to 7 steps, one of a single slice. */
+enum { SEQ_EMB = 24, SEQ_HIDDEN = 16, SEQ_BATCH = 4, SEQ_STEPS = 7 };
+static const int seq_lengths[SEQ_BATCH] = {7, 3, 1, 5};
+
+/* sqrt(sum (got - want)^2 / sum want^2) (absolute when want is all zero); NaN gives inf. */
+static double relative_l2(const float *got, const float *want, size_t count)
+{
+    double diff = 0.0, norm = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        if (!isfinite(got[i]) || !isfinite(want[i]))
+            return INFINITY;
+        double d = (double)got[i] - want[i];
+        diff += d * d;
+        norm += (double)want[i] * want[i];
+    }
+    return norm > 0.0 ? sqrt(diff / norm) : sqrt(diff);
+}
+
+/* A model of the checks' sizes with the hashed weights of tests/ref/nn_hashinit.py. */
+static seqmodel_t *seq_start(nn_backend_t *be, int emb, int hidden, int pad_like_original,
+                             int precision)
+{
+    char err[256];
+    seqmodel_t *m = seqmodel_create(be, emb, hidden, pad_like_original, err, sizeof err);
+    if (!m)
+        die(EXIT_INTERNAL, "seqmodel: %s", err);
+    nn_params_fill_hashed(&m->ps);
+    seqmodel_weights_changed(m);
+    seqmodel_set_precision(m, precision);
+    return m;
+}
+
+/* Hashed embeddings with zero padding rows, and labels 0/1 with a few unknown (-1). */
+static void seq_batch(int batch, int steps, int emb, const int *lengths, float **embeddings,
+                      float **labels)
+{
+    size_t rows = (size_t)batch * steps;
+    *embeddings = hashed(rows * emb, "seq.embeddings", 1, 0);
+    *labels = xmalloc(rows * SEQ_OUTPUTS * sizeof(float));
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < steps; t++) {
+            size_t row = (size_t)b * steps + t;
+            if (t < steps - lengths[b])
+                memset(*embeddings + row * emb, 0, (size_t)emb * sizeof(float));
+            for (int k = 0; k < SEQ_OUTPUTS; k++) {
+                size_t i = row * SEQ_OUTPUTS + k;
+                (*labels)[i] = i % 17 == 3 ? -1.0f : (float)((i * 7 + row) % 3 == 0);
+            }
+        }
+}
+
+/* The logits of the real slices only (padded rows hold unused values). */
+static float *seq_valid_logits(const seqmodel_t *m, size_t *count)
+{
+    float *out = xmalloc((size_t)m->batch * m->steps * SEQ_OUTPUTS * sizeof(float));
+    size_t n = 0;
+    for (int b = 0; b < m->batch; b++)
+        for (int t = m->steps - m->lengths[b]; t < m->steps; t++, n += SEQ_OUTPUTS)
+            memcpy(out + n, m->logits + ((size_t)b * m->steps + t) * SEQ_OUTPUTS,
+                   SEQ_OUTPUTS * sizeof(float));
+    *count = n;
+    return out;
+}
+
+/*
+ * Limits (relative L2 per tensor; the loss relative). fp32: summation order only; one LSTM
+ * layer replayed with double sums (--host-math) differs from lstm.c by 2e-7 at most, so
+ * 5e-6 for the outputs through both layers and 5e-5 for the gradients. bf16: the device's
+ * mixed precision against the CPU's fp32; the CPU's own bf16 differs from its fp32 by 2.6e-3
+ * (logits) and 6.3e-3 (worst gradient) here (--device cpu --seq), so about 5x that.
+ */
+static double seq_limit(int precision, int grads)
+{
+    if (precision == NN_PRECISION_BF16)
+        return grads ? 3e-2 : 1.5e-2;
+    return grads ? 5e-5 : 5e-6;
+}
+
+/* Forward, loss and every gradient of one batch, the device's model against the CPU's fp32. */
+static void check_seq(nn_backend_t *cpu, nn_backend_t *dev, int pad_like_original,
+                      int precision)
+{
+    seqmodel_t *m[2];
+    float *embeddings, *labels, *logits[2], *grads[2];
+    double loss[2];
+    size_t count = 0;
+
+    seq_batch(SEQ_BATCH, SEQ_STEPS, SEQ_EMB, seq_lengths, &embeddings, &labels);
+    for (int k = 0; k < 2; k++) {
+        m[k] = seq_start(k ? dev : cpu, SEQ_EMB, SEQ_HIDDEN, pad_like_original,
+                         k ? precision : NN_PRECISION_FP32);
+        seqmodel_forward(m[k], embeddings, SEQ_BATCH, SEQ_STEPS, seq_lengths);
+        loss[k] = seqmodel_loss(m[k], labels, 1);
+        seqmodel_backward(m[k]);
+        logits[k] = seq_valid_logits(m[k], &count);
+        grads[k] = download(m[k]->be, m[k]->ps.grads, m[k]->ps.param_count);
+    }
+
+    char label[160];
+    const char *mode = pad_like_original ? "padded" : "exact", *where = "";
+    const char *name = precision == NN_PRECISION_BF16 ? "bf16" : "fp32";
+    double worst = 0.0;
+    for (size_t i = 0; i < m[0]->ps.n_entries; i++) {
+        const nn_entry_t *e = &m[0]->ps.entries[i];
+        double err = relative_l2(grads[1] + e->offset, grads[0] + e->offset, e->count);
+        if (err >= worst) {
+            worst = err;
+            where = e->name;
+        }
+    }
+    printf("     seq %s %s: loss cpu %.9f, device %.9f\n", mode, name, loss[0], loss[1]);
+    snprintf(label, sizeof label, "seq %s %s: logits", mode, name);
+    report(label, relative_l2(logits[1], logits[0], count), seq_limit(precision, 0));
+    snprintf(label, sizeof label, "seq %s %s: loss", mode, name);
+    report(label, fabs(loss[1] - loss[0]) / fabs(loss[0]), seq_limit(precision, 0));
+    snprintf(label, sizeof label, "seq %s %s: gradients (worst %.24s)", mode, name, where);
+    report(label, worst, seq_limit(precision, 1));
+
+    for (int k = 0; k < 2; k++) {
+        free(logits[k]);
+        free(grads[k]);
+        seqmodel_destroy(m[k]);
+    }
+    FREE_ALL(embeddings, labels);
+}
+
+/* Five Adam steps on one batch: the loss of every step, device against the CPU's fp32. */
+static void check_seq_training(nn_backend_t *cpu, nn_backend_t *dev, int precision)
+{
+    const int steps = 5;
+    nn_adam_t hp = {1e-3, 0.9, 0.999, 1e-8, 0.0};
+    seqmodel_t *m[2];
+    float *embeddings, *labels;
+    double worst = 0.0, loss[2][5];
+
+    seq_batch(SEQ_BATCH, SEQ_STEPS, SEQ_EMB, seq_lengths, &embeddings, &labels);
+    for (int k = 0; k < 2; k++) {
+        m[k] = seq_start(k ? dev : cpu, SEQ_EMB, SEQ_HIDDEN, 0,
+                         k ? precision : NN_PRECISION_FP32);
+        nn_params_alloc_adam(&m[k]->ps);
+        for (int step = 1; step <= steps; step++) {
+            nn_paramset_t *ps = &m[k]->ps;
+            seqmodel_forward(m[k], embeddings, SEQ_BATCH, SEQ_STEPS, seq_lengths);
+            loss[k][step - 1] = seqmodel_loss(m[k], labels, 1);
+            seqmodel_backward(m[k]);
+            m[k]->be->adam_step(m[k]->be, &hp, step, ps->params, ps->grads, ps->adam_m,
+                                ps->adam_v, ps->param_count);
+        }
+    }
+    for (int step = 0; step < steps; step++) {
+        double err = fabs(loss[1][step] - loss[0][step]) / fabs(loss[0][step]);
+        worst = err > worst ? err : worst;
+    }
+    const char *name = precision == NN_PRECISION_BF16 ? "bf16" : "fp32";
+    printf("     seq training, %d Adam steps, device %s: loss %.6f -> cpu %.6f, device %.6f\n",
+           steps, name, loss[0][0], loss[0][steps - 1], loss[1][steps - 1]);
+    char label[96];
+    snprintf(label, sizeof label, "seq training %s: loss per step", name);
+    /* Measured with --device cpu: bf16 2e-4 from fp32 over the 5 steps. */
+    report(label, worst, precision == NN_PRECISION_BF16 ? 5e-3 : 1e-5);
+    report("seq training: the loss fell", !(loss[1][steps - 1] < loss[1][0]), 0.0);
+    for (int k = 0; k < 2; k++)
+        seqmodel_destroy(m[k]);
+    FREE_ALL(embeddings, labels);
+}
+
+static void check_seq_all(nn_backend_t *cpu, nn_backend_t *dev)
+{
+    if (!dev->seq_forward)
+        printf("note: %s has no seq_* ops: the model runs on the host code\n", dev->name);
+    for (int precision = NN_PRECISION_FP32; precision <= NN_PRECISION_BF16; precision++) {
+        check_seq(cpu, dev, 0, precision);
+        check_seq(cpu, dev, 1, precision);
+        check_seq_training(cpu, dev, precision);
+    }
+}
+
+/*
+ * Slices/s of the method's shapes (embeddings 2048, hidden 2048, series of 40 slices):
+ * training at batch 4 (forward, loss, backward, Adam), inference at batch 16 (forward).
+ */
+static void bench_seq(nn_backend_t *dev, int iters, const char *precision_name)
+{
+    const int emb = 2048, hidden = 2048, steps = 40, batches[2] = {16, 4};
+    int precision = strcmp(precision_name, "bf16") == 0 ? NN_PRECISION_BF16 : NN_PRECISION_FP32;
+    seqmodel_t *m = seq_start(dev, emb, hidden, 0, precision);
+    nn_params_alloc_adam(&m->ps);
+    nn_adam_t hp = {1e-4, 0.9, 0.999, 1e-8, 0.0};
+
+    for (int training = 0; training <= 1; training++) {
+        int batch = batches[training], lengths[16];
+        float *embeddings, *labels;
+        for (int b = 0; b < batch; b++)
+            lengths[b] = steps;
+        seq_batch(batch, steps, emb, lengths, &embeddings, &labels);
+        double total = 0.0;
+        for (int it = 0; it <= iters; it++) { /* the first step allocates */
+            dev->synchronize(dev);
+            double t0 = time_now();
+            seqmodel_forward(m, embeddings, batch, steps, lengths);
+            if (training) {
+                seqmodel_loss(m, labels, 1);
+                seqmodel_backward(m);
+                dev->adam_step(dev, &hp, it + 1, m->ps.params, m->ps.grads, m->ps.adam_m,
+                               m->ps.adam_v, m->ps.param_count);
+            }
+            dev->synchronize(dev);
+            if (it > 0)
+                total += time_now() - t0;
+        }
+        printf("seqresult side=ours precision=%s batch=%d steps=%d iters=%d "
+               "%s_slices_per_s=%.1f\n",
+               precision_name, batch, steps, iters, training ? "train" : "eval",
+               (double)batch * steps * iters / total);
+        FREE_ALL(embeddings, labels);
+    }
+    size_t in_use = 0, peak = 0;
+    if (strcmp(dev->name, "cuda") == 0)
+        nn_backend_cuda_memory(dev, &in_use, &peak);
+    printf("memory seqmodel precision=%s peak_mib=%.0f\n", precision_name, peak / 1048576.0);
+    seqmodel_destroy(m);
+}
+
 /* ---- where the time goes ------------------------------------------------------------------ */
 
 /*
@@ -1599,6 +1832,172 @@ static void check_host_big_index(void)
     report("host index: layouts, tiles, walk past 2^32", (double)wrong, 0.0);
 }
 
+/* ---- host replay of the sequence model's kernels (seq_math.h) -------------------------- */
+
+/* Row-major C[m][n] = op(A) op(B) + beta C with double sums: cuBLAS's part in the replay. */
+static void replay_gemm(char trans_a, char trans_b, long m, long n, long k, const float *a,
+                        long lda, const float *b, long ldb, float beta, float *c, long ldc)
+{
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < n; j++) {
+            double sum = 0.0;
+            for (long p = 0; p < k; p++)
+                sum += (double)(trans_a == 'T' ? a[p * lda + i] : a[i * lda + p]) *
+                       (trans_b == 'T' ? b[j * ldb + p] : b[p * ldb + j]);
+            float *out = &c[i * ldc + j];
+            *out = beta != 0.0f ? (float)sum + beta * *out : (float)sum;
+        }
+}
+
+/* One LSTM layer as seqmodel_cuda.cu sequences it (its kernels' per-thread functions, the
+ * products in between), forward and backward. */
+static void replay_lstm(int in, int H, int pad, int batch, int steps, const int *lengths,
+                        const nn_lstm_weights_t *w, const float *x, const float *dy, float *y,
+                        float *dx, nn_lstm_weights_t *g)
+{
+    const int G4 = 4 * H;
+    const long rows = (long)batch * steps, y_row = 2L * H;
+    float *gates[2], *cells[2];
+    const size_t f = sizeof(float), units = (size_t)batch * H;
+    float *dgates = xmalloc(rows * G4 * f), *h_prev = xmalloc(rows * H * f);
+    float *carry_h = xmalloc(units * f), *carry_c = xmalloc(units * f);
+
+    for (int d = 0; d < 2; d++) {
+        const nn_lstm_dir_t *wd = &w->dir[d];
+        gates[d] = xmalloc(rows * G4 * sizeof(float));
+        cells[d] = xmalloc(rows * H * sizeof(float));
+        replay_gemm('N', 'T', rows, G4, in, x, in, wd->w_ih, in, 0.0f, gates[d], G4);
+        for (long i = 0; i < rows * G4; i++)
+            gates[d][i] = (wd->b_ih[i % G4] + wd->b_hh[i % G4]) + gates[d][i];
+        nn_lstm_step_t step = {batch, steps, H, d, 0, pad, lengths, gates[d], cells[d], y,
+                               NULL};
+        for (int s = 0; s < steps; s++) {
+            int at = nn_seq_step_at(steps, d, s), before = nn_seq_step_before(d, at);
+            if (s > 0)
+                replay_gemm('N', 'T', batch, G4, H, y + before * y_row + d * H, steps * y_row,
+                            wd->w_hh, H, 1.0f, gates[d] + (size_t)at * G4, (long)steps * G4);
+            step.s = s;
+            for (size_t i = 0; i < units; i++)
+                nn_lstm_step_forward_at(&step, i);
+        }
+    }
+    for (int d = 0; d < 2; d++) {
+        const nn_lstm_dir_t *wd = &w->dir[d];
+        nn_lstm_dir_t *gd = &g->dir[d];
+        memset(carry_h, 0, units * f);
+        memset(carry_c, 0, units * f);
+        nn_lstm_step_back_t step = {batch, steps, H, d, 0, pad, lengths, gates[d], cells[d],
+                                    dy, carry_h, carry_c, dgates, NULL};
+        for (int s = steps - 1; s >= 0; s--) {
+            step.s = s;
+            for (size_t i = 0; i < units; i++)
+                nn_lstm_step_backward_at(&step, i);
+            if (s > 0)
+                replay_gemm('N', 'N', batch, H, G4,
+                            dgates + (size_t)nn_seq_step_at(steps, d, s) * G4,
+                            (long)steps * G4, wd->w_hh, H, 0.0f, carry_h, H);
+        }
+        for (size_t i = 0; i < (size_t)rows * H; i++) {
+            long long src = nn_lstm_h_prev_source(steps, (size_t)H, d, i);
+            h_prev[i] = src < 0 ? 0.0f : y[src];
+        }
+        replay_gemm('T', 'N', G4, H, rows, dgates, G4, h_prev, H, 0.0f, gd->w_hh, H);
+        replay_gemm('T', 'N', G4, in, rows, dgates, G4, x, in, 0.0f, gd->w_ih, in);
+        for (int j = 0; j < G4; j++) {
+            double sum = 0.0;
+            for (long r = 0; r < rows; r++)
+                sum += dgates[r * G4 + j];
+            gd->b_ih[j] = gd->b_hh[j] = (float)sum;
+        }
+        replay_gemm('N', 'N', rows, in, G4, dgates, G4, wd->w_ih, in, d ? 1.0f : 0.0f, dx, in);
+    }
+    FREE_ALL(gates[0], gates[1], cells[0], cells[1], dgates, h_prev, carry_h, carry_c);
+}
+
+/* The replay against lstm.c (oneDNN's sums against double ones: 1e-5). */
+static void check_host_lstm(int pad)
+{
+    enum { IN = 7, H = 6, BATCH = 3, STEPS = 5 };
+    static const int lengths[BATCH] = {5, 1, 3};
+    const size_t rows = (size_t)BATCH * STEPS;
+    const size_t sizes[4] = {4 * H * IN, 4 * H * H, 4 * H, 4 * H};
+    nn_lstm_weights_t w, g[2];
+    float *tensors[3][8];
+    for (int k = 0; k < 8; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "replay.w%d", k);
+        tensors[0][k] = hashed(sizes[k % 4], name, 0.4f, 0);
+        tensors[1][k] = xcalloc(sizes[k % 4], sizeof(float));
+        tensors[2][k] = xcalloc(sizes[k % 4], sizeof(float));
+    }
+    for (int d = 0; d < 2; d++) {
+        nn_lstm_weights_t *views[3] = {&w, &g[0], &g[1]};
+        for (int v = 0; v < 3; v++) {
+            views[v]->dir[d].w_ih = tensors[v][4 * d];
+            views[v]->dir[d].w_hh = tensors[v][4 * d + 1];
+            views[v]->dir[d].b_ih = tensors[v][4 * d + 2];
+            views[v]->dir[d].b_hh = tensors[v][4 * d + 3];
+        }
+    }
+    float *x = hashed(rows * IN, "replay.x", 1, 0), *dy = hashed(rows * 2 * H, "replay.dy", 1, 0);
+    float *y[2], *dx[2];
+    for (int k = 0; k < 2; k++) {
+        y[k] = xcalloc(rows * 2 * H, sizeof(float));
+        dx[k] = xcalloc(rows * IN, sizeof(float));
+    }
+    nn_lstm_t lstm;
+    nn_lstm_init(&lstm, IN, H, pad);
+    nn_lstm_forward(&lstm, &w, x, BATCH, STEPS, lengths, y[0]);
+    nn_lstm_backward(&lstm, &w, x, y[0], dy, dx[0], &g[0]);
+    nn_lstm_free(&lstm);
+    replay_lstm(IN, H, pad, BATCH, STEPS, lengths, &w, x, dy, y[1], dx[1], &g[1]);
+
+    double worst = 0.0;
+    for (int k = 0; k < 8; k++) {
+        double err = normalised_error(tensors[2][k], tensors[1][k], sizes[k % 4]);
+        worst = err > worst ? err : worst;
+    }
+    char label[96];
+    const char *mode = pad ? "padded" : "exact";
+    snprintf(label, sizeof label, "host replay lstm %s: outputs", mode);
+    report(label, normalised_error(y[1], y[0], rows * 2 * H), 1e-5);
+    snprintf(label, sizeof label, "host replay lstm %s: dx", mode);
+    report(label, normalised_error(dx[1], dx[0], rows * IN), 1e-5);
+    snprintf(label, sizeof label, "host replay lstm %s: 8 gradients (worst)", mode);
+    report(label, worst, 1e-5);
+    for (int v = 0; v < 3; v++)
+        for (int k = 0; k < 8; k++)
+            free(tensors[v][k]);
+    FREE_ALL(x, dy, y[0], y[1], dx[0], dx[1]);
+}
+
+/* The model's per-element kernels against seqmodel.c's host buffers, bit for bit. */
+static void check_host_seq_elements(void)
+{
+    enum { E = 12, H = 5, BATCH = 3, STEPS = 5 };
+    static const int lengths[BATCH] = {5, 1, 3};
+    const size_t rows = (size_t)BATCH * STEPS;
+    nn_backend_t *cpu = nn_backend_cpu_create();
+    seqmodel_t *m = seq_start(cpu, E, H, 0, NN_PRECISION_FP32);
+    float *embeddings, *labels;
+    seq_batch(BATCH, STEPS, E, lengths, &embeddings, &labels);
+    seqmodel_forward(m, embeddings, BATCH, STEPS, lengths);
+
+    float *x = xmalloc(rows * 3 * E * sizeof(float));
+    float *sum = xmalloc(rows * 2 * H * sizeof(float));
+    for (size_t i = 0; i < rows * E; i++)
+        nn_seq_features_at(embeddings, lengths, STEPS, E, x, i);
+    for (size_t i = 0; i < rows * 2 * H; i++)
+        sum[i] = nn_seq_hidden_sum_at(m->h1, m->h2, m->a1, m->a2, embeddings, E, H, i);
+    int same_x = memcmp(x, m->x, rows * 3 * E * sizeof(float)) == 0;
+    int same_sum = memcmp(sum, m->summed, rows * 2 * H * sizeof(float)) == 0;
+    report("host math: seq features (bit for bit)", !same_x, 0.0);
+    report("host math: seq hidden sum (bit for bit)", !same_sum, 0.0);
+    FREE_ALL(x, sum, embeddings, labels);
+    seqmodel_destroy(m);
+    cpu->destroy(cpu);
+}
+
 static int check_host_math(void)
 {
     check_host_half();
@@ -1621,6 +2020,9 @@ static int check_host_math(void)
     check_host_maxpool(16, 3, 2, 1);
     check_host_maxpool(12, 2, 2, 0);
     check_host_maxpool(9, 3, 1, 1);
+    check_host_lstm(0);
+    check_host_lstm(1);
+    check_host_seq_elements();
 
     /* Loss: the kernel's per-term arithmetic, summed in order, against host_ops.c. */
     const int rows = 53;
@@ -1691,6 +2093,7 @@ int main(int argc, char **argv)
 {
     const char *device = "cuda", *model = NULL, *bench_model = NULL, *precision = "fp32";
     int ops = 0, host_math = 0, train_steps = 0, batch = 2, size = 64, iters = 3, profile = 0;
+    int seq = 0, seq_bench = 0;
     double limit_forward = 1e-4, limit_grads = 1e-3;
     const opt_t options[] = {
         {0, "device", OPT_STRING, &device, "NAME",
@@ -1703,6 +2106,11 @@ int main(int argc, char **argv)
         {0, "train", OPT_INT, &train_steps, "STEPS", "training run of the tiny model", 1, 1000,
          NULL},
         {0, "bench", OPT_STRING, &bench_model, "NAME", "images/s on the GPU", 1, 0, NULL},
+        {0, "seq", OPT_FLAG, &seq, NULL,
+         "the sequence model, GPU vs CPU: both paddings, fp32 and bf16, 5 Adam steps", 1, 0,
+         NULL},
+        {0, "seq-bench", OPT_FLAG, &seq_bench, NULL,
+         "sequence model slices/s at the method's shapes (--precision, --iters)", 1, 0, NULL},
         {0, "batch", OPT_INT, &batch, "N", "batch for --model and --bench", 1, 4096, NULL},
         {0, "size", OPT_INT, &size, "PX", "image size for --model and --bench", 32, 4096, NULL},
         {0, "iters", OPT_INT, &iters, "N", "timed steps for --bench", 1, 1000, NULL},
@@ -1749,6 +2157,10 @@ int main(int argc, char **argv)
         check_training(cpu, gpu, train_steps, training_limit(precision), precision);
     if (bench_model)
         bench(gpu, bench_model, batch, size, iters, precision, profile);
+    if (seq)
+        check_seq_all(cpu, gpu);
+    if (seq_bench)
+        bench_seq(gpu, iters, precision);
 
     gpu->destroy(gpu);
     cpu->destroy(cpu);

@@ -8,8 +8,10 @@
 # Checks: every op against the CPU backend (fp32; bf16 and fp16 convolutions against the
 # CPU's fp32 with limits from the formats' precision; loss scaling's unscale and overflow
 # flag; uploads through the copy stream), the models, short training runs (fp32, bf16, and
-# fp16 with dynamic loss scaling, against the CPU in fp32), the gradient all-reduce of
-# bench/mpi_bench.c on the GPU with one rank (issue 9's N=1 overhead), then the benchmark.
+# fp16 with dynamic loss scaling, against the CPU in fp32), the sequence model (logits, loss,
+# gradients, 5 Adam steps against the CPU, fp32 and bf16), the gradient all-reduce of
+# bench/mpi_bench.c on the GPU with one rank (issue 9's N=1 overhead), then the benchmark
+# (ResNeXt images/s; the sequence model's slices/s against PyTorch's nn.LSTM).
 #
 #   sh tests/gpu/run.sh [BUNDLE]          default BUNDLE: build/gpu-bundle
 #
@@ -86,6 +88,8 @@ step "training, gpu vs cpu" 120 "$prog" --device cuda --train 10
 step "training bf16 gpu vs fp32 cpu" 60 "$prog" --device cuda --train 10 --precision bf16
 step "training fp16 (loss scaling) gpu vs fp32 cpu" 60 "$prog" --device cuda --train 10 \
     --precision fp16
+step "sequence model, gpu vs cpu (fp32, bf16; both paddings; 5 Adam steps)" 60 "$prog" \
+    --device cuda --seq
 
 # The all-reduce of cnntrain's step with one rank on the GPU. The GPU image has no OpenMPI:
 # the bundle carries its libraries but not mpirun, so without one mpi_bench runs as a single
@@ -119,6 +123,13 @@ if [ "${GPU_SKIP_BENCH:-0}" != 1 ]; then
     step "pytorch resnext101_32x8d fp32" 200 env LD_LIBRARY_PATH="$machine_lib_path" \
         "$PY" tests/gpu/bench_torch.py --size "$size" --batch "$batch" --iters "$iters" \
         --precision fp32
+    # The sequence model at the method's shapes (train batch 4, eval 16, 40 slices).
+    for precision in fp32 bf16; do
+        step "engine seqmodel $precision" 40 "$prog" --device cuda --seq-bench \
+            --iters "$iters" --precision "$precision"
+    done
+    step "pytorch seqmodel (nn.LSTM)" 60 env LD_LIBRARY_PATH="$machine_lib_path" \
+        "$PY" tests/gpu/bench_torch.py --seq --iters "$iters"
     "$PY" tests/gpu/summary.py "$results" | tee "$scratch/summary"
     cat "$scratch/summary" >>"$results"
     # Where the engine's training step spends its time, if the 4 minutes allow.

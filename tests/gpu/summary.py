@@ -11,10 +11,13 @@ def fields(line):
 
 
 def main():
-    results, flops = {}, None
+    results, flops, seq = {}, None, {}
     with open(sys.argv[1]) as f:
         for line in f:
-            if line.startswith("result "):
+            if line.startswith("seqresult "):
+                r = fields(line)
+                seq.setdefault((r["side"], r["precision"]), {}).update(r)
+            elif line.startswith("result "):
                 r = fields(line)
                 results.setdefault((r["side"], r["precision"]), {}).update(r)
             elif line.startswith("flops "):
@@ -35,6 +38,16 @@ def main():
                 line += "  MFU engine %5.1f%%  pytorch %5.1f%%" % (
                     100 * a * per_image / PEAK, 100 * b * per_image / PEAK)
             print(line)
+    if seq:
+        print("== sequence model (slices/s; train batch 4, eval 16, 40 slices, 6144 inputs, "
+              "hidden 2048; PyTorch: nn.LSTM on cuDNN, bf16 = autocast)")
+        for precision in ("fp32", "bf16"):
+            for mode in ("train", "eval"):
+                key = mode + "_slices_per_s"
+                a = float(seq.get(("ours", precision), {}).get(key, "nan"))
+                b = float(seq.get(("torch", precision), {}).get(key, "nan"))
+                print("%-5s %-5s engine %9.1f  pytorch %9.1f  ratio %5.2f" % (
+                    precision, mode, a, b, a / b if b == b and b else float("nan")))
     if flops:
         print("FLOPs per image at %s px: train %.1f G, eval %.1f G" % (
             flops["size"], float(flops["train_per_image"]) / 1e9,

@@ -444,6 +444,10 @@ def main():
         ("--hidden above the width", [data["emb"]], ["--hidden", "17"], 2, "exceeds"),
         ("an unknown --device", [data["emb"]], ["--device", "tpu9"], 2, "tpu9"),
     ]
+    # Without a GPU (or a build without the CUDA backend) the reason, before any work.
+    if not os.path.exists("/dev/nvidiactl"):
+        cases.append(("--device cuda without a GPU", [data["emb"]], ["--device", "cuda"], 2,
+                      "--device cuda: "))
     for what, embs, extra, code, pattern in cases + [("a series mixing splits", None, [], 3,
                                                       "mixes splits")]:
         bad = os.path.join(work, "bad")
