@@ -98,6 +98,9 @@ $(CONFIG): mk/probe.sh
 
 $(BUILD)/common/opt.o $(BUILD)/common/h5io.o: $(VERSION_H)
 
+# The engine's parallel loops run on oneDNN's OpenMP team (common/nn/team.h).
+$(BUILD)/common/nn/team.o: CFLAGS += -fopenmp
+
 $(BUILD)/libichpipe.a: $(COMMON_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

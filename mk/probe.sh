@@ -49,10 +49,12 @@ int main() { DJDecoderRegistration::registerCodecs(); DJLSDecoderRegistration::r
 return 0; }' $dcmtk_libs; then
         echo "DCMTK_LIBS = $dcmtk_libs"
     fi
+    # The engine's own loops share oneDNN's OpenMP team (common/nn/team.h): GNU OpenMP, as
+    # Debian builds oneDNN with.
     if probe dnnl c '#include <dnnl.h>
-int main(void) { return dnnl_version() == 0; }' -ldnnl; then
+int main(void) { return dnnl_version() == 0; }' -ldnnl -fopenmp; then
         echo "HAVE_DNNL = 1"
-        echo "DNNL_LIBS = -ldnnl"
+        echo "DNNL_LIBS = -ldnnl -fopenmp"
     fi
     if probe mpi c '#include <mpi.h>
 int main(int c, char **v) { MPI_Init(&c, &v); return MPI_Finalize(); }' \

@@ -16,20 +16,20 @@
  * (conv_set_native_weights): then only the backward data reorders them.
  *
  * Threads: oneDNN uses OpenMP here; OMP_NUM_THREADS sets the count. The plain loops here
- * (Adam) split their range over as many threads with the same arithmetic per element, so
- * results do not depend on the thread count.
+ * (Adam, a weight-gradient transpose) run on the same OpenMP team (nn/team.h) with the same
+ * arithmetic per element however it is split, so results do not depend on the thread count.
  */
 #include "nn/nn.h"
 
 #include "check.h"
 #include "exitcodes.h"
 #include "nn/math_cuda.h"
+#include "nn/team.h"
 
 #include <dnnl.h>
 #include <dnnl_debug.h>
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -379,46 +379,29 @@ static int md_is_empty(const dnnl_memory_desc_t *md)
 typedef struct {
     const float *src;
     float *dst;
-    int in, from, to; /* in channels; range of 16-wide out-channel blocks */
+    int in; /* in channels */
 } blocked_job_t;
 
-static void *blocked_1x1_range(void *arg)
+/* One 16-wide block of out channels. */
+static void blocked_1x1_block(size_t ob, int thread, void *ctx)
 {
-    const blocked_job_t *job = arg;
+    (void)thread;
+    const blocked_job_t *job = ctx;
     int in_blocks = job->in / 16;
-    for (int ob = job->from; ob < job->to; ob++) {
-        for (int ib = 0; ib < in_blocks; ib++) {
-            const float *block = job->src + ((size_t)ob * in_blocks + ib) * 256;
-            float *dst = job->dst + (size_t)ob * 16 * job->in + (size_t)ib * 16;
-            for (int oi = 0; oi < 16; oi++)
-                for (int ii = 0; ii < 16; ii++)
-                    dst[(size_t)oi * job->in + ii] = block[ii * 16 + oi];
-        }
+    for (int ib = 0; ib < in_blocks; ib++) {
+        const float *block = job->src + (ob * in_blocks + ib) * 256;
+        float *dst = job->dst + ob * 16 * job->in + (size_t)ib * 16;
+        for (int oi = 0; oi < 16; oi++)
+            for (int ii = 0; ii < 16; ii++)
+                dst[(size_t)oi * job->in + ii] = block[ii * 16 + oi];
     }
-    return NULL;
 }
-
-#define REORDER_MAX_THREADS 16
 
 static void blocked_1x1_to_plain(cpu_backend_t *cpu, const dnnl_memory_desc_t *md,
                                  const float *src, float *dst)
 {
-    int out_blocks = (int)md->dims[0] / 16, threads = cpu->threads;
-    if (threads > REORDER_MAX_THREADS)
-        threads = REORDER_MAX_THREADS;
-    if (threads > out_blocks)
-        threads = out_blocks;
-    blocked_job_t jobs[REORDER_MAX_THREADS];
-    pthread_t ids[REORDER_MAX_THREADS];
-    for (int t = 0; t < threads; t++)
-        jobs[t] = (blocked_job_t){src, dst, (int)md->dims[1], out_blocks * t / threads,
-                                  out_blocks * (t + 1) / threads};
-    for (int t = 1; t < threads; t++)
-        if (pthread_create(&ids[t], NULL, blocked_1x1_range, &jobs[t]) != 0)
-            die(EXIT_INTERNAL, "cannot start a thread for a reorder");
-    blocked_1x1_range(&jobs[0]);
-    for (int t = 1; t < threads; t++)
-        pthread_join(ids[t], NULL);
+    blocked_job_t job = {src, dst, (int)md->dims[1]};
+    nn_team_for(cpu->threads, (size_t)md->dims[0] / 16, blocked_1x1_block, &job);
 }
 
 /* Whether prim (to) and user (from) are 1x1 fp32 weights in OIhw16i16o and oihw. */
@@ -1305,15 +1288,6 @@ static double cpu_bce_loss(nn_backend_t *be, const float *logits, const float *l
     return nn_host_bce_loss(logits, labels, n, dlogits);
 }
 
-/* Adam over count values, split into one contiguous range per thread. */
-typedef struct {
-    const nn_adam_t *hp;
-    int64_t step;
-    float *w, *m, *v;
-    const float *g;
-    size_t count;
-} adam_range_t;
-
 /*
  * Adam over count values with the arithmetic of nn_host_adam_step element for element: 16
  * lanes at a time with AVX-512 (the same multiplies and adds in the same order, nothing fused,
@@ -1350,56 +1324,46 @@ __attribute__((target("avx512f"))) static void adam_avx512(const nn_adam_scalars
         nn_adam_update(s, &w[i], g[i], &m[i], &v[i]);
 }
 
-static void *adam_thread(void *arg)
-{
-    adam_range_t *r = arg;
-    static int avx512 = -1;
-    if (avx512 < 0)
-        avx512 = __builtin_cpu_supports("avx512f") != 0;
+/* Adam's slabs cut into chunks of ADAM_CHUNK values, handed to the engine's threads. */
+typedef struct {
+    nn_adam_scalars_t scalars;
+    const nn_adam_t *hp;
+    int64_t step;
+    float *w, *m, *v;
+    const float *g;
+    size_t count;
+    int avx512;
+} adam_job_t;
 
-    if (!avx512) {
-        nn_host_adam_step(r->hp, r->step, r->w, r->g, r->m, r->v, r->count);
-        return NULL;
-    }
-    nn_adam_scalars_t scalars = nn_adam_scalars(r->hp, r->step);
-    adam_avx512(&scalars, r->w, r->g, r->m, r->v, r->count);
-    return NULL;
+enum { ADAM_CHUNK = 1 << 16 };
+
+static void adam_chunk(size_t chunk, int thread, void *ctx)
+{
+    (void)thread;
+    const adam_job_t *job = ctx;
+    size_t from = chunk * ADAM_CHUNK;
+    size_t n = job->count - from < ADAM_CHUNK ? job->count - from : ADAM_CHUNK;
+    if (job->avx512)
+        adam_avx512(&job->scalars, job->w + from, job->g + from, job->m + from, job->v + from,
+                    n);
+    else
+        nn_host_adam_step(job->hp, job->step, job->w + from, job->g + from, job->m + from,
+                          job->v + from, n);
 }
 
-#define ADAM_MAX_THREADS 64
-
+/* Element i's arithmetic does not depend on the chunks or threads, so neither does the
+ * result. */
 static void cpu_adam_step(nn_backend_t *be, const nn_adam_t *hp, int64_t step, float *w,
                           const float *g, float *m, float *v, size_t count)
 {
     cpu_backend_t *cpu = cpu_of(be);
     cpu->generation++;
-    int threads = cpu->threads;
-    if (count < ((size_t)1 << 16) || threads < 2) {
-        adam_range_t all = {hp, step, w, m, v, g, count};
-        adam_thread(&all);
-        return;
-    }
-    /* Element i's arithmetic does not depend on the split, so neither does the result. */
-    adam_range_t ranges[ADAM_MAX_THREADS];
-    pthread_t ids[ADAM_MAX_THREADS];
-    size_t chunk = (count + threads - 1) / threads;
-    chunk = (chunk + 15) / 16 * 16;
-    int started = 0;
-    for (int t = 0; t < threads; t++) {
-        size_t from = (size_t)t * chunk;
-        if (from >= count)
-            break;
-        size_t n = count - from < chunk ? count - from : chunk;
-        ranges[t] = (adam_range_t){hp, step, w + from, m + from, v + from, g + from, n};
-        if (t == 0)
-            continue; /* the calling thread takes the first range */
-        if (pthread_create(&ids[t], NULL, adam_thread, &ranges[t]) != 0)
-            die(EXIT_INTERNAL, "cannot start a thread for Adam");
-        started = t;
-    }
-    adam_thread(&ranges[0]);
-    for (int t = 1; t <= started; t++)
-        pthread_join(ids[t], NULL);
+    static int avx512 = -1;
+    if (avx512 < 0)
+        avx512 = __builtin_cpu_supports("avx512f") != 0;
+
+    adam_job_t job = {nn_adam_scalars(hp, step), hp, step, w, m, v, g, count, avx512};
+    nn_team_for(cpu->threads, (count + ADAM_CHUNK - 1) / ADAM_CHUNK, adam_chunk, &job);
 }
 
 static void cpu_destroy(nn_backend_t *be)
@@ -1412,22 +1376,12 @@ static void cpu_destroy(nn_backend_t *be)
     free(cpu);
 }
 
-/* The thread count oneDNN's OpenMP uses: OMP_NUM_THREADS, else every online CPU. */
-static int thread_count(void)
-{
-    const char *env = getenv("OMP_NUM_THREADS");
-    long n = env && *env ? strtol(env, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
-    return n > ADAM_MAX_THREADS ? ADAM_MAX_THREADS : (int)n;
-}
-
 nn_backend_t *nn_backend_cpu_create(void)
 {
     cpu_backend_t *cpu = xcalloc(1, sizeof(*cpu));
     DNNL_CHECK(dnnl_engine_create(&cpu->engine, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&cpu->stream, cpu->engine, dnnl_stream_default_flags));
-    cpu->threads = thread_count();
+    cpu->threads = nn_team_threads();
 
     nn_backend_t *be = &cpu->base;
     be->name = "cpu";

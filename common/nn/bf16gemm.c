@@ -4,7 +4,7 @@
 #include "check.h"
 #include "exitcodes.h"
 #include "nn/checkpoint.h"
-#include "pool.h"
+#include "nn/team.h"
 
 #include <dnnl.h>
 #include <immintrin.h>
@@ -31,17 +31,6 @@ enum { PACKED_TASK_PANELS = 4 };
 int nn_bf16_available(void)
 {
     return __builtin_cpu_supports("avx512bf16") != 0;
-}
-
-static int kernel_threads(void)
-{
-    static int threads;
-    if (!threads) {
-        const char *env = getenv("OMP_NUM_THREADS");
-        long n = env && *env ? strtol(env, NULL, 10) : cpu_count();
-        threads = n < 1 ? 1 : (int)n;
-    }
-    return threads;
 }
 
 static void require_kernels(void)
@@ -87,8 +76,8 @@ void nn_bf16_round_rows(const float *src, long rows, long cols, long src_stride,
     round_job_t job = {src, rows, cols, src_stride, dst_stride, dst};
     size_t tasks = (size_t)((rows + ROUND_TASK_ROWS - 1) / ROUND_TASK_ROWS);
     /* Threads only pay for large matrices (weights); a step's activations stay on one. */
-    int threads = (double)rows * cols >= 1 << 20 ? kernel_threads() : 1;
-    parallel_for(threads, tasks, round_task, &job);
+    int threads = (double)rows * cols >= 1 << 20 ? nn_team_threads() : 1;
+    nn_team_for(threads, tasks, round_task, &job);
 }
 
 static inline float store_value(float sum, float beta, const float *c)
@@ -212,9 +201,9 @@ void nn_bf16_pack(const float *w, long ldw, int transposed, long k, long n,
     require_kernels();
     pack_job_t job = {w, k, n, ldw, transposed, packed};
     if (!transposed)
-        parallel_for(kernel_threads(), (size_t)((k / 2 + PACK_TASK_PAIRS - 1) / PACK_TASK_PAIRS),
-                     pack_rows_task, &job);
-    parallel_for(kernel_threads(), (size_t)panels_of(n), pack_panel, &job);
+        nn_team_for(nn_team_threads(), (size_t)((k / 2 + PACK_TASK_PAIRS - 1) / PACK_TASK_PAIRS),
+                    pack_rows_task, &job);
+    nn_team_for(nn_team_threads(), (size_t)panels_of(n), pack_panel, &job);
 }
 
 typedef struct {
@@ -329,11 +318,9 @@ void nn_bf16_gemm_packed(long m, long n, long k, const nn_bf16_t *a, long lda,
     require_kernels();
     packed_job_t job = {m, n, k, lda, ldc, a, packed, beta, c};
     size_t tasks = (size_t)((panels_of(n) + PACKED_TASK_PANELS - 1) / PACKED_TASK_PANELS);
-    /* Over OMP_NUM_THREADS threads, as the rest of the engine. Measured on the quiet
-     * machine with 2 threads: at 4 rows 0.40-0.45 ms a call against 0.68 on one thread, at
-     * 16 rows 2.0-2.1 ms against 3.2; with the second core busy elsewhere, two threads lose
-     * up to 15% (3.7 ms). */
-    parallel_for(kernel_threads(), tasks, packed_task, &job);
+    /* On the engine's threads (measured with 2 on the quiet machine: at 4 rows 0.40-0.45 ms
+     * a call against 0.68 on one thread, at 16 rows 2.0 ms against 3.2). */
+    nn_team_for(nn_team_threads(), tasks, packed_task, &job);
 }
 
 /* ---- compute-bound products: oneDNN's matmul primitive on bf16 operands ---- */

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "nn/nn.h"
 #include "nn/seq_math.h"
+#include "nn/team.h"
 
 #include <dnnl.h>
 #include <math.h>
@@ -62,6 +63,8 @@ void nn_lstm_init(nn_lstm_t *l, int in, int hidden, int pad_like_original)
     l->in = in;
     l->hidden = hidden;
     l->pad_like_original = pad_like_original;
+    l->gate_task_units = 512;
+    l->gate_parallel_min = 1 << 14;
 }
 
 void nn_lstm_free(nn_lstm_t *l)
@@ -207,12 +210,112 @@ static const nn_bf16_t *w_ih_bf16(nn_lstm_t *l, int d, const float *w_ih)
     return l->w_ih_bf16[d];
 }
 
+/*
+ * The gate arithmetic of one step for every series of the batch, in tasks of one series by
+ * l->gate_task_units units on the engine's threads once the step has gate_parallel_min
+ * units (the transcendentals of a step at batch 16 and hidden 2048 take about a millisecond
+ * on one thread). Each unit is one task's, with the arithmetic of nn/seq_math.h, so the split
+ * changes no result.
+ */
+
+typedef struct {
+    nn_lstm_t *l;
+    int d, s, t, tp; /* direction, position in its order, step, the step before */
+    float *y;        /* forward: written; backward: read */
+    const float *dy; /* backward only */
+    int chunks;      /* tasks per series */
+} gate_job_t;
+
+/* What task `task` works on: series b's units [from, to) at step t (row), the row's gates and
+ * cell, the cell of the step before (NULL where the recurrence starts), whether t is real. */
+typedef struct {
+    int b, from, to, active;
+    size_t row;
+    float *gates, *cell;
+    const float *cell_prev;
+} gate_span_t;
+
+static gate_span_t gate_span(const gate_job_t *job, size_t task)
+{
+    nn_lstm_t *l = job->l;
+    const int H = l->hidden, units = l->gate_task_units;
+    gate_span_t span;
+    span.b = (int)(task / (size_t)job->chunks);
+    span.from = (int)(task % (size_t)job->chunks) * units;
+    span.to = span.from + units < H ? span.from + units : H;
+    span.active = active(l, span.b, job->t);
+    span.row = (size_t)span.b * l->steps + job->t;
+    span.gates = l->gates[job->d] + span.row * 4 * H;
+    span.cell = l->cells[job->d] + span.row * H;
+    span.cell_prev =
+        job->s > 0 ? l->cells[job->d] + ((size_t)span.b * l->steps + job->tp) * H : NULL;
+    return span;
+}
+
+/* Zero units [from, to) of a vector, or of each of the four gate blocks (blocks 4) of a row. */
+static void zero_units(float *v, int blocks, int H, const gate_span_t *span)
+{
+    for (int k = 0; k < blocks; k++)
+        memset(v + (size_t)k * H + span->from, 0, (size_t)(span->to - span->from) * sizeof(float));
+}
+
+static void forward_gates(size_t task, int thread, void *ctx)
+{
+    (void)thread;
+    const gate_job_t *job = ctx;
+    const int H = job->l->hidden;
+    const gate_span_t span = gate_span(job, task);
+    float *h = job->y + span.row * 2 * (size_t)H + (size_t)job->d * H;
+
+    if (!span.active) {
+        zero_units(span.gates, 4, H, &span);
+        zero_units(span.cell, 1, H, &span);
+        zero_units(h, 1, H, &span);
+        return;
+    }
+    for (int j = span.from; j < span.to; j++)
+        nn_lstm_unit_forward(span.gates + j, (size_t)H,
+                             span.cell_prev ? span.cell_prev + j : NULL, span.cell + j, h + j);
+}
+
+static void backward_gates(size_t task, int thread, void *ctx)
+{
+    (void)thread;
+    const gate_job_t *job = ctx;
+    nn_lstm_t *l = job->l;
+    const int H = l->hidden;
+    const gate_span_t span = gate_span(job, task);
+    float *da = l->dgates + span.row * 4 * H;
+    const float *carry_h = l->carry_h + (size_t)span.b * H;
+    float *carry_c = l->carry_c + (size_t)span.b * H;
+
+    if (!span.active) {
+        zero_units(da, 4, H, &span);
+        zero_units(carry_c, 1, H, &span);
+        return;
+    }
+    const float *dh_out = job->dy + span.row * 2 * (size_t)H + (size_t)job->d * H;
+    for (int j = span.from; j < span.to; j++)
+        nn_lstm_unit_backward(span.gates + j, (size_t)H, span.cell[j],
+                              span.cell_prev ? span.cell_prev + j : NULL, dh_out[j],
+                              carry_h[j], carry_c + j, da + j);
+}
+
+static void run_gates(gate_job_t *job, pool_fn gates)
+{
+    const nn_lstm_t *l = job->l;
+    job->chunks = (l->hidden + l->gate_task_units - 1) / l->gate_task_units;
+    size_t units = (size_t)l->batch * l->hidden;
+    int threads = units >= l->gate_parallel_min ? nn_team_threads() : 1;
+    nn_team_for(threads, (size_t)l->batch * job->chunks, gates, job);
+}
+
 static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const float *x,
                               float *y)
 {
     const int batch = l->batch, steps = l->steps, H = l->hidden, G4 = 4 * H;
     const long rows = (long)batch * steps, y_row = 2L * H;
-    float *gates = l->gates[d], *cells = l->cells[d];
+    float *gates = l->gates[d];
     const int mixed = l->precision == NN_PRECISION_BF16;
 
     /* Input projections of every step in one GEMM, with both biases. */
@@ -260,21 +363,8 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
                          H, 1.0f, acc, (long)steps * G4);
         }
 
-        for (int b = 0; b < batch; b++) {
-            size_t row = (size_t)b * steps + t;
-            float *a = gates + row * G4, *c = cells + row * H;
-            float *h = y + row * y_row + (size_t)d * H;
-            if (!active(l, b, t)) {
-                memset(a, 0, (size_t)G4 * sizeof(float));
-                memset(c, 0, (size_t)H * sizeof(float));
-                memset(h, 0, (size_t)H * sizeof(float));
-                continue;
-            }
-            const float *c_prev = s > 0 ? cells + ((size_t)b * steps + tp) * H : NULL;
-            for (int j = 0; j < H; j++)
-                nn_lstm_unit_forward(a + j, (size_t)H, c_prev ? c_prev + j : NULL, c + j,
-                                     h + j);
-        }
+        gate_job_t job = {l, d, s, t, tp, y, NULL, 0};
+        run_gates(&job, forward_gates);
     }
 }
 
@@ -301,7 +391,6 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
 {
     const int batch = l->batch, steps = l->steps, H = l->hidden, G4 = 4 * H;
     const long rows = (long)batch * steps, y_row = 2L * H;
-    const float *gates = l->gates[d], *cells = l->cells[d];
     float *dgates = l->dgates, *carry_h = l->carry_h, *carry_c = l->carry_c;
 
     memset(carry_h, 0, (size_t)batch * H * sizeof(float));
@@ -312,22 +401,8 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
     /* Back through the processing order: gate gradients per step, carries to the step before. */
     for (int s = steps - 1; s >= 0; s--) {
         int t = step_at(l, d, s), tp = step_before(d, t);
-        for (int b = 0; b < batch; b++) {
-            size_t row = (size_t)b * steps + t;
-            float *da = dgates + row * G4, *ch = carry_h + (size_t)b * H;
-            float *cc = carry_c + (size_t)b * H;
-            if (!active(l, b, t)) {
-                memset(da, 0, (size_t)G4 * sizeof(float));
-                memset(cc, 0, (size_t)H * sizeof(float));
-                continue;
-            }
-            const float *a = gates + row * G4, *c = cells + row * H;
-            const float *dh_out = dy + row * y_row + (size_t)d * H;
-            const float *c_prev = s > 0 ? cells + ((size_t)b * steps + tp) * H : NULL;
-            for (int j = 0; j < H; j++)
-                nn_lstm_unit_backward(a + j, (size_t)H, c[j], c_prev ? c_prev + j : NULL,
-                                      dh_out[j], ch[j], cc + j, da + j);
-        }
+        gate_job_t job = {l, d, s, t, tp, (float *)y, dy, 0};
+        run_gates(&job, backward_gates);
         if (s == 0)
             continue;
         const float *da_t = dgates + (size_t)t * G4;

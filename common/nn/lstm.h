@@ -19,7 +19,8 @@
  * transposed: nn_sgemm_bias_nt), one small sgemm over the batch per step for the recurrence
  * (from 8 series on, against a transposed copy of W_hh kept until the weights change:
  * oneDNN's sgemm is slow on a transposed operand at those sizes), gate loops in plain C over
- * nn/seq_math.h's per-unit functions, which the CUDA kernels (seqmodel_cuda.cu) share.
+ * nn/seq_math.h's per-unit functions, which the CUDA kernels (seqmodel_cuda.cu) share, split
+ * over the engine's threads (nn/team.h) from 1 << 14 units a step on.
  *
  * Mixed precision (nn_lstm_set_precision NN_PRECISION_BF16): every matrix product takes
  * bf16 operands and sums in fp32 (nn/bf16gemm.h); weights, gradients, gates, cell states stay
@@ -57,6 +58,10 @@ typedef struct {
 typedef struct {
     int in, hidden;
     int pad_like_original;
+    /* The gate loops' split over the engine's threads: tasks of this many units of one
+     * series, threads from this many units a step (1 << 14) on; tests shrink both. */
+    int gate_task_units;
+    size_t gate_parallel_min;
 
     /* What the forward keeps for the backward (host memory, grown on demand). */
     int batch, steps;

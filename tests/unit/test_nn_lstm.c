@@ -32,6 +32,7 @@
 #include "nn/nn.h"
 #include "nn/params.h"
 #include "nn/seqmodel.h"
+#include "nn/team.h"
 #include "refdump.h"
 
 static int failures;
@@ -433,7 +434,8 @@ static void mixed_precision(void)
 
 /* One forward, loss and backward of a hashed model: logits of the valid rows copied out;
  * returns a copy of the gradient slab (*n_grads values). */
-static float *run_seq(int hidden, int precision, float *logits, size_t *n_grads)
+static float *run_seq(int hidden, int precision, int split_gates, float *logits,
+                      size_t *n_grads)
 {
     enum { BATCH = 2, STEPS = 4 };
     static const int lengths[BATCH] = {4, 2};
@@ -444,6 +446,14 @@ static float *run_seq(int hidden, int precision, float *logits, size_t *n_grads)
     if (!m)
         die(1, "seqmodel_create(emb %d, hidden %d): %s", emb, hidden, err);
     seqmodel_set_precision(m, precision);
+    if (split_gates) {
+        /* Gate loops in tasks of 3 units over the threads, whatever the size. */
+        nn_lstm_t *lstms[2] = {&m->lstm1, &m->lstm2};
+        for (int k = 0; k < 2; k++) {
+            lstms[k]->gate_task_units = 3;
+            lstms[k]->gate_parallel_min = 0;
+        }
+    }
     nn_params_fill_hashed(&m->ps);
     seqmodel_weights_changed(m);
 
@@ -493,8 +503,8 @@ static void odd_hidden_sizes(void)
         int hidden = sizes[k];
         size_t n32 = 0, n16 = 0;
         float logits32[8 * SEQ_OUTPUTS], logits16[8 * SEQ_OUTPUTS];
-        float *grads32 = run_seq(hidden, NN_PRECISION_FP32, logits32, &n32);
-        float *grads16 = run_seq(hidden, NN_PRECISION_BF16, logits16, &n16);
+        float *grads32 = run_seq(hidden, NN_PRECISION_FP32, 0, logits32, &n32);
+        float *grads16 = run_seq(hidden, NN_PRECISION_BF16, 0, logits16, &n16);
         double logit_err = rel_l2(logits16, logits32, 6 * SEQ_OUTPUTS);
         double grad_err = rel_l2(grads16, grads32, n32);
         int bad = n32 != n16 || !(logit_err < 2e-2) || !(grad_err < 1e-1);
@@ -506,11 +516,39 @@ static void odd_hidden_sizes(void)
     }
 }
 
+/*
+ * The gate loops split into tasks of 3 units over the engine's threads (a padded series, a
+ * ragged last task) give the bits of the loops on one thread: logits and every gradient.
+ */
+static void gate_split(void)
+{
+    static const int sizes[] = {13, 29};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
+        for (int precision = NN_PRECISION_FP32; precision <= NN_PRECISION_BF16; precision++) {
+            size_t n_one = 0, n_split = 0;
+            float logits_one[8 * SEQ_OUTPUTS], logits_split[8 * SEQ_OUTPUTS];
+            float *one = run_seq(sizes[k], precision, 0, logits_one, &n_one);
+            float *split = run_seq(sizes[k], precision, 1, logits_split, &n_split);
+            /* The batch's 6 valid rows (series of 4 and 2 slices). */
+            size_t n_logits = 6 * SEQ_OUTPUTS;
+            int bad = n_one != n_split || memcmp(one, split, n_one * sizeof(float)) != 0 ||
+                      memcmp(logits_one, logits_split, n_logits * sizeof(float)) != 0;
+            printf("%s gate loops in tasks of 3 units on %d threads, hidden %d, %s: logits and "
+                   "%zu gradients %s\n", bad ? "FAIL" : "ok  ", nn_team_threads(), sizes[k],
+                   precision == NN_PRECISION_BF16 ? "bf16" : "fp32", n_one,
+                   bad ? "differ" : "bit for bit equal");
+            failures += bad;
+            free(one);
+            free(split);
+        }
+}
+
 int main(void)
 {
     finite_differences(0);
     finite_differences(1);
     rejects_bad_sizes();
+    gate_split();
 
     if (!python_has("torch, h5py")) {
         if (failures) {
