@@ -50,11 +50,11 @@ return 0; }' $dcmtk_libs; then
         echo "DCMTK_LIBS = $dcmtk_libs"
     fi
     # The engine's own loops share oneDNN's OpenMP team (common/nn/team.h): GNU OpenMP, as
-    # Debian builds oneDNN with.
+    # Debian builds oneDNN with; the LSTM's gate loops take glibc's vector math (libmvec).
     if probe dnnl c '#include <dnnl.h>
-int main(void) { return dnnl_version() == 0; }' -ldnnl -fopenmp; then
+int main(void) { return dnnl_version() == 0; }' -ldnnl -fopenmp -lmvec; then
         echo "HAVE_DNNL = 1"
-        echo "DNNL_LIBS = -ldnnl -fopenmp"
+        echo "DNNL_LIBS = -ldnnl -fopenmp -lmvec"
     fi
     if probe mpi c '#include <mpi.h>
 int main(int c, char **v) { MPI_Init(&c, &v); return MPI_Finalize(); }' \

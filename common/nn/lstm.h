@@ -62,6 +62,9 @@ typedef struct {
      * series, threads from this many units a step (1 << 14) on; tests shrink both. */
     int gate_task_units;
     size_t gate_parallel_min;
+    /* 1 (on CPUs with AVX-512): the gate loops 16 units at a time with glibc's vector expf
+     * and tanhf; 0: one unit at a time with the scalar ones (the test's reference). */
+    int vector_gates;
 
     /* What the forward keeps for the backward (host memory, grown on demand). */
     int batch, steps;

@@ -86,10 +86,14 @@ def seq_bench(iters, emb=2048, hidden=2048, steps=40, train_batch=4, eval_batch=
 
             model.train(training)
             rate = steps_per_second(step, iters, warmup=1) * batch * steps
+            # Autocast may run cuDNN's LSTM in fp16 rather than bf16: say which it was.
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16), \
+                    torch.no_grad():
+                lstm_dtype = str(model.lstm1(x[:1])[0].dtype).replace("torch.", "")
             print("seqresult side=torch precision=%s batch=%d steps=%d iters=%d "
-                  "%s_slices_per_s=%.1f" % (precision, batch, steps, iters,
-                                            "train" if training else "eval", rate),
-                  flush=True)
+                  "%s_slices_per_s=%.1f lstm_dtype=%s"
+                  % (precision, batch, steps, iters, "train" if training else "eval", rate,
+                     lstm_dtype), flush=True)
     print("memory seqmodel side=torch peak_mib=%.0f"
           % (torch.cuda.max_memory_allocated() / 2**20), flush=True)
 

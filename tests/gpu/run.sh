@@ -60,8 +60,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 }
 head -n 1 "$bundle/MANIFEST" | tee -a "$results"
 
+# The bundle's Debian libraries, unpacked from its archive into the scratch folder.
+"$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+    "$bundle/lib.tar.xz" "$scratch" || {
+    say "cannot unpack $bundle/lib.tar.xz"
+    exit 1
+}
 cuda_dirs=$("$PY" tests/gpu/cuda_libs.py)
-lib_path="$PWD/$bundle/lib${cuda_dirs:+:$cuda_dirs}"
+lib_path="$scratch/lib${cuda_dirs:+:$cuda_dirs}"
 # PyTorch runs with the machine's own libraries, not this build's Debian ones (libstdc++,
 # libgomp, libz) that the bundle puts first for the engine.
 machine_lib_path=${LD_LIBRARY_PATH:-}
@@ -90,6 +96,8 @@ step "training fp16 (loss scaling) gpu vs fp32 cpu" 60 "$prog" --device cuda --t
     --precision fp16
 step "sequence model, gpu vs cpu (fp32, bf16; both paddings; 5 Adam steps)" 60 "$prog" \
     --device cuda --seq
+step "lstmtrain --device cuda against cpu, resume, bf16" 90 "$PY" tests/gpu/lstmtrain_gpu.py \
+    "$bundle/bin/lstmtrain" "$scratch"
 
 # The all-reduce of cnntrain's step with one rank on the GPU. The GPU image has no OpenMPI:
 # the bundle carries its libraries but not mpirun, so without one mpi_bench runs as a single
@@ -112,6 +120,14 @@ else
 fi
 
 if [ "${GPU_SKIP_BENCH:-0}" != 1 ]; then
+    # The sequence model first (the shorter part), at the method's shapes (train batch 4,
+    # eval 16, 40 slices).
+    for precision in fp32 bf16; do
+        step "engine seqmodel $precision" 40 "$prog" --device cuda --seq-bench \
+            --iters "$iters" --precision "$precision"
+    done
+    step "pytorch seqmodel (nn.LSTM)" 60 env LD_LIBRARY_PATH="$machine_lib_path" \
+        "$PY" tests/gpu/bench_torch.py --seq --iters "$iters"
     for precision in fp32 bf16 ${GPU_BENCH_FP16:+fp16}; do
         step "engine resnext101_32x8d $precision" 200 "$prog" --device cuda \
             --bench resnext101_32x8d --size "$size" --batch "$batch" --iters "$iters" \
@@ -123,13 +139,6 @@ if [ "${GPU_SKIP_BENCH:-0}" != 1 ]; then
     step "pytorch resnext101_32x8d fp32" 200 env LD_LIBRARY_PATH="$machine_lib_path" \
         "$PY" tests/gpu/bench_torch.py --size "$size" --batch "$batch" --iters "$iters" \
         --precision fp32
-    # The sequence model at the method's shapes (train batch 4, eval 16, 40 slices).
-    for precision in fp32 bf16; do
-        step "engine seqmodel $precision" 40 "$prog" --device cuda --seq-bench \
-            --iters "$iters" --precision "$precision"
-    done
-    step "pytorch seqmodel (nn.LSTM)" 60 env LD_LIBRARY_PATH="$machine_lib_path" \
-        "$PY" tests/gpu/bench_torch.py --seq --iters "$iters"
     "$PY" tests/gpu/summary.py "$results" | tee "$scratch/summary"
     cat "$scratch/summary" >>"$results"
     # Where the engine's training step spends its time, if the 4 minutes allow.

@@ -434,8 +434,9 @@ static void mixed_precision(void)
 
 /* One forward, loss and backward of a hashed model: logits of the valid rows copied out;
  * returns a copy of the gradient slab (*n_grads values). */
-static float *run_seq(int hidden, int precision, int split_gates, float *logits,
-                      size_t *n_grads)
+enum { GATES_DEFAULT, GATES_SPLIT, GATES_SCALAR };
+
+static float *run_seq(int hidden, int precision, int gates, float *logits, size_t *n_grads)
 {
     enum { BATCH = 2, STEPS = 4 };
     static const int lengths[BATCH] = {4, 2};
@@ -446,13 +447,16 @@ static float *run_seq(int hidden, int precision, int split_gates, float *logits,
     if (!m)
         die(1, "seqmodel_create(emb %d, hidden %d): %s", emb, hidden, err);
     seqmodel_set_precision(m, precision);
-    if (split_gates) {
-        /* Gate loops in tasks of 3 units over the threads, whatever the size. */
-        nn_lstm_t *lstms[2] = {&m->lstm1, &m->lstm2};
-        for (int k = 0; k < 2; k++) {
+    nn_lstm_t *lstms[2] = {&m->lstm1, &m->lstm2};
+    for (int k = 0; k < 2; k++) {
+        /* Gate loops in tasks of 3 units over the threads, whatever the size; or one unit at
+         * a time with the scalar expf and tanhf. */
+        if (gates == GATES_SPLIT) {
             lstms[k]->gate_task_units = 3;
             lstms[k]->gate_parallel_min = 0;
         }
+        if (gates == GATES_SCALAR)
+            lstms[k]->vector_gates = 0;
     }
     nn_params_fill_hashed(&m->ps);
     seqmodel_weights_changed(m);
@@ -503,8 +507,8 @@ static void odd_hidden_sizes(void)
         int hidden = sizes[k];
         size_t n32 = 0, n16 = 0;
         float logits32[8 * SEQ_OUTPUTS], logits16[8 * SEQ_OUTPUTS];
-        float *grads32 = run_seq(hidden, NN_PRECISION_FP32, 0, logits32, &n32);
-        float *grads16 = run_seq(hidden, NN_PRECISION_BF16, 0, logits16, &n16);
+        float *grads32 = run_seq(hidden, NN_PRECISION_FP32, GATES_DEFAULT, logits32, &n32);
+        float *grads16 = run_seq(hidden, NN_PRECISION_BF16, GATES_DEFAULT, logits16, &n16);
         double logit_err = rel_l2(logits16, logits32, 6 * SEQ_OUTPUTS);
         double grad_err = rel_l2(grads16, grads32, n32);
         int bad = n32 != n16 || !(logit_err < 2e-2) || !(grad_err < 1e-1);
@@ -527,8 +531,8 @@ static void gate_split(void)
         for (int precision = NN_PRECISION_FP32; precision <= NN_PRECISION_BF16; precision++) {
             size_t n_one = 0, n_split = 0;
             float logits_one[8 * SEQ_OUTPUTS], logits_split[8 * SEQ_OUTPUTS];
-            float *one = run_seq(sizes[k], precision, 0, logits_one, &n_one);
-            float *split = run_seq(sizes[k], precision, 1, logits_split, &n_split);
+            float *one = run_seq(sizes[k], precision, GATES_DEFAULT, logits_one, &n_one);
+            float *split = run_seq(sizes[k], precision, GATES_SPLIT, logits_split, &n_split);
             /* The batch's 6 valid rows (series of 4 and 2 slices). */
             size_t n_logits = 6 * SEQ_OUTPUTS;
             int bad = n_one != n_split || memcmp(one, split, n_one * sizeof(float)) != 0 ||
@@ -538,8 +542,22 @@ static void gate_split(void)
                    precision == NN_PRECISION_BF16 ? "bf16" : "fp32", n_one,
                    bad ? "differ" : "bit for bit equal");
             failures += bad;
+
+            /* Vector expf and tanhf (libmvec, within 4 ulp) against the scalar ones. */
+            size_t n_scalar = 0;
+            float logits_scalar[8 * SEQ_OUTPUTS];
+            float *scalar = run_seq(sizes[k], precision, GATES_SCALAR, logits_scalar,
+                                    &n_scalar);
+            double logit_err = rel_l2(logits_one, logits_scalar, n_logits);
+            double grad_err = rel_l2(one, scalar, n_one);
+            bad = n_scalar != n_one || !(logit_err < 1e-5) || !(grad_err < 1e-5);
+            printf("%s vector gate loops against scalar, hidden %d, %s: logits rel L2 %.2e, "
+                   "gradients %.2e (limit 1e-5)\n", bad ? "FAIL" : "ok  ", sizes[k],
+                   precision == NN_PRECISION_BF16 ? "bf16" : "fp32", logit_err, grad_err);
+            failures += bad;
             free(one);
             free(split);
+            free(scalar);
         }
 }
 
