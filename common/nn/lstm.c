@@ -14,6 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The own fp32 recurrence kernels (below): up to REC_MAX_ROWS series, W_hh read 4 rows at a
+ * time; the backward in REC_BWD_TASKS row ranges whose partial sums are then added in order. */
+enum { REC_MAX_ROWS = 4, REC_QUAD = 4, REC_TASK_QUADS = 16, REC_BWD_TASKS = 16 };
+
 void nn_sgemm(char trans_a, char trans_b, long m, long n, long k, float alpha, const float *a,
               long lda, const float *b, long ldb, float beta, float *c, long ldc)
 {
@@ -65,7 +69,7 @@ void nn_lstm_init(nn_lstm_t *l, int in, int hidden, int pad_like_original)
     l->hidden = hidden;
     l->pad_like_original = pad_like_original;
     l->gate_task_units = 512;
-    l->vector_gates = __builtin_cpu_supports("avx512f") != 0;
+    l->vector_kernels = __builtin_cpu_supports("avx512f") != 0;
     l->gate_parallel_min = 1 << 14;
 }
 
@@ -79,6 +83,8 @@ void nn_lstm_free(nn_lstm_t *l)
     free(l->h_prev);
     free(l->carry_h);
     free(l->carry_c);
+    free(l->rec_partial);
+    free(l->rec_pad);
     free(l->rec_bf16);
     free(l->x_bf16);
     free(l->dgates_bf16);
@@ -150,6 +156,10 @@ static void reserve(nn_lstm_t *l, int batch, int steps)
     }
     if (!l->bias_sum)
         l->bias_sum = xmalloc(4 * h * sizeof(float));
+    if (!l->rec_partial) {
+        l->rec_partial = xmalloc((size_t)REC_BWD_TASKS * REC_MAX_ROWS * h * sizeof(float));
+        l->rec_pad = xcalloc((size_t)REC_MAX_ROWS * 4 * h, sizeof(float));
+    }
 }
 
 static int active(const nn_lstm_t *l, int b, int t)
@@ -353,7 +363,7 @@ static void forward_gates(size_t task, int thread, void *ctx)
         zero_units(h, 1, H, &span);
         return;
     }
-    if (job->l->vector_gates) {
+    if (job->l->vector_kernels) {
         forward_units16(span.gates, (size_t)H, span.cell_prev, span.cell, h, span.from,
                         span.to);
         return;
@@ -380,7 +390,7 @@ static void backward_gates(size_t task, int thread, void *ctx)
         return;
     }
     const float *dh_out = job->dy + span.row * 2 * (size_t)H + (size_t)job->d * H;
-    if (l->vector_gates) {
+    if (l->vector_kernels) {
         backward_units16(span.gates, (size_t)H, span.cell, span.cell_prev, dh_out, carry_h,
                          carry_c, da, span.from, span.to);
         return;
@@ -398,6 +408,165 @@ static void run_gates(gate_job_t *job, pool_fn gates)
     size_t units = (size_t)l->batch * l->hidden;
     int threads = units >= l->gate_parallel_min ? nn_team_threads() : 1;
     nn_team_for(threads, (size_t)l->batch * job->chunks, gates, job);
+}
+
+/*
+ * The fp32 recurrent product of the forward for up to REC_MAX_ROWS series: acc[b][j] +=
+ * h_prev[b] . W_hh[j], dot products along 4 rows of W_hh at a time, so that each thread reads
+ * W_hh in 4 streams (on this machine one stream per thread reads memory at about 31 GB/s, two
+ * to four at about 60; oneDNN's sgemm reads W_hh at 22-30 GB/s at these shapes). Each output
+ * is one task's sum, in a fixed order: the result does not depend on the threads.
+ */
+
+/* W[r][k .. k + 16) of 4 consecutive rows r of a row-major W with H columns, lanes past H
+ * zero; returns the mask of the lanes inside. */
+AVX512_TARGET static inline __attribute__((always_inline)) __mmask16
+load_quad(const float *w, int H, int k, __m512 wv[REC_QUAD])
+{
+    const __mmask16 m = lanes_left(H - k);
+#pragma GCC unroll 4
+    for (int r = 0; r < REC_QUAD; r++)
+        wv[r] = _mm512_maskz_loadu_ps(m, w + (long)r * H + k);
+    return m;
+}
+
+/* A recurrent product: the series' operand a (h_prev forward, the gate gradients backward,
+ * REC_MAX_ROWS rows of stride lda), W_hh, and where the sums go. */
+typedef struct {
+    const float *a;
+    long lda;
+    const float *w;
+    int hidden, rows; /* rows: the batch's series (the rest of a is zeros) */
+    float *out;
+    long ldout;
+} rec_job_t;
+
+AVX512_TARGET static inline __attribute__((always_inline)) void
+rec_quad(int rows, const rec_job_t *job, long j0)
+{
+    const int H = job->hidden;
+    const float *w = job->w + j0 * H;
+    __m512 sum[REC_MAX_ROWS][REC_QUAD] = {{_mm512_setzero_ps()}}; /* the rest zero too */
+
+    for (int k = 0; k < H; k += 16) {
+        __m512 wv[REC_QUAD];
+        const __mmask16 m = load_quad(w, H, k, wv);
+#pragma GCC unroll 4
+        for (int b = 0; b < rows; b++) {
+            __m512 hv = _mm512_maskz_loadu_ps(m, job->a + b * job->lda + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < REC_QUAD; r++)
+                sum[b][r] = _mm512_fmadd_ps(hv, wv[r], sum[b][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < rows; b++)
+#pragma GCC unroll 4
+        for (int r = 0; r < REC_QUAD; r++)
+            if (b < job->rows) /* rows past the batch are the padding's zeros */
+                job->out[b * job->ldout + j0 + r] += _mm512_reduce_add_ps(sum[b][r]);
+}
+
+AVX512_TARGET static void rec_task(size_t task, int thread, void *ctx)
+{
+    (void)thread;
+    const rec_job_t *job = ctx;
+    const long G4 = 4L * job->hidden, from = (long)task * REC_TASK_QUADS * REC_QUAD;
+    const long to = from + REC_TASK_QUADS * REC_QUAD < G4 ? from + REC_TASK_QUADS * REC_QUAD
+                                                           : G4;
+    for (long j = from; j < to; j += REC_QUAD)
+        rec_quad(REC_MAX_ROWS, job, j);
+}
+
+/* acc[b][j] += h_prev[b] . W_hh[j] for rows series (1 to REC_MAX_ROWS). */
+static void recurrent_fp32(const nn_lstm_t *l, const float *h_prev, long ldh, const float *w_hh,
+                           int rows, float *acc, long ldacc)
+{
+    if (rows < REC_MAX_ROWS) {
+        /* The kernel always takes REC_MAX_ROWS rows: the batch's, then zeros. */
+        for (int b = 0; b < rows; b++)
+            memcpy(l->rec_pad + (size_t)b * l->hidden, h_prev + b * ldh,
+                   (size_t)l->hidden * sizeof(float));
+        memset(l->rec_pad + (size_t)rows * l->hidden, 0,
+               (size_t)(REC_MAX_ROWS - rows) * l->hidden * sizeof(float));
+        h_prev = l->rec_pad;
+        ldh = l->hidden;
+    }
+    rec_job_t job = {h_prev, ldh, w_hh, l->hidden, rows, acc, ldacc};
+    long quads = l->hidden; /* 4H rows of W_hh in quads */
+    size_t tasks = (size_t)((quads + REC_TASK_QUADS - 1) / REC_TASK_QUADS);
+    nn_team_for(nn_team_threads(), tasks, rec_task, &job);
+}
+
+/*
+ * The fp32 recurrent product of the backward for up to REC_MAX_ROWS series: carry[b][k] =
+ * sum_j dgates[b][j] W_hh[j][k]. Task i takes rows [i 4H / REC_BWD_TASKS, ...) of W_hh,
+ * 4 rows (4 read streams) at a time against every column, into its own partial sums; the
+ * partial sums are then added in task order, so the result does not depend on the threads.
+ */
+AVX512_TARGET static inline __attribute__((always_inline)) void
+rec_bwd_rows(int rows, const rec_job_t *job, float *partial, long j0, long j1)
+{
+    const int H = job->hidden;
+    for (long j = j0; j < j1; j += REC_QUAD) {
+        __m512 coef[REC_MAX_ROWS][REC_QUAD];
+#pragma GCC unroll 4
+        for (int b = 0; b < rows; b++)
+#pragma GCC unroll 4
+            for (int r = 0; r < REC_QUAD; r++)
+                coef[b][r] = _mm512_set1_ps(job->a[b * job->lda + j + r]);
+        const float *w = job->w + j * H;
+        for (int k = 0; k < H; k += 16) {
+            __m512 wv[REC_QUAD];
+            const __mmask16 m = load_quad(w, H, k, wv);
+#pragma GCC unroll 4
+            for (int b = 0; b < rows; b++) {
+                __m512 sum = _mm512_maskz_loadu_ps(m, partial + (long)b * H + k);
+#pragma GCC unroll 4
+                for (int r = 0; r < REC_QUAD; r++)
+                    sum = _mm512_fmadd_ps(coef[b][r], wv[r], sum);
+                _mm512_mask_storeu_ps(partial + (long)b * H + k, m, sum);
+            }
+        }
+    }
+}
+
+AVX512_TARGET static void rec_bwd_task(size_t task, int thread, void *ctx)
+{
+    (void)thread;
+    const rec_job_t *job = ctx;
+    const long quads = job->hidden; /* 4H rows */
+    const long j0 = quads * (long)task / REC_BWD_TASKS * REC_QUAD;
+    const long j1 = quads * (long)(task + 1) / REC_BWD_TASKS * REC_QUAD;
+    float *partial = job->out + task * (size_t)REC_MAX_ROWS * job->hidden;
+
+    memset(partial, 0, (size_t)REC_MAX_ROWS * job->hidden * sizeof(float));
+    rec_bwd_rows(REC_MAX_ROWS, job, partial, j0, j1);
+}
+
+/* carry[b][k] = sum_j dgates[b][j] W_hh[j][k] for rows series (1 to REC_MAX_ROWS). */
+static void recurrent_fp32_backward(nn_lstm_t *l, const float *dg, long lddg,
+                                    const float *w_hh, int rows, float *carry)
+{
+    const long G4 = 4L * l->hidden;
+    if (rows < REC_MAX_ROWS) {
+        for (int b = 0; b < rows; b++)
+            memcpy(l->rec_pad + b * G4, dg + b * lddg, (size_t)G4 * sizeof(float));
+        memset(l->rec_pad + rows * G4, 0, (size_t)(REC_MAX_ROWS - rows) * G4 * sizeof(float));
+        dg = l->rec_pad;
+        lddg = G4;
+    }
+    rec_job_t job = {dg, lddg, w_hh, l->hidden, rows, l->rec_partial, 0};
+    nn_team_for(nn_team_threads(), REC_BWD_TASKS, rec_bwd_task, &job);
+
+    /* The batch's rows lead each task's REC_MAX_ROWS rows of partial sums. */
+    const size_t n = (size_t)rows * l->hidden, stride = (size_t)REC_MAX_ROWS * l->hidden;
+    memcpy(carry, l->rec_partial, n * sizeof(float));
+    for (int task = 1; task < REC_BWD_TASKS; task++) {
+        const float *part = l->rec_partial + task * stride;
+        for (size_t i = 0; i < n; i++)
+            carry[i] += part[i];
+    }
 }
 
 static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const float *x,
@@ -448,6 +617,9 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
             } else if (transposed)
                 nn_sgemm('N', 'N', batch, G4, H, 1.0f, h_prev, (long)steps * y_row,
                          l->w_hh_t[d], G4, 1.0f, acc, (long)steps * G4);
+            else if (batch <= REC_MAX_ROWS && l->vector_kernels)
+                recurrent_fp32(l, h_prev, (long)steps * y_row, w->w_hh, batch, acc,
+                               (long)steps * G4);
             else
                 nn_sgemm('N', 'T', batch, G4, H, 1.0f, h_prev, (long)steps * y_row, w->w_hh,
                          H, 1.0f, acc, (long)steps * G4);
@@ -499,6 +671,8 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
         if (bf16) {
             nn_bf16_round_rows(da_t, batch, G4, (long)steps * G4, l->rec_bf16, G4);
             nn_bf16_gemm_packed(batch, H, G4, l->rec_bf16, G4, w_hh_packed, 0.0f, carry_h, H);
+        } else if (batch <= REC_MAX_ROWS && l->vector_kernels) {
+            recurrent_fp32_backward(l, da_t, (long)steps * G4, w->w_hh, batch, carry_h);
         } else {
             nn_sgemm('N', 'N', batch, H, G4, 1.0f, da_t, (long)steps * G4, w->w_hh, H, 0.0f,
                      carry_h, H);

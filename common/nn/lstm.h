@@ -33,6 +33,9 @@
  * projections, weight gradients, dx) on oneDNN's bf16 matmul primitive (bench/README.md).
  * The copies cost memory (at hidden 2048 and 6144 inputs: 0.6 GB for both layers) and, in
  * training, a rounding pass over the weights per step.
+ * For up to 4 series (training batches) the fp32 recurrent products run on own AVX-512
+ * kernels that read W_hh 4 rows at a time (memory in 4 streams per thread: about 60 GB/s here
+ * against 22-30 for oneDNN's sgemm at these shapes).
  * missing: fp32 training stays bound by the recurrence's memory traffic (about 20 GB a batch
  * of 4 series of 40 slices); the packing of W_hh for the backward is slower than a plain
  * copy (strided reads). On the GPU the sequence model runs whole (nn/seqmodel.h, the
@@ -63,8 +66,9 @@ typedef struct {
     int gate_task_units;
     size_t gate_parallel_min;
     /* 1 (on CPUs with AVX-512): the gate loops 16 units at a time with glibc's vector expf
-     * and tanhf; 0: one unit at a time with the scalar ones (the test's reference). */
-    int vector_gates;
+     * and tanhf, and the fp32 forward recurrence of up to 4 series on an own kernel; 0: one
+     * unit at a time with the scalar ones and oneDNN's sgemm (the test's reference). */
+    int vector_kernels;
 
     /* What the forward keeps for the backward (host memory, grown on demand). */
     int batch, steps;
@@ -75,6 +79,8 @@ typedef struct {
     float *dgates;            /* [batch][steps][4H] scratch */
     float *h_prev;            /* [batch][steps][H] scratch */
     float *carry_h, *carry_c; /* [batch][H] scratch */
+    float *rec_partial; /* [16 tasks][4][H]: the fp32 backward recurrence's partial sums */
+    float *rec_pad;     /* [4][4H]: its operand padded to 4 series */
     size_t cap_batch;
     float *w_hh_t[2];         /* per direction [H][4H]: W_hh transposed, for wide batches */
     const float *w_hh_t_of[2]; /* the W_hh each copy was made from; NULL: none or stale */
