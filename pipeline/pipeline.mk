@@ -164,11 +164,13 @@ META_INPUTS = $(DICOM)
 endif
 
 # dcm2jpg exits 4 when some files were skipped as failures (listed with their reason in
-# meta.h5); the rest of the pipeline goes on with the slices that converted. Any other
+# meta.h5); the rest of the pipeline goes on with the slices that converted. --only-inputs:
+# meta.h5 lists the slices of $(DICOM) alone, not those of an earlier input (a regenerated
+# phantom, another DICOM folder) whose images are still in the folder. Any other
 # failure ends the recipe with dcm2jpg's own exit code (lsf/status reports it).
 $(META): $(META_INPUTS) $(DCM2JPG_SETTINGS)
 	@mkdir -p $(JPEG_DIR)
-	$(BIN)/dcm2jpg -j $(THREADS) $(DCM2JPG_OPTIONS) -o $(JPEG_DIR) $(DICOM) || \
+	$(BIN)/dcm2jpg -j $(THREADS) $(DCM2JPG_OPTIONS) --only-inputs -o $(JPEG_DIR) $(DICOM) || \
 	    { rc=$$?; [ $$rc -eq 4 ] || exit $$rc; }
 
 $(FOLDS_H5): $(META) $(LABELS) $(MKFOLDS_SETTINGS)

@@ -74,6 +74,7 @@ typedef struct {
     const char *list_file;
     int threads, quality, subsample420, size, force, fix_wrap, any_modality;
     int bgr, keep_localizers;
+    int only_inputs; /* meta.h5 lists this run's inputs only, no rows of earlier runs */
 } options_t;
 
 /* The settings that shape an image's bytes (and which slices get one). */
@@ -1323,8 +1324,9 @@ static const char *const DETAILS =
     "was made with (format, size, quality, subsampling, wrap fix, modalities, channel order)\n"
     "are recorded and equal this run's; otherwise it is made again. meta.h5 keeps the rows of\n"
     "earlier runs into OUTDIR that this run does not replace, so train and test converted\n"
-    "one after the other give one table. A second dcm2jpg into the same OUTDIR waits for\n"
-    "the first to finish.\n"
+    "one after the other give one table; with --only-inputs it lists this run's inputs\n"
+    "only (the pipeline's choice: a replaced input set leaves no rows behind). A second\n"
+    "dcm2jpg into the same OUTDIR waits for the first to finish.\n"
     "\n"
     "Skipped (not failures): non-CT slices (unless --any-modality), localizers (unless\n"
     "--keep-localizers), colour, multi-frame and non-image objects. Failures: unreadable or\n"
@@ -1356,6 +1358,8 @@ int main(int argc, char **argv)
         {0, "bgr", OPT_FLAG, &opt.bgr, NULL,
          "bytes in BGR order, as the original method's OpenCV files", 1, 0, 0},
         {0, "force", OPT_FLAG, &opt.force, NULL, "rewrite images that exist already", 1, 0, 0},
+        {0, "only-inputs", OPT_FLAG, &opt.only_inputs, NULL,
+         "meta.h5 lists this run's inputs only (no rows of earlier runs into OUTDIR)", 1, 0, 0},
         {0, "fix-wrap", OPT_FLAG, &opt.fix_wrap, NULL,
          "shifted 12-bit CT: (v+1000) mod 4096, intercept -1000", 1, 0, 0},
         {0, "no-fix-wrap", OPT_UNSET, &opt.fix_wrap, NULL,
@@ -1464,9 +1468,12 @@ int main(int argc, char **argv)
         log_warn("%s/meta.h5 is unreadable or incomplete: the rows of earlier runs are not "
                  "kept", opt.out_dir);
     size_t stale = 0;
-    size_t nkept = earlier.has_rows ? keep_earlier_rows(&earlier, slices, n, trusted,
-                                                        opt.out_dir, &stale)
-                                    : 0;
+    size_t nkept = earlier.has_rows && !opt.only_inputs
+                       ? keep_earlier_rows(&earlier, slices, n, trusted, opt.out_dir, &stale)
+                       : 0;
+    if (earlier.has_rows && opt.only_inputs && earlier.count > 0)
+        log_info("%s: --only-inputs: meta.h5 lists this run's inputs only; images of earlier "
+                 "runs that are not among them stay on disk unlisted", opt.out_dir);
     if (stale > 0)
         log_warn("%s: %zu image(s) of earlier runs, not among this run's inputs, are listed "
                  "as 'stale' in meta.h5: %s; convert their inputs again", opt.out_dir, stale,

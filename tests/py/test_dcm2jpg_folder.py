@@ -146,6 +146,16 @@ def check_merged_table(series_a, series_b, broken):
            "images; a re-run of the first keeps the second's rows; a row whose image is gone "
            "is dropped; after a settings change the other run's 23 rows are 'stale'")
 
+    # --only-inputs (the pipeline's way): the table lists this run's inputs alone; the images
+    # of the other run stay on disk, unlisted, and this run's existing images are reused.
+    err = dcm2jpg("--size", 32, "--only-inputs", "-o", out, series_a)
+    rows, attrs = table(out)
+    assert statuses(rows) == {"exists": 24}, statuses(rows)
+    assert all(r["path"].startswith(series_a) for r in rows) and attrs["kept_rows"] == 0
+    assert "--only-inputs" in err and len(images(out)) == 47, (err, len(images(out)))
+    passed("--only-inputs: 24 rows, all of this run's input (existing images reused); the other "
+           "run's 23 images stay on disk, unlisted")
+
 
 def check_waits_for_other_run(series):
     """A second run into a folder in use waits for the first (here: a lock held by the test)."""
