@@ -1327,8 +1327,6 @@ __attribute__((target("avx512f"))) static void adam_avx512(const nn_adam_scalars
 /* Adam's slabs cut into chunks of ADAM_CHUNK values, handed to the engine's threads. */
 typedef struct {
     nn_adam_scalars_t scalars;
-    const nn_adam_t *hp;
-    int64_t step;
     float *w, *m, *v;
     const float *g;
     size_t count;
@@ -1343,12 +1341,15 @@ static void adam_chunk(size_t chunk, int thread, void *ctx)
     const adam_job_t *job = ctx;
     size_t from = chunk * ADAM_CHUNK;
     size_t n = job->count - from < ADAM_CHUNK ? job->count - from : ADAM_CHUNK;
-    if (job->avx512)
-        adam_avx512(&job->scalars, job->w + from, job->g + from, job->m + from, job->v + from,
-                    n);
-    else
-        nn_host_adam_step(job->hp, job->step, job->w + from, job->g + from, job->m + from,
-                          job->v + from, n);
+    float *w = job->w + from, *m = job->m + from, *v = job->v + from;
+    const float *g = job->g + from;
+
+    if (job->avx512) {
+        adam_avx512(&job->scalars, w, g, m, v, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        nn_adam_update(&job->scalars, &w[i], g[i], &m[i], &v[i]);
 }
 
 /* Element i's arithmetic does not depend on the chunks or threads, so neither does the
@@ -1362,7 +1363,7 @@ static void cpu_adam_step(nn_backend_t *be, const nn_adam_t *hp, int64_t step, f
     if (avx512 < 0)
         avx512 = __builtin_cpu_supports("avx512f") != 0;
 
-    adam_job_t job = {nn_adam_scalars(hp, step), hp, step, w, m, v, g, count, avx512};
+    adam_job_t job = {nn_adam_scalars(hp, step), w, m, v, g, count, avx512};
     nn_team_for(cpu->threads, (count + ADAM_CHUNK - 1) / ADAM_CHUNK, adam_chunk, &job);
 }
 

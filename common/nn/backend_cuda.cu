@@ -66,7 +66,7 @@ extern "C" {
 #include <string>
 #include <unordered_map>
 
-#define THREADS 256
+#define THREADS NN_CUDA_THREADS
 #define MIB (1024.0 * 1024.0)
 
 /* ---- error reporting ------------------------------------------------------------------- */
@@ -94,9 +94,7 @@ void cublas_die(cublasStatus_t status, const char *call, const char *file, int l
 
 #define CUDNN_CHECK(call)                                                                     \
     do {                                                                                      \
-        cudnnStatus_t status_ = (call);                                                       \
-        if (status_ != CUDNN_STATUS_SUCCESS)                                                  \
-            cudnn_die(status_, #call, __FILE__, __LINE__);                                    \
+        NN_STATUS_CHECK(call, CUDNN_STATUS_SUCCESS, cudnn_die);                               \
         debug_sync(#call, __FILE__, __LINE__);                                                \
     } while (0)
 
@@ -278,6 +276,11 @@ static unsigned blocks_for(const cuda_backend_t *gpu, size_t count)
     if (blocks > most)
         blocks = most;
     return blocks ? (unsigned)blocks : 1;
+}
+
+unsigned nn_cuda_blocks(nn_backend_t *be, size_t count)
+{
+    return blocks_for(cuda_of(be), count);
 }
 
 static void check_shape(const char *what, const nn_tensor_t *t, int n, int c, int h, int w)

@@ -19,18 +19,20 @@ NN_CUDA_HIDDEN void cublas_die(cublasStatus_t status, const char *call, const ch
                                int line);
 NN_CUDA_HIDDEN void debug_sync(const char *what, const char *file, int line);
 
-#define CUDA_CHECK(call)                                                                      \
+/* A library call whose status must be `ok`; otherwise die_fn names it and the status. */
+#define NN_STATUS_CHECK(call, ok, die_fn)                                                     \
     do {                                                                                      \
-        cudaError_t status_ = (call);                                                         \
-        if (status_ != cudaSuccess)                                                           \
-            cuda_die(status_, #call, __FILE__, __LINE__);                                     \
+        auto status_ = (call);                                                                \
+        if (status_ != (ok))                                                                  \
+            die_fn(status_, #call, __FILE__, __LINE__);                                       \
     } while (0)
 
+#define CUDA_CHECK(call) NN_STATUS_CHECK(call, cudaSuccess, cuda_die)
+
+/* cuBLAS calls also wait and check when NN_CUDA_SYNC=1. */
 #define CUBLAS_CHECK(call)                                                                    \
     do {                                                                                      \
-        cublasStatus_t status_ = (call);                                                      \
-        if (status_ != CUBLAS_STATUS_SUCCESS)                                                 \
-            cublas_die(status_, #call, __FILE__, __LINE__);                                   \
+        NN_STATUS_CHECK(call, CUBLAS_STATUS_SUCCESS, cublas_die);                             \
         debug_sync(#call, __FILE__, __LINE__);                                                \
     } while (0)
 
@@ -42,6 +44,11 @@ NN_CUDA_HIDDEN void debug_sync(const char *what, const char *file, int line);
             cuda_die(status_, "launch of " name, __FILE__, __LINE__);                         \
         debug_sync(name, __FILE__, __LINE__);                                                 \
     } while (0)
+
+/* Threads per block of the element kernels, and the blocks for count elements (at most 32
+ * per multiprocessor: the kernels loop over the rest with a grid stride). */
+#define NN_CUDA_THREADS 256
+NN_CUDA_HIDDEN unsigned nn_cuda_blocks(nn_backend_t *be, size_t count);
 
 /* The stream every op of the backend runs on, in call order. */
 NN_CUDA_HIDDEN cudaStream_t nn_cuda_stream(nn_backend_t *be);

@@ -478,21 +478,26 @@ AVX512_TARGET static void rec_task(size_t task, int thread, void *ctx)
         rec_quad(REC_MAX_ROWS, job, j);
 }
 
+/* The kernels always take REC_MAX_ROWS rows of the operand: fewer series are copied into
+ * l->rec_pad (width values a row) and followed by rows of zeros. */
+static void pad_operand(nn_lstm_t *l, rec_job_t *job, long width)
+{
+    if (job->rows >= REC_MAX_ROWS)
+        return;
+    for (int b = 0; b < job->rows; b++)
+        memcpy(l->rec_pad + b * width, job->a + b * job->lda, (size_t)width * sizeof(float));
+    memset(l->rec_pad + job->rows * width, 0,
+           (size_t)(REC_MAX_ROWS - job->rows) * width * sizeof(float));
+    job->a = l->rec_pad;
+    job->lda = width;
+}
+
 /* acc[b][j] += h_prev[b] . W_hh[j] for rows series (1 to REC_MAX_ROWS). */
-static void recurrent_fp32(const nn_lstm_t *l, const float *h_prev, long ldh, const float *w_hh,
+static void recurrent_fp32(nn_lstm_t *l, const float *h_prev, long ldh, const float *w_hh,
                            int rows, float *acc, long ldacc)
 {
-    if (rows < REC_MAX_ROWS) {
-        /* The kernel always takes REC_MAX_ROWS rows: the batch's, then zeros. */
-        for (int b = 0; b < rows; b++)
-            memcpy(l->rec_pad + (size_t)b * l->hidden, h_prev + b * ldh,
-                   (size_t)l->hidden * sizeof(float));
-        memset(l->rec_pad + (size_t)rows * l->hidden, 0,
-               (size_t)(REC_MAX_ROWS - rows) * l->hidden * sizeof(float));
-        h_prev = l->rec_pad;
-        ldh = l->hidden;
-    }
     rec_job_t job = {h_prev, ldh, w_hh, l->hidden, rows, acc, ldacc};
+    pad_operand(l, &job, l->hidden);
     long quads = l->hidden; /* 4H rows of W_hh in quads */
     size_t tasks = (size_t)((quads + REC_TASK_QUADS - 1) / REC_TASK_QUADS);
     nn_team_for(nn_team_threads(), tasks, rec_task, &job);
@@ -548,15 +553,8 @@ AVX512_TARGET static void rec_bwd_task(size_t task, int thread, void *ctx)
 static void recurrent_fp32_backward(nn_lstm_t *l, const float *dg, long lddg,
                                     const float *w_hh, int rows, float *carry)
 {
-    const long G4 = 4L * l->hidden;
-    if (rows < REC_MAX_ROWS) {
-        for (int b = 0; b < rows; b++)
-            memcpy(l->rec_pad + b * G4, dg + b * lddg, (size_t)G4 * sizeof(float));
-        memset(l->rec_pad + rows * G4, 0, (size_t)(REC_MAX_ROWS - rows) * G4 * sizeof(float));
-        dg = l->rec_pad;
-        lddg = G4;
-    }
     rec_job_t job = {dg, lddg, w_hh, l->hidden, rows, l->rec_partial, 0};
+    pad_operand(l, &job, 4L * l->hidden);
     nn_team_for(nn_team_threads(), REC_BWD_TASKS, rec_bwd_task, &job);
 
     /* The batch's rows lead each task's REC_MAX_ROWS rows of partial sums. */

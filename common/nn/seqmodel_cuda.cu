@@ -37,7 +37,7 @@ extern "C" {
 #include <stdint.h>
 #include <string.h>
 
-#define SEQ_THREADS 256
+#define SEQ_THREADS NN_CUDA_THREADS
 #define SEQ_OUT 6
 
 /* One LSTM layer's state kept from the forward for the backward. */
@@ -256,16 +256,15 @@ __global__ static void add_kernel(float *y, const float *x, size_t count)
 
 /* ---- launches ---------------------------------------------------------------------------- */
 
-static unsigned blocks(size_t count)
+/* The backend's grid for count elements (grid-stride loops take the rest). */
+static unsigned blocks(const seq_plan_t *p, size_t count)
 {
-    size_t n = (count + SEQ_THREADS - 1) / SEQ_THREADS;
-    const size_t most = 65535; /* grid-stride loops take the rest */
-    return (unsigned)(n < 1 ? 1 : n > most ? most : n);
+    return nn_cuda_blocks(p->be, count);
 }
 
 static void round_half(seq_plan_t *p, const float *src, size_t count, uint16_t *dst)
 {
-    round_kernel<<<blocks(count), SEQ_THREADS, 0, p->stream>>>(src, count, dst);
+    round_kernel<<<blocks(p, count), SEQ_THREADS, 0, p->stream>>>(src, count, dst);
     KERNEL_CHECK("round_kernel");
 }
 
@@ -273,7 +272,7 @@ static void add_bias(seq_plan_t *p, float *y, size_t rows, int cols, const float
                      const float *bias2, int relu)
 {
     size_t count = rows * (size_t)cols;
-    bias_kernel<<<blocks(count), SEQ_THREADS, 0, p->stream>>>(y, count, cols, bias, bias2,
+    bias_kernel<<<blocks(p, count), SEQ_THREADS, 0, p->stream>>>(y, count, cols, bias, bias2,
                                                               relu);
     KERNEL_CHECK("bias_kernel");
 }
@@ -350,7 +349,7 @@ static void lstm_forward(seq_plan_t *p, int layer, const nn_seq_tensors_t *w, co
             }
             step.s = s;
             size_t count = (size_t)batch * H;
-            step_forward_kernel<<<blocks(count), SEQ_THREADS, 0, p->stream>>>(step, count);
+            step_forward_kernel<<<blocks(p, count), SEQ_THREADS, 0, p->stream>>>(step, count);
             KERNEL_CHECK("step_forward_kernel");
         }
     }
@@ -380,7 +379,7 @@ static void lstm_backward(seq_plan_t *p, int layer, const nn_seq_tensors_t *w,
                                     p->dgates, mixed ? p->dgates_half : NULL};
         for (int s = steps - 1; s >= 0; s--) {
             step.s = s;
-            step_backward_kernel<<<blocks(unit_count), SEQ_THREADS, 0, p->stream>>>(
+            step_backward_kernel<<<blocks(p, unit_count), SEQ_THREADS, 0, p->stream>>>(
                 step, unit_count);
             KERNEL_CHECK("step_backward_kernel");
             if (s == 0)
@@ -393,7 +392,7 @@ static void lstm_backward(seq_plan_t *p, int layer, const nn_seq_tensors_t *w,
         }
 
         /* The recurrent inputs of every step, then the weight gradients over all rows. */
-        h_prev_kernel<<<blocks(row_count), SEQ_THREADS, 0, p->stream>>>(
+        h_prev_kernel<<<blocks(p, row_count), SEQ_THREADS, 0, p->stream>>>(
             y, mixed ? y_half : NULL, steps, (size_t)H, d, row_count, p->h_prev,
             mixed ? p->h_prev_half : NULL);
         KERNEL_CHECK("h_prev_kernel");
@@ -490,7 +489,7 @@ static void seq_forward(nn_backend_t *be, void *plan, int precision,
                                cudaMemcpyHostToDevice, p->stream));
 
     size_t count = (size_t)rows * E;
-    features_kernel<<<blocks(count), SEQ_THREADS, 0, p->stream>>>(p->embeddings, p->lengths,
+    features_kernel<<<blocks(p, count), SEQ_THREADS, 0, p->stream>>>(p->embeddings, p->lengths,
                                                                   steps, E, count, p->x);
     KERNEL_CHECK("features_kernel");
     if (mixed) {
@@ -506,7 +505,7 @@ static void seq_forward(nn_backend_t *be, void *plan, int precision,
                    p->relu_out[1], 1);
 
     count = (size_t)rows * W;
-    hidden_sum_kernel<<<blocks(count), SEQ_THREADS, 0, p->stream>>>(
+    hidden_sum_kernel<<<blocks(p, count), SEQ_THREADS, 0, p->stream>>>(
         p->h[0], p->h[1], p->relu_out[0], p->relu_out[1], p->embeddings, E, H, count,
         p->summed, mixed ? p->summed_half : NULL);
     KERNEL_CHECK("hidden_sum_kernel");
@@ -542,7 +541,7 @@ static void seq_backward(nn_backend_t *be, void *plan, const nn_seq_tensors_t *w
     for (int k = 0; k < 2; k++) {
         CUDA_CHECK(cudaMemcpyAsync(p->dh[k], p->dhidden, n * sizeof(float),
                                    cudaMemcpyDeviceToDevice, p->stream));
-        relu_grad_kernel<<<blocks(n), SEQ_THREADS, 0, p->stream>>>(
+        relu_grad_kernel<<<blocks(p, n), SEQ_THREADS, 0, p->stream>>>(
             p->relu_out[k], p->dhidden, n, p->dpre, mixed ? p->dy_half : NULL);
         KERNEL_CHECK("relu_grad_kernel");
         linear_backward(p, k == 0 ? NN_SEQ_LINEAR1 : NN_SEQ_LINEAR2, w, g, rows, W, W, p->h[k],
@@ -552,7 +551,7 @@ static void seq_backward(nn_backend_t *be, void *plan, const nn_seq_tensors_t *w
     /* lstm2's input gradient joins h1's; the embeddings need none. */
     lstm_backward(p, 1, w, g, p->h[0], p->h_half[0], p->h[1], p->h_half[1], p->dh[1],
                   p->dpre);
-    add_kernel<<<blocks(n), SEQ_THREADS, 0, p->stream>>>(p->dh[0], p->dpre, n);
+    add_kernel<<<blocks(p, n), SEQ_THREADS, 0, p->stream>>>(p->dh[0], p->dpre, n);
     KERNEL_CHECK("add_kernel");
     lstm_backward(p, 0, w, g, p->x, p->x_half, p->h[0], p->h_half[0], p->dh[0], NULL);
 }

@@ -18,11 +18,10 @@ import subprocess
 import sys
 import tempfile
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "py"))
-from test_lstmtrain import make_dataset  # noqa: E402
+from test_lstmtrain import make_dataset, read_pred  # noqa: E402
 
 failures = []
 DEVICE = os.environ.get("GPU_DEVICE", "cuda")
@@ -46,8 +45,8 @@ def run(prog, data, out, *extra):
 
 
 def predictions(out, name):
-    with h5py.File(os.path.join(out, name), "r") as f:
-        return f["prob"][()], dict(f.attrs)
+    _, prob, attrs = read_pred(os.path.join(out, name))
+    return prob, attrs
 
 
 def main():
