@@ -44,6 +44,12 @@ static size_t declare_linear(nn_paramset_t *ps, const char *prefix, int in, int 
     return w;
 }
 
+/* Entry `entry`'s values, or its gradients when grads is 1. */
+static float *tensor_of(seqmodel_t *m, size_t entry, int grads)
+{
+    return grads ? nn_params_grad(&m->ps, entry) : nn_params_value(&m->ps, entry);
+}
+
 /* The LSTM tensors (values or gradients) starting at entry first. */
 static nn_lstm_weights_t lstm_view(seqmodel_t *m, size_t first, int grads)
 {
@@ -51,7 +57,7 @@ static nn_lstm_weights_t lstm_view(seqmodel_t *m, size_t first, int grads)
     float *p[8];
 
     for (int k = 0; k < 8; k++)
-        p[k] = grads ? nn_params_grad(&m->ps, first + k) : nn_params_value(&m->ps, first + k);
+        p[k] = tensor_of(m, first + k, grads);
     for (int d = 0; d < 2; d++) {
         w.dir[d].w_ih = p[4 * d];
         w.dir[d].w_hh = p[4 * d + 1];
@@ -69,16 +75,12 @@ static nn_seq_tensors_t seq_tensors(seqmodel_t *m, int grads)
                             {m->lin_w, m->lin_b}};
 
     for (int k = 0; k < 8; k++) {
-        t.lstm[0][k] = grads ? nn_params_grad(&m->ps, m->lstm1_first + k)
-                             : nn_params_value(&m->ps, m->lstm1_first + k);
-        t.lstm[1][k] = grads ? nn_params_grad(&m->ps, m->lstm2_first + k)
-                             : nn_params_value(&m->ps, m->lstm2_first + k);
+        t.lstm[0][k] = tensor_of(m, m->lstm1_first + k, grads);
+        t.lstm[1][k] = tensor_of(m, m->lstm2_first + k, grads);
     }
     for (int k = 0; k < 3; k++) {
-        t.linear_w[k] = grads ? nn_params_grad(&m->ps, linears[k][0])
-                              : nn_params_value(&m->ps, linears[k][0]);
-        t.linear_b[k] = grads ? nn_params_grad(&m->ps, linears[k][1])
-                              : nn_params_value(&m->ps, linears[k][1]);
+        t.linear_w[k] = tensor_of(m, linears[k][0], grads);
+        t.linear_b[k] = tensor_of(m, linears[k][1], grads);
     }
     return t;
 }
