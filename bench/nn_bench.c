@@ -1,16 +1,18 @@
 /*
  * Speed and memory of the NN engine (common/nn/), the C side of bench/nn_bench.sh.
  *
- *   nn_bench model MODEL SIZE BATCH eval|train ITERS [fp32|bf16][+cache]
+ *   nn_bench model MODEL SIZE BATCH eval|train ITERS [fp32|bf16][+cache][+native][+f32act]
  *       one warm-up then ITERS timed iterations of a forward (eval) or a training step
  *       (forward, loss, backward, Adam); prints one "result" line with images/s and the
  *       process's peak resident memory. +cache: inference keeps reordered weights
  *       (resnext_set_weight_cache ON; the default caches bf16 weights only).
  *   nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]
  *       every distinct convolution shape of the model at that input size: the forward, the
- *       backward data and the backward weights through the engine's backend, against the
- *       same oneDNN primitive run standalone (layouts of its own choice, no reorders timed).
- *       The engine's times include its weight reorders (once per call, as in training).
+ *       backward data and the backward weights through the engine's backend, and the
+ *       inference forward (conv + batch norm + relu in one call, on 16-bit activations in
+ *       bf16), against the same oneDNN primitive run standalone (layouts of its own choice,
+ *       no reorders timed). The engine's training directions include their weight reorders
+ *       (once per call, as in training); inference keeps its weights (as the model does).
  *       One "conv" line per shape and direction, best of ITERS.
  *
  * FLOPs count 2 per multiply-add. Threads: OMP_NUM_THREADS (set by nn_bench.sh).
@@ -34,29 +36,37 @@ static double peak_rss_mib(void)
     return ru.ru_maxrss / 1024.0; /* Linux reports KiB */
 }
 
-/* "fp32" or "bf16", optionally with "+cache" (inference keeps reordered weights) and
- * "+native" (weights kept in the backend's order, resnext_set_native_weights). */
-static int parse_precision(const char *s, int *cache, int *native)
+/* An engine variant: "fp32" or "bf16", optionally with "+cache" (inference keeps reordered
+ * weights), "+native" (weights kept in the backend's order, resnext_set_native_weights) and
+ * "+f32act" (bf16 inference keeps fp32 activations, resnext_set_half_activations 0). */
+typedef struct {
+    int precision, cache, native, fp32_activations;
+} variant_t;
+
+static variant_t parse_variant(const char *s)
 {
-    *cache = RESNEXT_WEIGHT_CACHE_AUTO;
-    *native = 0;
+    variant_t v = {NN_PRECISION_FP32, RESNEXT_WEIGHT_CACHE_AUTO, 0, 0};
     if (!s)
-        return NN_PRECISION_FP32;
+        return v;
     size_t len = strcspn(s, "+");
     for (const char *opt = s + len; *opt;) {
         size_t n = strcspn(opt + 1, "+");
         if (n == 5 && strncmp(opt + 1, "cache", 5) == 0)
-            *cache = RESNEXT_WEIGHT_CACHE_ON;
+            v.cache = RESNEXT_WEIGHT_CACHE_ON;
         else if (n == 6 && strncmp(opt + 1, "native", 6) == 0)
-            *native = 1;
+            v.native = 1;
+        else if (n == 6 && strncmp(opt + 1, "f32act", 6) == 0)
+            v.fp32_activations = 1;
         else
-            die(2, "unknown option %s (fp32, bf16, with +cache, +native)", opt);
+            die(2, "unknown option %s (fp32, bf16, with +cache, +native, +f32act)", opt);
         opt += 1 + n;
     }
     if (len == 4 && strncmp(s, "fp32", 4) == 0)
-        return NN_PRECISION_FP32;
-    if (len == 4 && strncmp(s, "bf16", 4) == 0)
-        return NN_PRECISION_BF16;
+        return v;
+    if (len == 4 && strncmp(s, "bf16", 4) == 0) {
+        v.precision = NN_PRECISION_BF16;
+        return v;
+    }
     die(2, "unknown precision %s (fp32 or bf16)", s);
 }
 
@@ -65,13 +75,14 @@ static int parse_precision(const char *s, int *cache, int *native)
 static int bench_model(const char *model, int size, int batch, const char *mode, int iters,
                        const char *variant)
 {
-    int cache, native, precision = parse_precision(variant, &cache, &native);
+    variant_t v = parse_variant(variant);
     int training = strcmp(mode, "train") == 0;
     nn_backend_t *be = nn_backend_create("cpu");
     resnext_t *m = resnext_create(be, model, 6);
-    resnext_set_precision(m, precision);
-    resnext_set_weight_cache(m, cache);
-    resnext_set_native_weights(m, native);
+    resnext_set_precision(m, v.precision);
+    resnext_set_weight_cache(m, v.cache);
+    resnext_set_native_weights(m, v.native);
+    resnext_set_half_activations(m, !v.fp32_activations);
     nn_params_fill_hashed(&m->ps);
     if (training)
         nn_params_alloc_adam(&m->ps);
@@ -211,9 +222,14 @@ static dnnl_memory_desc_t md_any(int nd, const dnnl_dims_t dims, dnnl_data_type_
     return md;
 }
 
+/* Directions of a convolution: training forward, backward data, backward weights, and the
+ * inference forward (the engine's conv + batch norm + relu in one call, on the activations
+ * bf16 inference keeps in 16 bits). */
+enum { DIR_FWD, DIR_BWD_DATA, DIR_BWD_WEIGHTS, DIR_INFER, DIRS };
+
 /*
- * The oneDNN primitive for one direction (0 forward, 1 backward data, 2 backward weights)
- * with every layout left to oneDNN, its memories allocated and filled with ones.
+ * The oneDNN primitive for one direction with every layout left to oneDNN, its memories
+ * allocated and filled with ones.
  */
 static void standalone_make(dnnl_engine_t eng, const conv_shape_t *s, int n, int dir,
                             dnnl_data_type_t dt, standalone_t *out)
@@ -227,24 +243,24 @@ static void standalone_make(dnnl_engine_t eng, const conv_shape_t *s, int n, int
     dnnl_dims_t pad_r = {(oh - 1) * s->stride + k - s->h - pad,
                          (ow - 1) * s->stride + k - s->w - pad};
     /* Training computes weight gradients in fp32 whatever the data type. */
-    dnnl_data_type_t wdiff_dt = dir == 2 ? dnnl_f32 : dt;
+    dnnl_data_type_t wdiff_dt = dir == DIR_BWD_WEIGHTS ? dnnl_f32 : dt;
     dnnl_memory_desc_t src = md_any(4, src_d, dt), dst = md_any(4, dst_d, dt);
     dnnl_memory_desc_t wei = s->groups > 1 ? md_any(5, wei_g, dt) : md_any(4, wei_p, dt);
     dnnl_memory_desc_t dwei =
         s->groups > 1 ? md_any(5, wei_g, wdiff_dt) : md_any(4, wei_p, wdiff_dt);
 
     dnnl_convolution_desc_t fd, d;
-    DCHECK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training,
-                                              dnnl_convolution_direct, &src, &wei, NULL, &dst,
-                                              strides, pad_l, pad_r));
+    dnnl_prop_kind_t prop = dir == DIR_INFER ? dnnl_forward_inference : dnnl_forward_training;
+    DCHECK(dnnl_convolution_forward_desc_init(&fd, prop, dnnl_convolution_direct, &src, &wei,
+                                              NULL, &dst, strides, pad_l, pad_r));
     dnnl_primitive_desc_t fpd, pd;
     DCHECK(dnnl_primitive_desc_create(&fpd, &fd, NULL, eng, NULL));
     int args[3];
-    if (dir == 0) {
+    if (dir == DIR_FWD || dir == DIR_INFER) {
         pd = fpd;
         fpd = NULL;
         args[0] = DNNL_ARG_SRC, args[1] = DNNL_ARG_WEIGHTS, args[2] = DNNL_ARG_DST;
-    } else if (dir == 1) {
+    } else if (dir == DIR_BWD_DATA) {
         DCHECK(dnnl_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &src, &wei,
                                                         &dst, strides, pad_l, pad_r));
         DCHECK(dnnl_primitive_desc_create(&pd, &d, NULL, eng, fpd));
@@ -298,9 +314,9 @@ static double time_standalone(dnnl_engine_t eng, dnnl_stream_t stream, const con
 }
 
 /* The same shape through the engine's backend, with tensors laid out as the model keeps
- * its activations. */
+ * its activations (in inference: 16 bits in bf16, but for the stem's input image). */
 static void time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int precision,
-                        int iters, double best[3])
+                        int iters, double best[DIRS])
 {
     nn_conv_t op = {.in_ch = s->in_ch, .out_ch = s->out_ch, .kernel = s->kernel,
                     .stride = s->stride, .pad = s->kernel / 2, .groups = s->groups,
@@ -316,19 +332,32 @@ static void time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int prec
     size_t wcount = (size_t)s->out_ch * (s->in_ch / s->groups) * s->kernel * s->kernel;
     float *w = be->alloc(be, wcount * sizeof(float));
     float *dw = be->alloc(be, wcount * sizeof(float));
+    float *bn = be->alloc(be, 4 * (size_t)s->out_ch * sizeof(float));
+    nn_fill_hashed(bn, 4 * (size_t)s->out_ch, 1, 0.5f, 1.0f); /* positive variances */
+    nn_bnorm_t norm = {s->out_ch, 1e-5f, 0.1f, NULL};
+    int half = precision == NN_PRECISION_BF16;
+    nn_tensor_t xi = x, yi = y;
+    if (half && x.layout == NN_LAYOUT_NATIVE)
+        xi.layout = NN_LAYOUT_NATIVE_HALF;
+    if (half)
+        yi.layout = NN_LAYOUT_NATIVE_HALF;
 
-    for (int dir = 0; dir < 3; dir++) {
+    for (int dir = 0; dir < DIRS; dir++) {
         best[dir] = 1e30;
-        if (dir == 1 && s->in_ch == 3)
+        if (dir == DIR_BWD_DATA && s->in_ch == 3)
             continue; /* the stem's input gradient is never computed */
         for (int it = 0; it <= iters; it++) {
             double t0 = time_now();
-            if (dir == 0)
+            if (dir == DIR_FWD)
                 be->conv_forward(be, &op, &x, w, &y);
-            else if (dir == 1)
+            else if (dir == DIR_BWD_DATA)
                 be->conv_backward_data(be, &op, &y, w, &dx);
-            else
+            else if (dir == DIR_BWD_WEIGHTS)
                 be->conv_backward_weights(be, &op, &x, &y, dw);
+            else
+                be->conv_bn_forward_infer(be, &op, &norm, &xi, w, bn, bn + s->out_ch,
+                                          bn + 2 * s->out_ch, bn + 3 * s->out_ch, NULL, 1,
+                                          &yi);
             be->synchronize(be);
             double dt = time_now() - t0;
             if (it > 0 && dt < best[dir])
@@ -341,6 +370,7 @@ static void time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int prec
     be->release(be, dx.data);
     be->release(be, w);
     be->release(be, dw);
+    be->release(be, bn);
 }
 
 static int bench_convs(const char *model, int size, int batch, int iters, int precision)
@@ -352,16 +382,16 @@ static int bench_convs(const char *model, int size, int batch, int iters, int pr
     dnnl_stream_t stream;
     DCHECK(dnnl_engine_create(&eng, dnnl_cpu, 0));
     DCHECK(dnnl_stream_create(&stream, eng, dnnl_stream_default_flags));
-    static const char *dirs[3] = {"fwd", "bwd_data", "bwd_weights"};
+    static const char *dirs[DIRS] = {"fwd", "bwd_data", "bwd_weights", "infer"};
 
     for (int i = 0; i < count; i++) {
         const conv_shape_t *s = &shapes[i];
         int oh = conv_out(s->h, s->kernel, s->stride), ow = conv_out(s->w, s->kernel, s->stride);
         double flops = 2.0 * batch * s->out_ch * oh * ow * (s->in_ch / s->groups) * s->kernel *
                        s->kernel;
-        double engine[3];
+        double engine[DIRS];
         time_engine(be, s, batch, precision, iters, engine);
-        for (int dir = 0; dir < 3; dir++) {
+        for (int dir = 0; dir < DIRS; dir++) {
             if (engine[dir] > 1e29)
                 continue;
             int bf16 = precision == NN_PRECISION_BF16;
@@ -386,13 +416,11 @@ int main(int argc, char **argv)
     if (argc >= 7 && strcmp(argv[1], "model") == 0)
         return bench_model(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], atoi(argv[6]),
                            argc > 7 ? argv[7] : NULL);
-    if (argc >= 6 && strcmp(argv[1], "convs") == 0) {
-        int cache, native;
+    if (argc >= 6 && strcmp(argv[1], "convs") == 0)
         return bench_convs(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
-                           parse_precision(argc > 6 ? argv[6] : NULL, &cache, &native));
-    }
+                           parse_variant(argc > 6 ? argv[6] : NULL).precision);
     fprintf(stderr, "usage: nn_bench model MODEL SIZE BATCH eval|train ITERS "
-                    "[fp32|bf16][+cache][+native]\n"
+                    "[fp32|bf16][+cache][+native][+f32act]\n"
                     "       nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]\n");
     return 2;
 }

@@ -256,16 +256,22 @@ static dnnl_memory_desc_t md_matrix(int rows, int cols)
 }
 
 /* Native tensors are in 16-channel blocks (nChw16c) when their channels fill the blocks, so
- * that they take the same bytes as plain ones; otherwise plain. */
+ * that they take the same bytes as plain ones; otherwise plain. Half ones the same in bf16. */
 static int is_blocked(const nn_tensor_t *t)
 {
-    return t->layout == NN_LAYOUT_NATIVE && t->c % 16 == 0;
+    return t->layout != NN_LAYOUT_NCHW && t->c % 16 == 0;
+}
+
+static int is_half(const nn_tensor_t *t)
+{
+    return t->layout == NN_LAYOUT_NATIVE_HALF;
 }
 
 static dnnl_memory_desc_t md_of(const nn_tensor_t *t)
 {
     dnnl_dims_t dims = {t->n, t->c, t->h, t->w};
-    return md_plain(4, dims, is_blocked(t) ? dnnl_nChw16c : dnnl_nchw);
+    return md_typed(4, dims, is_half(t) ? dnnl_bf16 : dnnl_f32,
+                    is_blocked(t) ? dnnl_nChw16c : dnnl_nchw);
 }
 
 /* A per-channel vector broadcast over a 4-D tensor (fused post-ops). */
@@ -275,10 +281,12 @@ static dnnl_memory_desc_t md_per_channel(int c)
     return md_plain(4, dims, dnnl_nchw);
 }
 
-/* The layouts of up to three tensors as bits of a plan key. */
+/* The layouts of up to three tensors as bits of a plan key (bits 0-2 and 6-8). */
 static int layout_bits(const nn_tensor_t *a, const nn_tensor_t *b, const nn_tensor_t *c)
 {
-    return (a && is_blocked(a)) | (b && is_blocked(b)) << 1 | (c && is_blocked(c)) << 2;
+    int blocked = (a && is_blocked(a)) | (b && is_blocked(b)) << 1 | (c && is_blocked(c)) << 2;
+    int half = (a && is_half(a)) | (b && is_half(b)) << 1 | (c && is_half(c)) << 2;
+    return blocked | half << 6;
 }
 
 /*
@@ -577,7 +585,7 @@ static void reorder_once(cpu_backend_t *cpu, const dnnl_memory_desc_t *from_md,
 static void cpu_to_plain(nn_backend_t *be, const nn_tensor_t *src, float *dst)
 {
     cpu_backend_t *cpu = cpu_of(be);
-    if (!is_blocked(src)) {
+    if (!is_blocked(src) && !is_half(src)) {
         cpu_copy(be, dst, src->data, nn_numel(src) * sizeof(float));
         return;
     }
@@ -652,12 +660,16 @@ static dnnl_data_type_t conv_dt(const nn_conv_t *op)
 
 /*
  * The forward descriptor; x is the input shape. Layouts are left to oneDNN (the caller's are
- * reached by reorders where they differ). The output is fp32 whatever the precision: oneDNN
- * sums in fp32 and rounds bf16 products' sums only if asked to. Right padding makes
+ * reached by reorders where they differ), except for half tensors (y: the output, or NULL),
+ * which go in and out as they are: oneDNN 2.6's bf16 kernels run 16-channel blocks at their
+ * full rate here, but for grouped convolutions of 8 channels a group (which get their
+ * 8-channel blocks by a reorder, as in fp32). Other outputs are fp32 whatever the precision:
+ * oneDNN sums in fp32 and rounds bf16 products' sums only if asked to. Right padding makes
  * PyTorch's floor rule.
  */
 static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_tensor_t *x,
-                                                 dnnl_prop_kind_t prop, dnnl_data_type_t dt)
+                                                 dnnl_prop_kind_t prop, dnnl_data_type_t dt,
+                                                 const nn_tensor_t *y)
 {
     int oh = out_size(x->h, op->kernel, op->stride, op->pad);
     int ow = out_size(x->w, op->kernel, op->stride, op->pad);
@@ -666,6 +678,11 @@ static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_t
                          (ow - 1) * op->stride + op->kernel - x->w - op->pad};
     dnnl_memory_desc_t src = md_any4(x->n, op->in_ch, x->h, x->w, dt);
     dnnl_memory_desc_t dst = md_any4(x->n, op->out_ch, oh, ow, dnnl_f32);
+    int sixteens = op->in_ch / op->groups % 16 == 0 && op->out_ch / op->groups % 16 == 0;
+    if (is_half(x) && dt == dnnl_bf16 && sixteens)
+        src = md_of(x);
+    if (y && is_half(y))
+        dst = sixteens ? md_of(y) : md_any4(x->n, op->out_ch, oh, ow, dnnl_bf16);
     dnnl_memory_desc_t wei = md_conv_weights(op, WEIGHTS_ANY, dt);
     dnnl_convolution_desc_t d;
     DNNL_CHECK(dnnl_convolution_forward_desc_init(&d, prop, dnnl_convolution_direct, &src, &wei,
@@ -688,7 +705,8 @@ static prepared_t *conv_forward_prepared(cpu_backend_t *cpu, nn_conv_t *op, cons
     prepared_t *p = plan_find(&op->plan, CALL_CONV_FWD, x, key);
     if (p)
         return p;
-    dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_training, conv_dt(op));
+    dnnl_convolution_desc_t d =
+        conv_desc_forward(op, x, dnnl_forward_training, conv_dt(op), NULL);
     p = plan_add(cpu, &op->plan, CALL_CONV_FWD, x, key, &d, NULL);
     bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
     bind(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0);
@@ -710,6 +728,8 @@ static void cpu_conv_forward(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t 
     nn_tensor_t shape = conv_output_like(op, x, y->layout);
     check_shape("conv input", x, x->n, op->in_ch, x->h, x->w);
     check_shape("conv output", y, shape.n, shape.c, shape.h, shape.w);
+    if (is_half(x) || is_half(y))
+        die(EXIT_INTERNAL, "conv forward in training takes no half tensors");
     prepared_t *p = conv_forward_prepared(cpu, op, x, y);
     void *ptrs[] = {x->data, (void *)w, y->data};
     run(cpu, p, ptrs, NULL);
@@ -729,7 +749,7 @@ static void cpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_ten
     if (!p) {
         prepared_t *fwd = conv_forward_prepared(cpu, op, &x, dy);
         dnnl_data_type_t dt = conv_dt(op);
-        dnnl_convolution_desc_t f = conv_desc_forward(op, &x, dnnl_forward_training, dt);
+        dnnl_convolution_desc_t f = conv_desc_forward(op, &x, dnnl_forward_training, dt, NULL);
         dnnl_memory_desc_t diff_src = md_any4(x.n, x.c, x.h, x.w, dnnl_f32);
         dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
         dnnl_convolution_desc_t d;
@@ -757,7 +777,7 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
     if (!p) {
         prepared_t *fwd = conv_forward_prepared(cpu, op, x, dy);
         dnnl_data_type_t dt = conv_dt(op);
-        dnnl_convolution_desc_t f = conv_desc_forward(op, x, dnnl_forward_training, dt);
+        dnnl_convolution_desc_t f = conv_desc_forward(op, x, dnnl_forward_training, dt, NULL);
         dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
         dnnl_memory_desc_t diff_w = md_conv_weights(op, WEIGHTS_ANY, dnnl_f32);
         dnnl_convolution_desc_t d;
@@ -813,7 +833,7 @@ static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_
         DNNL_CHECK(dnnl_primitive_attr_create(&attr));
         DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, ops));
         dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_inference,
-                                                      conv_dt(op));
+                                                      conv_dt(op), y);
         p = plan_try_add(cpu, &op->plan, CALL_CONV_BN_INFER, x, key, &d, attr, NULL, 0);
         dnnl_primitive_attr_destroy(attr);
         dnnl_post_ops_destroy(ops);
@@ -1067,6 +1087,8 @@ static void cpu_maxpool_forward(nn_backend_t *be, nn_pool_t *op, const nn_tensor
     cpu_backend_t *cpu = cpu_of(be);
     check_shape("max pool output", y, x->n, x->c, out_size(x->h, op->kernel, op->stride, op->pad),
                 out_size(x->w, op->kernel, op->stride, op->pad));
+    if (training && (is_half(x) || is_half(y)))
+        die(EXIT_INTERNAL, "max pool in training takes no half tensors");
     int call = training ? CALL_POOL_TRAIN : CALL_POOL_INFER, key = layout_bits(x, y, NULL);
     prepared_t *p = plan_find(&op->plan, call, x, key);
     if (!p) {
@@ -1121,17 +1143,30 @@ static size_t channel_start(const nn_tensor_t *t, int n, int c, size_t *step)
     return (((size_t)n * (t->c / 16) + c / 16) * plane) * 16 + c % 16;
 }
 
+/* Element i of a tensor's storage as fp32 (a half tensor's bf16 is the top of an fp32). */
+static inline float stored_value(const nn_tensor_t *t, size_t i)
+{
+    if (!is_half(t))
+        return t->data[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)t->data)[i] << 16;
+    float value;
+    memcpy(&value, &bits, sizeof(value));
+    return value;
+}
+
 static void cpu_avgpool_forward(nn_backend_t *be, const nn_tensor_t *x, nn_tensor_t *y)
 {
     (void)be;
     check_shape("average pool output", y, x->n, x->c, 1, 1);
+    if (is_half(y))
+        die(EXIT_INTERNAL, "average pool writes fp32 only");
     size_t plane = (size_t)x->h * x->w;
     for (int n = 0; n < x->n; n++) {
         for (int c = 0; c < x->c; c++) {
             size_t step, at = channel_start(x, n, c, &step);
             float sum = 0.0f;
             for (size_t k = 0; k < plane; k++)
-                sum += x->data[at + k * step];
+                sum += stored_value(x, at + k * step);
             y->data[(size_t)n * x->c + c] = sum / (float)plane; /* 1x1: the same either way */
         }
     }
@@ -1386,6 +1421,7 @@ nn_backend_t *nn_backend_cpu_create(void)
 
     nn_backend_t *be = &cpu->base;
     be->name = "cpu";
+    be->half_activations = 1;
     be->alloc = cpu_alloc;
     be->release = cpu_release;
     be->to_host = cpu_copy;

@@ -12,6 +12,11 @@
  *   backend computes fastest in (oneDNN's channel blocks on the CPU), takes the same bytes,
  *   and only backend ops read it (nn_backend_t.to_plain converts). Ops accept inputs in
  *   either layout and write outputs in the layout their output tensor names.
+ * - NN_LAYOUT_NATIVE_HALF: the backend's order in 16-bit values (bf16), half the bytes (data
+ *   stays typed float * as storage). Only inference takes it: conv_bn_forward_infer,
+ *   maxpool_forward with training 0, avgpool_forward and to_plain, on a backend whose
+ *   half_activations is 1. Mixed-precision inference keeps its activations so, and each
+ *   convolution reads them as they are instead of converting fp32 at its input.
  * - Tensor data lives in the backend's memory (host memory for the CPU backend); move data
  *   with nn_backend_t.to_host / to_device.
  * - Backward functions assign (never accumulate) both activation and parameter gradients:
@@ -30,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { NN_LAYOUT_NCHW = 0, NN_LAYOUT_NATIVE = 1 };
+enum { NN_LAYOUT_NCHW = 0, NN_LAYOUT_NATIVE = 1, NN_LAYOUT_NATIVE_HALF = 2 };
 
 typedef struct {
     float *data; /* backend memory */
@@ -108,6 +113,7 @@ typedef struct nn_backend nn_backend_t;
 
 struct nn_backend {
     const char *name;
+    int half_activations; /* 1: takes NN_LAYOUT_NATIVE_HALF tensors where that says */
 
     /* Memory: alloc returns zeroed memory aligned to 64 bytes; dies when out of memory. */
     void *(*alloc)(nn_backend_t *be, size_t bytes);

@@ -290,10 +290,17 @@ static void ensure_eval_arena(resnext_t *m)
     m->eval_arena = m->be->alloc(m->be, EVAL_BUFFERS * each);
 }
 
-static float *eval_buffer(resnext_t *m, int k)
+/* Eval buffer k holding a tensor shaped like `like`, in 16 bits when half is set (the
+ * buffers keep their fp32 size: the unused half of the pages is never touched, so never
+ * resident). */
+static nn_tensor_t eval_tensor(resnext_t *m, int k, const nn_tensor_t *like, int half)
 {
     size_t each = (m->act_largest * sizeof(float) + 63) / 64 * 64;
-    return (float *)((char *)m->eval_arena + (size_t)k * each);
+    nn_tensor_t t = *like;
+    t.data = (float *)((char *)m->eval_arena + (size_t)k * each);
+    if (half)
+        t.layout = NN_LAYOUT_NATIVE_HALF;
+    return t;
 }
 
 /* ---- forward ------------------------------------------------------------------------------- */
@@ -319,9 +326,11 @@ static void configure_convs(resnext_t *m)
 {
     rx_convbn_t **all = xmalloc((4 * (size_t)m->n_blocks + 1) * sizeof(*all));
     int count = all_convbns(m, all);
+    m->all_convs_bf16 = 1;
     for (int k = 0; k < count; k++) {
         nn_conv_t *conv = &all[k]->conv;
         conv->precision = nn_conv_precision(m->precision, conv);
+        m->all_convs_bf16 &= conv->precision == NN_PRECISION_BF16;
         conv->cache_weights = m->weight_cache == RESNEXT_WEIGHT_CACHE_ON ||
                               (m->weight_cache == RESNEXT_WEIGHT_CACHE_AUTO &&
                                conv->precision == NN_PRECISION_BF16);
@@ -348,6 +357,11 @@ void resnext_set_precision(resnext_t *m, int precision)
 {
     m->precision = precision;
     configure_convs(m);
+}
+
+void resnext_set_half_activations(resnext_t *m, int on)
+{
+    m->keep_fp32_activations = !on;
 }
 
 void resnext_set_weight_cache(resnext_t *m, int mode)
@@ -421,9 +435,12 @@ static void forward_infer(resnext_t *m, const nn_tensor_t *x)
 {
     nn_backend_t *be = m->be;
     ensure_eval_arena(m);
-    nn_tensor_t stem = shaped(eval_buffer(m, 0), &m->stem.bn_out);
+    /* In 16 bits only when every convolution computes in bf16 and so rounds its input
+     * anyway: then the only extra rounding is the residual's. */
+    int half = be->half_activations && m->all_convs_bf16 && !m->keep_fp32_activations;
+    nn_tensor_t stem = eval_tensor(m, 0, &m->stem.bn_out, half);
     convbn_forward_infer(m, &m->stem, x, NULL, 1, &stem);
-    nn_tensor_t cur = shaped(eval_buffer(m, 1), &m->pooled);
+    nn_tensor_t cur = eval_tensor(m, 1, &m->pooled, half);
     be->maxpool_forward(be, &m->maxpool, &stem, &cur, 0);
     int cur_k = 1;
 
@@ -433,16 +450,16 @@ static void forward_infer(resnext_t *m, const nn_tensor_t *x)
         for (int k = 0; k < EVAL_BUFFERS; k++)
             if (k != cur_k)
                 free_k[nf++] = k;
-        nn_tensor_t t1 = shaped(eval_buffer(m, free_k[0]), &blk->c1.bn_out);
-        nn_tensor_t t2 = shaped(eval_buffer(m, free_k[1]), &blk->c2.bn_out);
+        nn_tensor_t t1 = eval_tensor(m, free_k[0], &blk->c1.bn_out, half);
+        nn_tensor_t t2 = eval_tensor(m, free_k[1], &blk->c2.bn_out, half);
         convbn_forward_infer(m, &blk->c1, &cur, NULL, 1, &t1);
         convbn_forward_infer(m, &blk->c2, &t1, NULL, 1, &t2);
         nn_tensor_t shortcut = cur;
         if (blk->has_down) {
-            shortcut = shaped(eval_buffer(m, free_k[2]), &blk->down.bn_out);
+            shortcut = eval_tensor(m, free_k[2], &blk->down.bn_out, half);
             convbn_forward_infer(m, &blk->down, &cur, NULL, 0, &shortcut);
         }
-        nn_tensor_t out = shaped(eval_buffer(m, free_k[0]), &blk->out);
+        nn_tensor_t out = eval_tensor(m, free_k[0], &blk->out, half);
         convbn_forward_infer(m, &blk->c3, &t2, &shortcut, 1, &out);
         cur = out;
         cur_k = free_k[0];

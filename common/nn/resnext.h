@@ -59,6 +59,8 @@ typedef struct {
     int last_training; /* the mode of the last forward */
     int precision;     /* NN_PRECISION_* of resnext_set_precision */
     int weight_cache;  /* RESNEXT_WEIGHT_CACHE_* */
+    int all_convs_bf16;        /* every convolution computes in bf16 */
+    int keep_fp32_activations; /* resnext_set_half_activations(m, 0) */
 } resnext_t;
 
 /* The configuration for a name, or NULL. */
@@ -94,6 +96,15 @@ void resnext_set_precision(resnext_t *m, int precision);
  */
 enum { RESNEXT_WEIGHT_CACHE_AUTO = 0, RESNEXT_WEIGHT_CACHE_ON, RESNEXT_WEIGHT_CACHE_OFF };
 void resnext_set_weight_cache(resnext_t *m, int mode);
+
+/*
+ * Inference in mixed precision keeps its activations in 16 bits (NN_LAYOUT_NATIVE_HALF) when
+ * every convolution computes in bf16 and the backend takes such tensors: each convolution
+ * then reads its input as it is instead of converting fp32 (bench/README.md), and the only
+ * extra rounding is the residual's. on = 0 keeps fp32 activations, for comparison; on = 1
+ * (default) goes back.
+ */
+void resnext_set_half_activations(resnext_t *m, int on);
 
 /*
  * Keep the convolution weights (their gradients and Adam moments too) in the order the

@@ -129,7 +129,6 @@ static void check_conv(nn_backend_t *be, const conv_case_t *k)
     be->release(be, w);
 }
 
-/* ---- the model against torch ------------------------------------------------------------- */
 
 static float round_bf16(float v)
 {
@@ -139,6 +138,144 @@ static float round_bf16(float v)
     memcpy(&v, &u, sizeof(v));
     return v;
 }
+
+/* ---- 16-bit activations (NN_LAYOUT_NATIVE_HALF) ------------------------------------------ */
+
+/* A tensor's values in plain fp32 order (a copy, owned by the caller). */
+static float *plain_copy(nn_backend_t *be, const nn_tensor_t *t)
+{
+    float *out = xmalloc(nn_numel(t) * sizeof(float));
+    be->to_plain(be, t, out);
+    return out;
+}
+
+/* conv (bf16 products) + batch norm (+ residual) + relu into y, fp32 or half y. */
+static void conv_bn_relu(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x, const float *w,
+                         const float *bn, const nn_tensor_t *residual, nn_tensor_t *y)
+{
+    nn_bnorm_t norm = {op->out_ch, 1e-5f, 0.1f, NULL};
+    const float *gamma = bn, *beta = bn + op->out_ch, *mean = bn + 2 * op->out_ch;
+    const float *var = bn + 3 * op->out_ch;
+    be->conv_bn_forward_infer(be, op, &norm, x, w, gamma, beta, mean, var, residual, 1, y);
+}
+
+/*
+ * The ops bf16 inference runs on half tensors, against the same ops on fp32 tensors (all
+ * convolutions in bf16 products either way). Channel counts 32 (16-channel blocks) and 24
+ * (plain order); a grouped convolution of 16 and of 8 channels a group.
+ * - conv + batch norm + relu writing half: each value is the fp32 path's rounded once to
+ *   bf16 (|h - f| <= 2^-8 |f| per value, plus 1e-5 of the largest for the sums' order);
+ * - a second conv reading half, with a half residual: only the residual's rounding is new
+ *   (relative L2 within TOL_CONV, and not 0: the half path ran);
+ * - max pool on half: exactly the max of the half input's values (rounding is monotonic);
+ * - average pool on half: exactly the mean, summed in order, of the half values.
+ */
+static void check_half_ops(nn_backend_t *be, int ch, int groups)
+{
+    const int n = 2, size = 9;
+    if (!be->half_activations)
+        die(1, "the CPU backend should take half tensors");
+    nn_conv_t c1 = {ch, ch, 1, 1, 0, 1, NULL, 0, NN_PRECISION_BF16};
+    nn_conv_t c2 = {ch, ch, 3, 1, 1, groups, NULL, 0, NN_PRECISION_BF16};
+    nn_conv_t c1h = c1, c2h = c2;
+    nn_pool_t pool = {3, 2, 1, NULL}, poolh = pool;
+    nn_tensor_t x = {.n = n, .c = ch, .h = size, .w = size};
+    size_t count = nn_numel(&x), w1n = (size_t)ch * ch, w2n = (size_t)ch * (ch / groups) * 9;
+    x.data = be->alloc(be, count * sizeof(float));
+    float *w1 = be->alloc(be, w1n * sizeof(float)), *w2 = be->alloc(be, w2n * sizeof(float));
+    float *bn = be->alloc(be, 4 * (size_t)ch * sizeof(float));
+    nn_fill_hashed(x.data, count, 21, 1.0f, 0.0f);
+    nn_fill_hashed(w1, w1n, 22, 0.2f, 0.0f);
+    nn_fill_hashed(w2, w2n, 23, 0.2f, 0.0f);
+    nn_fill_hashed(bn, 2 * (size_t)ch, 24, 0.5f, 0.5f);            /* gamma, beta */
+    nn_fill_hashed(bn + 2 * ch, (size_t)ch, 25, 0.1f, 0.0f);        /* running mean */
+    nn_fill_hashed(bn + 3 * ch, (size_t)ch, 26, 0.5f, 1.0f);        /* running var */
+
+    /* [0]: fp32 native tensors, [1]: half ones. */
+    nn_tensor_t y[2], z[2], p[2], e[2];
+    for (int h = 0; h < 2; h++) {
+        int layout = h ? NN_LAYOUT_NATIVE_HALF : NN_LAYOUT_NATIVE;
+        y[h] = (nn_tensor_t){be->alloc(be, count * sizeof(float)), n, ch, size, size, layout};
+        z[h] = y[h];
+        z[h].data = be->alloc(be, count * sizeof(float));
+        p[h] = (nn_tensor_t){be->alloc(be, count * sizeof(float)), n, ch, 5, 5, layout};
+        e[h] = (nn_tensor_t){be->alloc(be, (size_t)n * ch * sizeof(float)), n, ch, 1, 1, 0};
+        conv_bn_relu(be, h ? &c1h : &c1, &x, w1, bn, NULL, &y[h]);
+        conv_bn_relu(be, h ? &c2h : &c2, &y[h], w2, bn, &y[h], &z[h]);
+        be->maxpool_forward(be, h ? &poolh : &pool, &z[h], &p[h], 0);
+        be->avgpool_forward(be, &z[h], &e[h]);
+    }
+
+    float *yf = plain_copy(be, &y[0]), *yh = plain_copy(be, &y[1]);
+    double largest = 0.0, worst = 0.0;
+    for (size_t i = 0; i < count; i++)
+        largest = fmax(largest, fabs(yf[i]));
+    for (size_t i = 0; i < count; i++) {
+        double allowed = ldexp(fabs(yf[i]), -8) + 1e-5 * largest;
+        worst = fmax(worst, fabs(yh[i] - yf[i]) / allowed);
+    }
+    int ok = worst <= 1.0;
+    failures += !ok;
+    printf("%-4s half %d ch, groups %d: conv output rounded once (worst %.2f of the allowed)\n",
+           ok ? "ok" : "FAIL", ch, groups, worst);
+
+    float *zf = plain_copy(be, &z[0]), *zh = plain_copy(be, &z[1]);
+    double rel = rel_l2(zh, zf, count);
+    ok = rel > 0.0 && rel <= TOL_CONV;
+    failures += !ok;
+    printf("%-4s half %d ch: conv on half input + half residual vs fp32: rel_l2 %.1e "
+           "(0 < it <= %.0e)\n", ok ? "ok" : "FAIL", ch, rel, TOL_CONV);
+
+    /* Max pool 3x3/2 pad 1 and the mean over the plane, on the half values themselves. */
+    float *ph = plain_copy(be, &p[1]);
+    size_t pool_diffs = 0, mean_diffs = 0;
+    for (int b = 0; b < n * ch; b++) {
+        const float *plane = zh + (size_t)b * size * size;
+        for (int oy = 0; oy < 5; oy++)
+            for (int ox = 0; ox < 5; ox++) {
+                float best = -INFINITY;
+                for (int dy = -1; dy <= 1; dy++)
+                    for (int dx = -1; dx <= 1; dx++) {
+                        int iy = 2 * oy + dy, ix = 2 * ox + dx;
+                        if (iy >= 0 && iy < size && ix >= 0 && ix < size)
+                            best = fmaxf(best, plane[iy * size + ix]);
+                    }
+                pool_diffs += ph[(size_t)b * 25 + oy * 5 + ox] != best;
+            }
+        float sum = 0.0f;
+        for (int k = 0; k < size * size; k++)
+            sum += plane[k];
+        mean_diffs += e[1].data[b] != sum / (float)(size * size);
+    }
+    ok = pool_diffs == 0 && mean_diffs == 0;
+    failures += !ok;
+    printf("%-4s half %d ch: max pool %zu and average pool %zu values differ from the half "
+           "input's own (of %d and %d)\n", ok ? "ok" : "FAIL", ch, pool_diffs, mean_diffs,
+           n * ch * 25, n * ch);
+
+    free(yf);
+    free(yh);
+    free(zf);
+    free(zh);
+    free(ph);
+    nn_conv_t *convs[] = {&c1, &c2, &c1h, &c2h};
+    for (int k = 0; k < 4; k++)
+        be->release_plan(be, &convs[k]->plan);
+    be->release_plan(be, &pool.plan);
+    be->release_plan(be, &poolh.plan);
+    for (int h = 0; h < 2; h++) {
+        be->release(be, y[h].data);
+        be->release(be, z[h].data);
+        be->release(be, p[h].data);
+        be->release(be, e[h].data);
+    }
+    be->release(be, x.data);
+    be->release(be, w1);
+    be->release(be, w2);
+    be->release(be, bn);
+}
+
+/* ---- the model against torch ------------------------------------------------------------- */
 
 /* Relative L2 error of n engine values against the reference (whole, or sampled). */
 static double rel_error(hid_t f, const char *path, const float *c, size_t n)
@@ -231,6 +368,27 @@ static double gradient_sensitivity(hid_t f, const char *model, const nn_paramset
     return median;
 }
 
+/*
+ * Inference above kept its activations in 16 bits; the same with fp32 activations must give
+ * a different embedding (the half path ran), within TOL_CONV of it (the residuals' rounding
+ * is all that differs).
+ */
+static void check_half_against_fp32_activations(resnext_t *m, const nn_tensor_t *x)
+{
+    size_t count = nn_numel(&m->embedding);
+    float *half = xmalloc(count * sizeof(float));
+    memcpy(half, m->embedding.data, count * sizeof(float));
+    resnext_set_half_activations(m, 0);
+    resnext_forward(m, x, 0);
+    resnext_set_half_activations(m, 1);
+    double rel = rel_l2(half, m->embedding.data, count);
+    int ok = rel > 0.0 && rel <= TOL_CONV;
+    failures += !ok;
+    printf("  %-4s eval/embedding with 16-bit against fp32 activations: rel_l2 %.2e "
+           "(0 < it <= %.0e)\n", ok ? "ok" : "FAIL", rel, TOL_CONV);
+    free(half);
+}
+
 static void run_bf16_case(const bf16_case_t *tc, const char *dir)
 {
     char *path = xasprintf("%s/bf16_ref_%s.h5", dir, tc->model);
@@ -256,6 +414,7 @@ static void run_bf16_case(const bf16_case_t *tc, const char *dir)
     resnext_forward(m, &x, 0);
     check_output(f, "eval/logits", m->logits.data, nn_numel(&m->logits), tc->tol_out);
     check_output(f, "eval/embedding", m->embedding.data, nn_numel(&m->embedding), tc->tol_out);
+    check_half_against_fp32_activations(m, &x);
 
     resnext_forward(m, &x, 1);
     double loss = be->bce_loss(be, m->logits.data, labels, x.n, m->dlogits.data);
@@ -382,6 +541,9 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof(convs) / sizeof(convs[0]); i++)
         check_conv(be, &convs[i]);
+    check_half_ops(be, 32, 2);
+    check_half_ops(be, 256, 32);
+    check_half_ops(be, 24, 3);
     be->destroy(be);
 
     check_determinism(NN_PRECISION_FP32);
