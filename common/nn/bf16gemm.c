@@ -211,6 +211,8 @@ typedef struct {
     const nn_bf16_t *a, *packed;
     float beta;
     float *c;
+    const uint32_t *a_pairs; /* A by pairs, [pair][m], when it has several blocks of rows */
+    float *partial;          /* per thread: m x BLOCK_COLS panels of sums between chunks */
 } packed_job_t;
 
 /* A[i][2 pair], A[i][2 pair + 1] as one 32-bit lane (zero past k). */
@@ -228,15 +230,23 @@ static inline __mmask16 panel_mask(const packed_job_t *job, long p)
     return left >= PANEL ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
+/* Where a block's sums start from (src, times scale; scale 0: from zero) and go (dst); both
+ * address row m0 and panel p0's first column, ld apart. */
+typedef struct {
+    const float *src;
+    float *dst;
+    long src_ld, dst_ld;
+    float scale;
+} sums_t;
+
 /*
- * Rows m0.. by panels p0.. over pairs [from, to): the sums start from beta C at the first
- * pair and from C's partial sums after it (C holds them between the chunks of pairs). The
+ * Rows m0.. by panels p0.. over pairs [from, to), starting from and ending in `sums`. The
  * loops are unrolled so that the accumulators stay in registers (GCC -O2 keeps them in
  * memory otherwise: 3x slower when compute-bound).
  */
 BF16_TARGET static inline __attribute__((always_inline)) void
 packed_block(int rows, int panels, const packed_job_t *job, long m0, long p0, long from,
-             long to)
+             long to, const sums_t *sums)
 {
     const long pairs = pairs_of(job->k), full_pairs = job->k / 2;
     const size_t panel_size = (size_t)pairs * PANEL * 2;
@@ -246,12 +256,11 @@ packed_block(int rows, int panels, const packed_job_t *job, long m0, long p0, lo
     for (int i = 0; i < rows; i++)
 #pragma GCC unroll 4
         for (int j = 0; j < panels; j++) {
-            const float *c = job->c + (m0 + i) * job->ldc + (p0 + j) * PANEL;
-            float scale = from == 0 ? job->beta : 1.0f;
-            acc[i][j] = scale == 0.0f ? _mm512_setzero_ps()
-                                      : _mm512_mul_ps(_mm512_set1_ps(scale),
-                                                      _mm512_maskz_loadu_ps(
-                                                          panel_mask(job, p0 + j), c));
+            const float *c = sums->src + i * sums->src_ld + j * PANEL;
+            acc[i][j] = sums->scale == 0.0f
+                            ? _mm512_setzero_ps()
+                            : _mm512_mul_ps(_mm512_set1_ps(sums->scale),
+                                            _mm512_maskz_loadu_ps(panel_mask(job, p0 + j), c));
         }
 
     for (long pair = from; pair < to; pair++) {
@@ -262,7 +271,9 @@ packed_block(int rows, int panels, const packed_job_t *job, long m0, long p0, lo
 #pragma GCC unroll 4
         for (int i = 0; i < rows; i++) {
             uint32_t lane;
-            if (pair < full_pairs)
+            if (job->a_pairs)
+                lane = job->a_pairs[pair * job->m + m0 + i];
+            else if (pair < full_pairs)
                 memcpy(&lane, job->a + (m0 + i) * job->lda + 2 * pair, sizeof(lane));
             else
                 lane = a_pair(job, m0 + i, pair);
@@ -277,38 +288,60 @@ packed_block(int rows, int panels, const packed_job_t *job, long m0, long p0, lo
     for (int j = 0; j < panels; j++)
 #pragma GCC unroll 4
         for (int i = 0; i < rows; i++)
-            _mm512_mask_storeu_ps(job->c + (m0 + i) * job->ldc + (p0 + j) * PANEL,
+            _mm512_mask_storeu_ps(sums->dst + i * sums->dst_ld + j * PANEL,
                                   panel_mask(job, p0 + j), acc[i][j]);
 }
 
-/* Pairs per chunk when A has several blocks of rows: the chunk of BLOCK_COLS panels (16 KiB)
- * stays in L1 while every block reads it. */
-enum { CHUNK_PAIRS = 64 };
+/*
+ * Pairs per chunk when A has several blocks of rows: the chunk of BLOCK_COLS panels (16 KiB)
+ * stays in L1 while every block reads it. Between chunks the sums wait in the thread's own
+ * partial buffer, and A is read by pairs from one interleaved copy: C's rows (a step apart
+ * in the sequence model's layout) and A's (H apart) lie a multiple of 4 KiB apart, which
+ * maps them all onto the same few L1 sets, where they evicted the chunk (16 rows at H 2048:
+ * 3.1 ms a call in some processes, 1.95 in others; 1.6-1.75 with the copies).
+ */
+enum { CHUNK_PAIRS = 64, PARTIAL_COLS = BLOCK_COLS * PANEL };
 
 BF16_TARGET static void packed_task(size_t task, int thread, void *ctx)
 {
-    (void)thread;
     const packed_job_t *job = ctx;
     long p_from = (long)task * PACKED_TASK_PANELS, all = panels_of(job->n);
     long p_to = p_from + PACKED_TASK_PANELS < all ? p_from + PACKED_TASK_PANELS : all;
 
-    const long pairs = pairs_of(job->k), chunk = job->m > BLOCK_ROWS ? CHUNK_PAIRS : pairs;
+    const int chunked = job->m > BLOCK_ROWS;
+    const long pairs = pairs_of(job->k), chunk = chunked ? CHUNK_PAIRS : pairs;
+    float *partial = chunked ? job->partial + (size_t)thread * job->m * PARTIAL_COLS : NULL;
     for (long p0 = p_from; p0 < p_to; p0 += BLOCK_COLS) {
         int panels = p_to - p0 < BLOCK_COLS ? (int)(p_to - p0) : BLOCK_COLS;
         for (long from = 0; from < pairs; from += chunk) {
             long to = from + chunk < pairs ? from + chunk : pairs;
             for (long m0 = 0; m0 < job->m; m0 += BLOCK_ROWS) {
                 int rows = job->m - m0 < BLOCK_ROWS ? (int)(job->m - m0) : BLOCK_ROWS;
+                float *c = job->c + m0 * job->ldc + p0 * PANEL;
+                float *mine = chunked ? partial + m0 * PARTIAL_COLS : c;
+                long mine_ld = chunked ? PARTIAL_COLS : job->ldc;
+                sums_t sums = {mine, mine, mine_ld, mine_ld, 1.0f};
+                if (from == 0)
+                    sums = (sums_t){c, sums.dst, job->ldc, mine_ld, job->beta};
+                if (to == pairs)
+                    sums.dst = c, sums.dst_ld = job->ldc;
                 if (rows == BLOCK_ROWS && panels == BLOCK_COLS)
-                    packed_block(BLOCK_ROWS, BLOCK_COLS, job, m0, p0, from, to);
+                    packed_block(BLOCK_ROWS, BLOCK_COLS, job, m0, p0, from, to, &sums);
                 else if (panels == BLOCK_COLS)
-                    packed_block(rows, BLOCK_COLS, job, m0, p0, from, to);
+                    packed_block(rows, BLOCK_COLS, job, m0, p0, from, to, &sums);
                 else
-                    packed_block(rows, panels, job, m0, p0, from, to);
+                    packed_block(rows, panels, job, m0, p0, from, to, &sums);
             }
         }
     }
 }
+
+/* The interleaved A and the partial sums, kept from call to call (the calls come from one
+ * thread at a time). */
+static struct {
+    void *memory;
+    size_t bytes;
+} chunk_scratch;
 
 void nn_bf16_gemm_packed(long m, long n, long k, const nn_bf16_t *a, long lda,
                          const nn_bf16_t *packed, float beta, float *c, long ldc)
@@ -316,11 +349,32 @@ void nn_bf16_gemm_packed(long m, long n, long k, const nn_bf16_t *a, long lda,
     if (m <= 0 || n <= 0)
         return;
     require_kernels();
-    packed_job_t job = {m, n, k, lda, ldc, a, packed, beta, c};
+    packed_job_t job = {m, n, k, lda, ldc, a, packed, beta, c, NULL, NULL};
+    int threads = nn_team_threads();
+    if (m > BLOCK_ROWS) {
+        long pairs = pairs_of(k), full_pairs = k / 2;
+        size_t pair_bytes = (size_t)pairs * m * sizeof(uint32_t);
+        size_t bytes = pair_bytes + (size_t)threads * m * PARTIAL_COLS * sizeof(float);
+        if (bytes > chunk_scratch.bytes) {
+            free(chunk_scratch.memory);
+            chunk_scratch.memory = xmalloc(bytes);
+            chunk_scratch.bytes = bytes;
+        }
+        uint32_t *a_pairs = chunk_scratch.memory;
+        for (long i = 0; i < m; i++) {
+            const nn_bf16_t *row = a + i * lda;
+            for (long pair = 0; pair < full_pairs; pair++)
+                memcpy(&a_pairs[pair * m + i], row + 2 * pair, sizeof(uint32_t));
+            if (full_pairs < pairs)
+                a_pairs[full_pairs * m + i] = a_pair(&job, i, full_pairs);
+        }
+        job.a_pairs = a_pairs;
+        job.partial = (float *)((char *)chunk_scratch.memory + pair_bytes);
+    }
     size_t tasks = (size_t)((panels_of(n) + PACKED_TASK_PANELS - 1) / PACKED_TASK_PANELS);
     /* On the engine's threads (measured with 2 on the quiet machine: at 4 rows 0.40-0.45 ms
-     * a call against 0.68 on one thread, at 16 rows 2.0 ms against 3.2). */
-    nn_team_for(nn_team_threads(), tasks, packed_task, &job);
+     * a call against 0.68 on one thread, at 16 rows 1.6-1.75 ms against 2.9). */
+    nn_team_for(threads, tasks, packed_task, &job);
 }
 
 /* ---- compute-bound products: oneDNN's matmul primitive on bf16 operands ---- */

@@ -317,7 +317,8 @@ static void rejects_bad_sizes(void)
 /*
  * nn_bf16_gemm_packed against double sums of the same bf16 values, at shapes that take every
  * path (row and panel remainders, odd k, k past one 32-value group, W packed from W and from
- * W^T, which must give the same bytes; 9 and 16 rows by many panels); beta 0 must not read
+ * W^T, which must give the same bytes; 5 to 16 rows, whose sums cross chunks of pairs, by
+ * many panels, with odd k); beta 0 must not read
  * C (NaN there). Bound: the fp32 summation error of any order,
  * (k + 2) 2^-24 (sum |a w| + |beta c|); a wrong or missing term is as large as one product,
  * above it.
@@ -326,7 +327,7 @@ static void bf16_products(void)
 {
     static const long shapes[][3] = {{1, 16, 2}, {3, 37, 67}, {4, 128, 64}, {5, 200, 130},
                                      {16, 64, 2048}, {4, 512, 2048}, {4, 2048, 512},
-                                     {9, 300, 70}, {16, 1024, 64}};
+                                     {9, 300, 70}, {16, 1024, 64}, {6, 50, 131}};
     double worst = 0.0;
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         long m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
