@@ -180,7 +180,10 @@ void walk_files(const char *dir, strlist_t *out)
 
 void read_list_file(const char *path, strlist_t *out)
 {
-    FILE *f = xfopen(path, "r");
+    /* The user's file: its name and the reason, not this code's location. */
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die(EXIT_BAD_INPUT, "%s: cannot read the list file: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -309,10 +312,29 @@ static long tmp_owner_pid(const char *name)
     return pid;
 }
 
+/* Has pid exited but not yet been reaped (a zombie, state Z or X in /proc/PID/stat)? A
+ * killed writer stays one until its parent waits for it, and writes nothing more. */
+static int pid_zombie(long pid)
+{
+    char path[64], stat_line[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(stat_line, 1, sizeof stat_line - 1, f);
+    fclose(f);
+    stat_line[n] = '\0';
+    /* "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so the last ')' counts. */
+    const char *close = strrchr(stat_line, ')');
+    return close && close[1] == ' ' && (close[2] == 'Z' || close[2] == 'X');
+}
+
 /* Is pid a process of this host's PID namespace (alive, or not ours to signal)? */
 static int pid_alive(long pid)
 {
-    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    return !pid_zombie(pid);
 }
 
 int tmp_sweep(const char *dir)

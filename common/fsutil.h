@@ -28,7 +28,8 @@ int path_has_ext(const char *path, const char *ext);
 void walk_files(const char *dir, strlist_t *out);
 void walk_files_report(const char *dir, strlist_t *out, strlist_t *problem_paths,
                        strlist_t *problem_reasons);
-/* One path per line; blank lines and lines starting with '#' ignored. Dies if unreadable. */
+/* One path per line; blank lines and lines starting with '#' ignored. Dies with
+ * EXIT_BAD_INPUT naming the file and the reason if unreadable. */
 void read_list_file(const char *path, strlist_t *out);
 
 /*
@@ -40,8 +41,10 @@ int tmp_commit(const char *tmp_path, const char *final_path); /* 0 ok, -1 errno 
 void tmp_discard(const char *tmp_path);
 /*
  * Remove leftovers of killed runs in one folder: the temporaries ("DIR/.NAME.tmp-PID-N") whose
- * PID is no process on this host (kill(PID, 0) fails with ESRCH), so that jobs writing into
- * one folder at once keep each other's files. Returns how many it removed.
+ * PID is no process on this host (kill(PID, 0) fails with ESRCH) or one that has exited and
+ * awaits its parent (a zombie, as a writer killed under make or a shell is for a moment), so
+ * that jobs writing into one folder at once keep each other's files. Returns how many it
+ * removed.
  * Limits: the PID is only checked on this host and PID namespace. A folder that jobs on
  * several hosts (NFS) or containers write at once may lose a live writer's temporary when its
  * PID is free here: give such jobs separate folders, or sweep only where one writer runs. A

@@ -256,6 +256,24 @@ int h5_dims(hid_t loc, const char *name, hsize_t *dims)
     return rank;
 }
 
+const char *h5_shape_text(int rank, const hsize_t *dims, char *buf, size_t len)
+{
+    if (rank <= 0) {
+        snprintf(buf, len, "scalar");
+        return buf;
+    }
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < rank && used < len; i++) {
+        int n = snprintf(buf + used, len - used, "%s%llu", i ? "x" : "",
+                         (unsigned long long)dims[i]);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+    return buf;
+}
+
 void *h5_read(hid_t loc, const char *name, hid_t memtype, int expect_rank, hsize_t *dims)
 {
     hid_t ds = open_dataset(loc, name);
@@ -263,10 +281,14 @@ void *h5_read(hid_t loc, const char *name, hid_t memtype, int expect_rank, hsize
     int rank = H5Sget_simple_extent_ndims(space);
     hsize_t local[8];
     hsize_t *d = dims ? dims : local;
-    if (rank < 0 || rank > 8 || (expect_rank >= 0 && rank != expect_rank))
-        die(EXIT_BAD_INPUT, "%s: '%s' has rank %d, expected %d", h5_filename(loc), name, rank,
-            expect_rank);
+    if (rank < 0 || rank > 8)
+        die(EXIT_BAD_INPUT, "%s: '%s' has rank %d", h5_filename(loc), name, rank);
     H5Sget_simple_extent_dims(space, d, NULL);
+    if (expect_rank >= 0 && rank != expect_rank) {
+        char shape[160];
+        die(EXIT_BAD_INPUT, "%s: '%s' is %s (rank %d), expected rank %d", h5_filename(loc),
+            name, h5_shape_text(rank, d, shape, sizeof shape), rank, expect_rank);
+    }
     hsize_t total = 1;
     for (int i = 0; i < rank; i++)
         total *= d[i];
@@ -402,6 +424,9 @@ char *h5_attr_read_str(hid_t obj, const char *name)
             out = xcalloc(width + 1, 1);
             hid_t mtype = H5Tcopy(H5T_C_S1);
             H5Tset_size(mtype, width);
+            /* C_S1 is null-terminated: it would give up the last of width characters for the
+             * terminator; out has one byte more for it. */
+            H5Tset_strpad(mtype, H5T_STR_NULLPAD);
             H5Tset_cset(mtype, H5Tget_cset(ftype));
             if (H5Aread(attr, mtype, out) < 0) {
                 free(out);

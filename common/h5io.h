@@ -54,6 +54,8 @@ hid_t h5_create_group_ordered(hid_t loc, const char *name);
 int h5_exists(hid_t loc, const char *name); /* dataset or group, nested paths allowed */
 /* Rank and dims of a dataset (dims must hold 8). Dies if missing. */
 int h5_dims(hid_t loc, const char *name, hsize_t *dims);
+/* A shape for messages, into buf (returned): "35", "35x2048", "scalar" for rank 0. */
+const char *h5_shape_text(int rank, const hsize_t *dims, char *buf, size_t len);
 /*
  * Read a whole dataset converted to memtype into a new buffer. Dies with EXIT_BAD_INPUT naming
  * the file and dataset if it is missing or its rank differs from expect_rank (-1: any).

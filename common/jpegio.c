@@ -24,10 +24,16 @@ static void jpeg_error_exit(j_common_ptr cinfo)
     longjmp(e->escape, 1);
 }
 
+/* Print nothing, but count warnings as libjpeg's own handler does and keep the first: a cut
+ * file decodes with a "premature end" warning (grey rows), which jpeg_decode turns into an
+ * error. */
 static void jpeg_silence(j_common_ptr cinfo, int level)
 {
-    (void)cinfo;
-    (void)level;
+    if (level >= 0)
+        return;
+    jpeg_error_t *e = (jpeg_error_t *)cinfo->err;
+    if (cinfo->err->num_warnings++ == 0)
+        (*cinfo->err->format_message)(cinfo, e->message);
 }
 
 int jpeg_encode(const uint8_t *rgb, int width, int height, int quality, int subsample420,
@@ -112,6 +118,7 @@ uint8_t *jpeg_decode(const uint8_t *data, size_t size, int *width, int *height, 
     d.err = jpeg_std_error(&jerr.base);
     jerr.base.error_exit = jpeg_error_exit;
     jerr.base.emit_message = jpeg_silence;
+    jerr.message[0] = '\0';
     if (setjmp(jerr.escape)) {
         snprintf(err, errlen, "not a readable JPEG: %s", jerr.message);
         jpeg_destroy_decompress(&d);
@@ -129,14 +136,17 @@ uint8_t *jpeg_decode(const uint8_t *data, size_t size, int *width, int *height, 
         JSAMPROW row = pixels + (size_t)d.output_scanline * stride;
         jpeg_read_scanlines(&d, &row, 1);
     }
-    /* A truncated file decodes with a warning; treat it as damage. */
+    /* Finishing reads up to the end marker: a file cut just before it warns there. */
+    jpeg_finish_decompress(&d);
+
+    /* A truncated or corrupt file decodes with warnings; treat it as damage. */
     if (jerr.base.num_warnings > 0) {
-        snprintf(err, errlen, "damaged JPEG (%ld decoder warnings)", jerr.base.num_warnings);
+        snprintf(err, errlen, "damaged JPEG: %s (%ld decoder warning%s)", jerr.message,
+                 jerr.base.num_warnings, jerr.base.num_warnings > 1 ? "s" : "");
         jpeg_destroy_decompress(&d);
         free(pixels);
         return NULL;
     }
-    jpeg_finish_decompress(&d);
     *width = (int)d.output_width;
     *height = (int)d.output_height;
     jpeg_destroy_decompress(&d);

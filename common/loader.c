@@ -91,8 +91,88 @@ static void *coordinate(void *arg)
     }
 }
 
+/* The pre-check's shared state: per-thread buffers and the first failure by index. */
+typedef struct {
+    const loader_config_t *config;
+    img_workspace_t *workspaces;
+    uint8_t **prepared;
+    pthread_mutex_t lock;
+    size_t failed, first_failed;
+    char first_error[LOADER_ERR_MAX];
+} image_check_t;
+
+static void check_one(size_t index, int thread, void *ctx)
+{
+    image_check_t *c = ctx;
+    const loader_config_t *config = c->config;
+    if (!config->paths[index])
+        return;
+    char err[LOADER_ERR_MAX];
+    if (img_prepare_file(config->paths[index], config->crop, config->size,
+                         c->prepared[thread], &c->workspaces[thread], err, sizeof err) == 0)
+        return;
+
+    pthread_mutex_lock(&c->lock);
+    if (!c->failed++ || index < c->first_failed) {
+        c->first_failed = index;
+        snprintf(c->first_error, sizeof c->first_error, "%s", err);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* cnntrain's training and validation loaders share one path array: read it once. */
+static pthread_mutex_t checked_lock = PTHREAD_MUTEX_INITIALIZER;
+static const char *const *checked_paths;
+static size_t checked_count;
+
+void loader_check_images(const loader_config_t *config)
+{
+    pthread_mutex_lock(&checked_lock);
+    int done = checked_paths && checked_paths == config->paths &&
+               checked_count == config->count;
+    pthread_mutex_unlock(&checked_lock);
+    if (done || !config->count)
+        return;
+
+    int threads = config->threads < 1 ? 1 : config->threads;
+    image_check_t c = {.config = config};
+    c.workspaces = xcalloc((size_t)threads, sizeof *c.workspaces);
+    c.prepared = xmalloc((size_t)threads * sizeof *c.prepared);
+    for (int t = 0; t < threads; t++)
+        c.prepared[t] = xmalloc((size_t)config->size * config->size * IMG_CHANNELS);
+    pthread_mutex_init(&c.lock, NULL);
+
+    double start = time_now();
+    parallel_for(threads, config->count, check_one, &c);
+
+    for (int t = 0; t < threads; t++) {
+        img_workspace_free(&c.workspaces[t]);
+        free(c.prepared[t]);
+    }
+    free(c.workspaces);
+    free(c.prepared);
+    pthread_mutex_destroy(&c.lock);
+    if (c.failed > 1)
+        die(EXIT_BAD_INPUT, "%s (and %zu more unreadable images)", c.first_error,
+            c.failed - 1);
+    if (c.failed)
+        die(EXIT_BAD_INPUT, "%s", c.first_error);
+    size_t images = 0;
+    for (size_t i = 0; i < config->count; i++)
+        images += config->paths[i] != NULL;
+    log_info("read every image (%zu) in %.2f s on %d thread%s", images, time_now() - start,
+             threads, threads > 1 ? "s" : "");
+
+    pthread_mutex_lock(&checked_lock);
+    checked_paths = config->paths;
+    checked_count = config->count;
+    pthread_mutex_unlock(&checked_lock);
+}
+
 loader_t *loader_create(const loader_config_t *config)
 {
+    loader_check_images(config);
+
     loader_t *l = xcalloc(1, sizeof *l);
     l->config = *config;
     if (l->config.threads < 1)

@@ -31,7 +31,17 @@ typedef struct {
 
 typedef struct loader loader_t;
 
-/* Starts the coordinating thread; dies when memory runs out. */
+/*
+ * Read and prepare every image of config (NULL paths are skipped) on config->threads threads,
+ * as a batch would: a missing, truncated or otherwise unreadable image ends the program with
+ * EXIT_BAD_INPUT naming the file and the problem (the first in index order, and how many
+ * others failed), before any work that such an image would waste. loader_create calls it;
+ * a path array already checked in this process (same address and count) is not read again.
+ */
+void loader_check_images(const loader_config_t *config);
+
+/* Checks every image (loader_check_images), then starts the coordinating thread; dies when
+ * memory runs out. */
 loader_t *loader_create(const loader_config_t *config);
 
 /* Queue a batch of n image indices (n <= max_batch); epoch selects the augmentation streams.

@@ -24,6 +24,24 @@ void slicelist_read_folds(slicelist_t *list, const char *folds_path)
         die(EXIT_BAD_INPUT, "%s: /fold has %llu rows, /id %zu", folds_path,
             (unsigned long long)dims[0], list->count);
     h5_close(f);
+
+    /* Every reader trusts these: a label is a loss target, fold -1 means test, and a slice
+     * is looked up by binary search over the IDs. */
+    for (size_t i = 0; i < list->count; i++) {
+        if (i > 0 && strcmp(list->ids[i - 1], list->ids[i]) >= 0)
+            die(EXIT_BAD_INPUT, "%s: /id is not sorted and unique at row %zu (%s, then %s)",
+                folds_path, i, list->ids[i - 1], list->ids[i]);
+        if (list->fold[i] < -1)
+            die(EXIT_BAD_INPUT, "%s: /fold of slice %s (row %zu) is %d; folds are 0..K-1, "
+                "or -1 for test slices", folds_path, list->ids[i], i, (int)list->fold[i]);
+        for (int k = 0; k < N_SUBTYPES; k++) {
+            int label = list->labels[i * N_SUBTYPES + k];
+            if (label < -1 || label > 1)
+                die(EXIT_BAD_INPUT, "%s: /label of slice %s (row %zu) is %d for %s; labels "
+                    "are 0, 1, or -1 where unknown", folds_path, list->ids[i], i, label,
+                    SUBTYPE_NAMES[k]);
+        }
+    }
 }
 
 static int compare_strings(const void *a, const void *b)
@@ -99,4 +117,15 @@ int slicelist_parse_crop(const char *name)
     if (!strcmp(name, "none"))
         return IMG_CROP_NONE;
     return -1;
+}
+
+void slicelist_require_fold(const char *folds_path, const char *option, int fold)
+{
+    hid_t f = h5_open_read(folds_path);
+    int64_t folds;
+    int known = h5_attr_read_i64(f, "folds", &folds);
+    h5_close(f);
+    if (known && fold >= folds)
+        die(EXIT_USAGE, "%s %d: %s has folds 0 to %lld (-1: none held out)", option, fold,
+            folds_path, (long long)folds - 1);
 }

@@ -19,7 +19,8 @@ typedef struct {
 } slicelist_t;
 
 /* Read /id, /label and /fold of a folds.h5; dies with EXIT_BAD_INPUT naming the file and the
- * dataset when a shape disagrees. */
+ * dataset when a shape disagrees, the IDs are not strictly sorted (strcmp), a fold is below -1
+ * or a label is not 0, 1 or -1 (naming the slice). */
 void slicelist_read_folds(slicelist_t *list, const char *folds_path);
 
 /*
@@ -42,5 +43,9 @@ char *slicelist_image_path(const char *dir, const char *id);
 #define SLICELIST_CROP_CHOICES "intended|plain|none"
 /* The mode named name, or -1 for another name. */
 int slicelist_parse_crop(const char *name);
+
+/* Dies with EXIT_USAGE naming option ("--fold") when fold is not -1 and is not below the
+ * "folds" attribute of folds_path (a fold the file lacks would hold out nothing). */
+void slicelist_require_fold(const char *folds_path, const char *option, int fold);
 
 #endif

@@ -77,6 +77,16 @@ CLIP ?= 1e-5
 # Phantom input (the demo): PHANTOM=1 makes DICOM and LABELS with mkphantom.
 PHANTOM ?= 0
 PHANTOM_ARGS ?= --series 16 --slices 24-32 --size 256 --seed 1 --test-fraction 0.25
+ifeq ($(PHANTOM),1)
+DICOM = $(OUT)/phantom
+LABELS = $(OUT)/phantom/labels.csv
+# mkphantom writes test_labels.csv only for a --test-fraction above 0 (the last one given
+# counts, as --test-fraction F or --test-fraction=F).
+PHANTOM_TEST_FRACTION := $(shell awk 'BEGIN { f = 0; for (i = 1; i < ARGC; i++) \
+    if (ARGV[i] == "--test-fraction") f = ARGV[++i] + 0; \
+    else if (sub(/^--test-fraction=/, "", ARGV[i])) f = ARGV[i] + 0; print f }' $(PHANTOM_ARGS))
+TEST_LABELS = $(if $(filter-out 0,$(PHANTOM_TEST_FRACTION)),$(OUT)/phantom/test_labels.csv)
+endif
 
 # Commands put before a program, e.g. LAUNCH_cnntrain='mpirun -np 4' (lsf/submit sets them).
 LAUNCH_cnntrain ?=
@@ -93,8 +103,8 @@ SUBMISSION = $(OUT)/submission.csv
 SPLITS = train val test
 CNN_EPOCH_LIST = $(shell seq 1 $(CNN_EPOCHS))
 
-DCM2JPG_OPTIONS = --quality $(JPEG_QUALITY) $(if $(filter-out 0,$(JPEG_SIZE)),--size $(JPEG_SIZE)) \
-    $(if $(filter 0,$(FIX_WRAP)),--no-fix-wrap)
+DCM2JPG_OPTIONS = --quality $(JPEG_QUALITY) \
+    $(if $(filter-out 0,$(JPEG_SIZE)),--size $(JPEG_SIZE)) $(if $(filter 0,$(FIX_WRAP)),--no-fix-wrap)
 MKFOLDS_ARGS = -k $(FOLDS) --method $(FOLD_METHOD) --seed $(FOLD_SEED)
 CNN_OPTIONS = --arch $(CNN_ARCH) --epochs $(CNN_EPOCHS) --size $(CNN_SIZE) --lr $(CNN_LR) \
     --batch $(CNN_BATCH) --micro-batch $(CNN_MICRO_BATCH) --crop $(CNN_CROP) \
@@ -115,24 +125,52 @@ LSTM_OPTIONS = --hidden $(LSTM_HIDDEN) --epochs $(LSTM_EPOCHS) --bag $(LSTM_BAG)
 SETTINGS = $(OUT)/.settings
 LOOK_ONLY := $(strip $(filter dag lsf-resources,$(MAKECMDGOALS)) \
     $(findstring n,$(firstword -$(MAKEFLAGS))) $(findstring q,$(firstword -$(MAKEFLAGS))))
+
+# Options of a training program that a resumed run takes as they are now: they say how far the
+# run goes and how often it saves, never what its finished epochs hold. A training stage's
+# settings key leaves them out, so that raising --epochs or --bag extends a run (--resume)
+# instead of clearing it; any other change still clears it.
+RESUMABLE_OPTIONS = --epochs --bag --save-every
+# $(call split_options,PART,OPTIONS): of OPTIONS (each with its value, flags alone), the
+# resumable ones with their values (PART=resumable) or all the others (PART=key).
+split_options = $(if $(2),$(if $(filter $(RESUMABLE_OPTIONS),$(firstword $(2))),\
+    $(if $(filter resumable,$(1)),$(wordlist 1,2,$(2))) \
+        $(call split_options,$(1),$(wordlist 3,$(words $(2)),$(2))),\
+    $(if $(filter key,$(1)),$(firstword $(2))) \
+        $(call split_options,$(1),$(wordlist 2,$(words $(2)),$(2)))))
+# A settings file also stands for TEXT when its text less the resumable options is TEXT: the
+# files of a training run from before the key left them out hold them, and still resume.
+settings_same = $(and $(wildcard $(SETTINGS)/$(1)),$(findstring \
+    |$(strip $(2))|,|$(strip $(call split_options,key,$(file <$(SETTINGS)/$(1))))|))
 ifeq ($(LOOK_ONLY),)
-settings_file = $(shell mkdir -p $(SETTINGS) && f=$(SETTINGS)/$(1) && \
+settings_file = $(if $(call settings_same,$(1),$(2)),$(SETTINGS)/$(1),$(shell \
+    mkdir -p $(SETTINGS) && f=$(SETTINGS)/$(1) && \
     printf '%s\n' '$(strip $(2))' >$$f.new$$$$ && \
-    { cmp -s $$f.new$$$$ $$f && rm -f $$f.new$$$$ || mv $$f.new$$$$ $$f; } && echo $$f)
+    { cmp -s $$f.new$$$$ $$f && rm -f $$f.new$$$$ || mv $$f.new$$$$ $$f; } && echo $$f))
 else
-settings_file = $(shell f=$(SETTINGS)/$(1) && \
-    { printf '%s\n' '$(strip $(2))' | cmp -s - $$f 2>/dev/null && echo $$f || echo $$f.changed; })
+settings_file = $(if $(call settings_same,$(1),$(2)),$(SETTINGS)/$(1),$(shell \
+    f=$(SETTINGS)/$(1) && { printf '%s\n' '$(strip $(2))' | cmp -s - $$f 2>/dev/null && \
+    echo $$f || echo $$f.changed; }))
 endif
 $(SETTINGS)/%.changed: ;
+
 DCM2JPG_SETTINGS := $(call settings_file,dcm2jpg,$(DCM2JPG_OPTIONS))
 MKFOLDS_SETTINGS := $(call settings_file,mkfolds,$(MKFOLDS_ARGS))
-CNN_SETTINGS := $(call settings_file,cnntrain,$(CNN_OPTIONS))
+CNN_SETTINGS := $(call settings_file,cnntrain,$(call split_options,key,$(CNN_OPTIONS)))
 EMB_SETTINGS := $(call settings_file,embdump,$(EMB_OPTIONS))
-LSTM_SETTINGS := $(call settings_file,lstmtrain,$(LSTM_OPTIONS))
-BAG_SETTINGS := $(call settings_file,bagavg,--clip $(CLIP) $(TEST_LABELS))
+LSTM_SETTINGS := $(call settings_file,lstmtrain,$(call split_options,key,$(LSTM_OPTIONS)))
+# lstmtrain's val.h5 and test.h5 bag its last epochs: another --epochs or --bag reruns it,
+# resumed (a classifier run's length is in its targets' names, one checkpoint per epoch).
+LSTM_LENGTH_SETTINGS := $(call settings_file,lstmtrain-length,\
+    $(call split_options,resumable,$(LSTM_OPTIONS)))
+# The bags also depend on the runs they average: fewer folds or classifier epochs leave no
+# newer input behind to redo them.
+BAG_SETTINGS := $(call settings_file,bagavg,--clip $(CLIP) $(TEST_LABELS) \
+    folds $(FOLDS_TRAINED) classifier-epochs $(CNN_EPOCHS))
 
-# A training run resumes from its folder when every file there is newer than every input;
-# otherwise (a changed input or setting) the folder is cleared and the run starts afresh.
+# A training run resumes from its folder when every file there is newer than every input
+# (lstmtrain's length settings aside); otherwise (a changed input or settings key) the folder
+# is cleared and the run starts afresh.
 define clear_if_stale
 @for f in $$(find $(1) -maxdepth 1 -name '*.h5' 2>/dev/null); do \
     for p in $(2); do \
@@ -149,9 +187,6 @@ all: $(SUBMISSION) $(foreach f,$(FOLDS_TRAINED),$(OUT)/validation/f$(f).scores)
 prepare: $(FOLDS_H5) $(SEQUENCES)
 
 ifeq ($(PHANTOM),1)
-DICOM = $(OUT)/phantom
-LABELS = $(OUT)/phantom/labels.csv
-TEST_LABELS = $(if $(findstring --test-fraction,$(PHANTOM_ARGS)),$(OUT)/phantom/test_labels.csv)
 # Written into a scratch folder and renamed, so a killed run never leaves half a dataset.
 PHANTOM_SETTINGS := $(call settings_file,mkphantom,$(PHANTOM_ARGS))
 $(LABELS) $(TEST_LABELS) &: $(PHANTOM_SETTINGS)
@@ -194,6 +229,14 @@ emb_file = $(OUT)/emb/f$(1)/e$(2)/$(3).h5
 lstm_dir = $(OUT)/lstm/f$(1)/e$(2)
 lstm_outs = $(OUT)/lstm/f$(1)/e$(2)/val.h5 $(OUT)/lstm/f$(1)/e$(2)/test.h5
 
+# A classifier run that fails or is killed (Ctrl-C, OOM, bkill) keeps the epochs it finished,
+# each written whole and renamed into place: .DELETE_ON_ERROR would remove them all, and the
+# rerun, resuming from its newest step checkpoint, would never make them again. The other
+# grouped targets are quick to make again from files that are not targets and stay: the
+# phantom (its folder renamed whole), lstmtrain's bags (its per-epoch checkpoints and
+# predictions) and bagavg's outputs.
+.PRECIOUS: $(foreach f,$(FOLDS_TRAINED),$(call cnn_ckpts,$(f)))
+
 # One classifier per fold: every epoch's checkpoint comes from one run (a grouped target).
 define cnn_rule
 $(call cnn_ckpts,$(1)) &: $(META) $(FOLDS_H5) $(CNN_SETTINGS) $(CNN_INIT)
@@ -215,8 +258,8 @@ endef
 # The sequence model on one (fold, epoch)'s embeddings: bagged validation and test predictions.
 define lstm_rule
 $(call lstm_outs,$(1),$(2)) &: $(foreach s,$(SPLITS),$(call emb_file,$(1),$(2),$(s))) \
-    $(SEQUENCES) $(FOLDS_H5) $(LSTM_SETTINGS)
-	$$(call clear_if_stale,$(call lstm_dir,$(1),$(2)),$$^)
+    $(SEQUENCES) $(FOLDS_H5) $(LSTM_SETTINGS) $(LSTM_LENGTH_SETTINGS)
+	$$(call clear_if_stale,$(call lstm_dir,$(1),$(2)),$$(filter-out $(LSTM_LENGTH_SETTINGS),$$^))
 	@mkdir -p $(call lstm_dir,$(1),$(2))
 	$(LAUNCH_lstmtrain) $(BIN)/lstmtrain -j $(THREADS) $(DEVICE_OPTION) $(LSTM_OPTIONS) \
 	    --fold $(1) --resume -o $(call lstm_dir,$(1),$(2)) $(SEQUENCES) $(FOLDS_H5) \

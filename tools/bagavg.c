@@ -105,13 +105,18 @@ static void settle_weights(const bagavg_options_t *o, bag_input_t *inputs, int n
     if (o->weights)
         apply_weight_list(o->weights, inputs, n);
 
-    double total = 0;
+    /* Each weight over the largest first: the sum of weights near DBL_MAX would overflow
+     * (and every normalised weight become 0). */
+    double largest = 0, total = 0;
     for (int i = 0; i < n; i++)
-        total += inputs[i].weight;
-    if (!(total > 0))
+        if (inputs[i].weight > largest)
+            largest = inputs[i].weight;
+    if (!(largest > 0))
         usage_fail("%s", "the weights sum to 0");
     for (int i = 0; i < n; i++)
-        inputs[i].weight /= total;
+        total += inputs[i].weight / largest;
+    for (int i = 0; i < n; i++)
+        inputs[i].weight = inputs[i].weight / largest / total;
 }
 
 static void refuse_overwriting_inputs(const char *output, const char *what,
@@ -467,8 +472,9 @@ int main(int argc, char **argv)
             "Outputs are written under a temporary name and renamed once complete; on any\n"
             "error nothing is written. Layout of the inputs: data-layout.md.",
         .exit_codes =
-            "  bagavg: 2 also for a weight count that does not match the files, or -o,\n"
-            "          --scores or --h5-out naming an input; 3 for a prediction file that is\n"
+            "  bagavg: 2 also for a weight count that does not match the files, -o,\n"
+            "          --scores or --h5-out naming an input, or a --baseline-holdout fold\n"
+            "          the --baseline file lacks; 3 for a prediction file that is\n"
             "          missing, not HDF5, of the wrong shape, holds a non-finite or out-of-range\n"
             "          probability, or covers other slices than the first file.\n",
         .options = options,
@@ -483,6 +489,8 @@ int main(int argc, char **argv)
         usage_fail("%s", "--scores needs --labels");
     if (o.baseline && !o.labels)
         usage_fail("%s", "--baseline needs --labels");
+    if (o.baseline)
+        slicelist_require_fold(o.baseline, "--baseline-holdout", o.baseline_holdout);
 
     bag_input_t *inputs = xmalloc((size_t)n * sizeof *inputs);
     for (int i = 0; i < n; i++)

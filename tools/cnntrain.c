@@ -4,10 +4,12 @@
  * steps; --resume continues from the newest complete one.
  */
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "dist.h"
@@ -29,7 +31,7 @@
 
 typedef struct {
     const char *out_dir, *arch, *init, *crop, *precision, *device;
-    int fold, size, batch, micro_batch, epochs, threads, save_every, log_every, resume;
+    int fold, size, batch, micro_batch, epochs, threads, save_every, log_every, resume, force;
     double lr;
     long long seed;
 } train_options_t;
@@ -360,6 +362,7 @@ typedef struct {
     long long seed;
     size_t n_train;
     const char *crop;
+    const char *jpeg_dir, *folds_file; /* as given: a resumed run must read the same */
 } run_info_t;
 
 /*
@@ -388,6 +391,8 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
     h5_attr_i64(f, "train_slices", (int64_t)run->n_train);
     h5_attr_str(f, "train_crop", run->crop);
     h5_attr_i64(f, "train_ranks", run->ranks);
+    h5_attr_str(f, "train_jpeg_dir", run->jpeg_dir);
+    h5_attr_str(f, "train_folds_file", run->folds_file);
     if (!isnan(val_loss))
         h5_attr_f64(f, "val_loss", val_loss);
     if (H5Fclose(f) < 0)
@@ -397,6 +402,13 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
     free(tmp);
     log_info("saved %s (step %lld, epoch %lld)", path, (long long)meta->step,
              (long long)meta->epoch);
+}
+
+/* epoch<E>.h5 or step<S>.h5: the names this program gives its checkpoints. */
+static int is_checkpoint_name(const char *name)
+{
+    return name[0] != '.' && path_has_ext(name, ".h5") &&
+           (strncmp(name, "epoch", 5) == 0 || strncmp(name, "step", 4) == 0);
 }
 
 /* The complete checkpoint of dir with the most optimizer steps (epoch files win ties). */
@@ -411,8 +423,7 @@ static char *newest_checkpoint(const char *dir)
     struct dirent *e;
     while ((e = readdir(dp))) {
         int epoch_file = strncmp(e->d_name, "epoch", 5) == 0;
-        if (e->d_name[0] == '.' || !path_has_ext(e->d_name, ".h5") ||
-            (!epoch_file && strncmp(e->d_name, "step", 4) != 0))
+        if (!is_checkpoint_name(e->d_name))
             continue;
         char *path = path_join(dir, e->d_name);
         nn_ckpt_meta_t meta;
@@ -436,16 +447,58 @@ static char *newest_checkpoint(const char *dir)
     return best;
 }
 
-/* A --fold the folds file does not have would silently train on everything. */
-static void refuse_unknown_fold(const char *folds_path, int fold)
+/* --force: every file of dir named like a checkpoint (complete or not); returns the count. */
+static size_t remove_checkpoints(const char *dir)
 {
-    hid_t f = h5_open_read(folds_path);
-    int64_t folds;
-    int known = h5_attr_read_i64(f, "folds", &folds);
-    H5Fclose(f);
-    if (known && fold >= folds)
-        die(EXIT_USAGE, "--fold %d: %s has folds 0 to %lld (-1: train on all)", fold,
-            folds_path, (long long)folds - 1);
+    DIR *dp = opendir(dir);
+    if (!dp)
+        return 0;
+    size_t count = 0;
+    struct dirent *e;
+    while ((e = readdir(dp))) {
+        if (!is_checkpoint_name(e->d_name))
+            continue;
+        char *path = path_join(dir, e->d_name);
+        if (unlink(path) != 0)
+            die(EXIT_IO, "%s: cannot remove (--force): %s", path, strerror(errno));
+        free(path);
+        count++;
+    }
+    closedir(dp);
+    return count;
+}
+
+/*
+ * A run started over in a folder with checkpoints would leave the old run's later epochs
+ * beside its own: refuse unless --resume continues them or --force removes them.
+ */
+static void refuse_earlier_run(const train_options_t *o)
+{
+    if (o->resume && o->force)
+        die(EXIT_USAGE, "--resume continues the checkpoints in %s, --force removes them: "
+            "give one", o->out_dir);
+    char *newest = o->resume || o->force ? NULL : newest_checkpoint(o->out_dir);
+    if (newest)
+        die(EXIT_USAGE, "%s holds checkpoints of an earlier run (newest: %s): add --resume "
+            "to continue it, or --force to remove them and start over", o->out_dir, newest);
+}
+
+/*
+ * An input path the checkpoint recorded (attribute name) against the one given now: another
+ * existing file or folder is refused; a recorded one that is gone (moved data) is said.
+ */
+static void check_resume_input(hid_t f, const char *path, const char *name, const char *what,
+                               const char *given)
+{
+    char *recorded = h5_attr_read_str(f, name);
+    if (recorded && strcmp(recorded, given) != 0 && !path_same_file(recorded, given)) {
+        if (path_exists(recorded))
+            die(EXIT_USAGE, "%s: --resume with %s %s, the checkpoint's run read %s (give that "
+                "one, or --force to start over)", path, what, given, recorded);
+        log_warn("%s: the checkpoint's run read %s %s, which is gone; going on with %s",
+                 path, what, recorded, given);
+    }
+    free(recorded);
 }
 
 static void check_resume_attr(hid_t f, const char *path, const char *name, int64_t expected)
@@ -538,6 +591,8 @@ int main(int argc, char **argv)
          NULL},
         {0, "resume", OPT_FLAG, &o.resume, NULL,
          "continue from the newest complete checkpoint in DIR", 1, 0, NULL},
+        {0, "force", OPT_FLAG, &o.force, NULL,
+         "start over in a DIR that holds checkpoints, removing them", 1, 0, NULL},
         {0},
     };
     const opt_spec_t spec = {
@@ -550,7 +605,9 @@ int main(int argc, char **argv)
         .details =
             "Inputs: FOLDS.h5 of mkfolds: slices with fold >= 0 other than --fold train,\n"
             "those of --fold validate; slices lacking a label (-1) are skipped. Images are\n"
-            "JPEG_DIR/<id>.jpg or JPEG_DIR/<id>.ppm; every one is checked before training.\n"
+            "JPEG_DIR/<id>.jpg or JPEG_DIR/<id>.ppm; every one is read whole (decoded, on the\n"
+            "-j loader threads) before the first training step: a missing or damaged image is\n"
+            "exit 3 naming it, and no checkpoint (nor the output folder) is written.\n"
             "Outputs:\n"
             "  CKPT_DIR/epoch<E>.h5   after each epoch (E from 1)\n"
             "  CKPT_DIR/step<S>.h5    every --save-every optimizer steps\n"
@@ -560,7 +617,10 @@ int main(int argc, char **argv)
             "absent when the fold is empty). Files appear only when complete. --resume picks\n"
             "the one with the most steps and continues mid-epoch if need be, with the same\n"
             "shuffles and augmentations as an uninterrupted run; it refuses another --fold,\n"
-            "--lr, --batch, --seed, --size, --crop or training set than the checkpoint's.\n"
+            "--lr, --batch, --seed, --size, --crop, training set, JPEG_DIR or FOLDS.h5 than\n"
+            "the checkpoint's (attributes train_jpeg_dir, train_folds_file). A DIR that holds\n"
+            "checkpoints needs --resume (a killed run: the same command with --resume) or\n"
+            "--force (removes them, starts over); without either it is exit 2.\n"
             "Batch norm in training needs two images per micro-batch: --batch must not leave\n"
             "a micro-batch of one (exit 2), and an epoch whose last batch would end in one\n"
             "leaves its last shuffled image out (said once). --fold must exist in FOLDS.h5.\n"
@@ -585,6 +645,8 @@ int main(int argc, char **argv)
         if (path_same_file(o.out_dir, pos[i]))
             die(EXIT_USAGE, "-o %s is the input %s: give the checkpoints a folder of their own",
                 o.out_dir, pos[i]);
+    refuse_earlier_run(&o);
+    const char *jpeg_dir = pos[0], *folds_path = pos[1];
     /* Every rank gets a micro-batch of each full batch. */
     int per_rank = (o.batch + dist_size() - 1) / dist_size();
     if (o.micro_batch > per_rank) {
@@ -603,8 +665,8 @@ int main(int argc, char **argv)
                  dist_size(), o.batch, o.batch);
 
     dataset_t d = {0};
-    dataset_load(&d, pos[1], pos[0], o.fold);
-    refuse_unknown_fold(pos[1], o.fold);
+    slicelist_require_fold(folds_path, "--fold", o.fold);
+    dataset_load(&d, folds_path, jpeg_dir, o.fold);
     free(pos); /* the strings belong to argv */
     if (o.fold >= 0 && !d.n_val)
         log_warn("fold %d has no labelled slices: no validation", o.fold);
@@ -619,7 +681,8 @@ int main(int argc, char **argv)
     nn_params_fill_hashed(ps);
     t.be->weights_changed(t.be);
 
-    run_info_t run = {o.fold, o.batch, o.size, dist_size(), o.seed, d.n_train, o.crop};
+    run_info_t run = {o.fold, o.batch, o.size, dist_size(), o.seed, d.n_train, o.crop,
+                      jpeg_dir, folds_path};
     nn_ckpt_meta_t meta;
     nn_ckpt_meta_init(&meta, o.arch);
     nn_ckpt_meta_resnext(&meta, t.model);
@@ -638,6 +701,8 @@ int main(int argc, char **argv)
         check_resume_attr(f, resume_from, "train_seed", o.seed);
         check_resume_attr(f, resume_from, "train_slices", (int64_t)d.n_train);
         check_resume_attr(f, resume_from, "train_size", o.size);
+        check_resume_input(f, resume_from, "train_jpeg_dir", "JPEG_DIR", jpeg_dir);
+        check_resume_input(f, resume_from, "train_folds_file", "FOLDS.h5", folds_path);
         char *crop = h5_attr_read_str(f, "train_crop");
         if (crop && strcmp(crop, o.crop) != 0)
             die(EXIT_USAGE, "%s: --resume with --crop %s, the checkpoint has %s", resume_from,
@@ -685,10 +750,21 @@ int main(int argc, char **argv)
 
     share_start(&t);
 
+    /* Every image read whole before anything is created: a damaged one leaves nothing. */
+    loader_config_t lc = {.paths = (const char *const *)d.paths, .count = d.count,
+                          .size = o.size, .crop = (img_crop_t)slicelist_parse_crop(o.crop),
+                          .augment = 1, .seed = (uint64_t)o.seed, .threads = o.threads,
+                          .max_batch = o.batch};
+    loader_check_images(&lc);
+
     /* Created only now: a rejected input or initial checkpoint leaves nothing behind. */
     if (dist_is_root()) {
         mkdir_p(o.out_dir);
         tmp_sweep(o.out_dir);
+        size_t removed = o.force ? remove_checkpoints(o.out_dir) : 0;
+        if (removed)
+            log_info("--force: removed %zu checkpoint(s) of an earlier run in %s", removed,
+                     o.out_dir);
     }
     if (meta.epoch >= o.epochs)
         log_info("%s: already %lld epochs of %d; nothing to do", o.out_dir,
@@ -706,17 +782,13 @@ int main(int argc, char **argv)
     int64_t steps_per_epoch = (int64_t)((d.n_epoch + (size_t)o.batch - 1) / (size_t)o.batch);
     if (!steps_per_epoch)
         die(EXIT_BAD_INPUT, "%s: one training slice: batch norm in training needs two",
-            pos[1]);
+            folds_path);
     int64_t total_steps = steps_per_epoch * o.epochs;
     int64_t into_epoch = meta.step - meta.epoch * steps_per_epoch;
     if (into_epoch < 0 || into_epoch >= steps_per_epoch)
         die(EXIT_BAD_INPUT, "checkpoint step %lld does not fit epoch %lld of %lld steps",
             (long long)meta.step, (long long)meta.epoch, (long long)steps_per_epoch);
 
-    loader_config_t lc = {.paths = (const char *const *)d.paths, .count = d.count,
-                          .size = o.size, .crop = (img_crop_t)slicelist_parse_crop(o.crop),
-                          .augment = 1, .seed = (uint64_t)o.seed, .threads = o.threads,
-                          .max_batch = o.batch};
     loader_t *loader = loader_create(&lc);
     loader_config_t vc = lc;
     vc.augment = 0;

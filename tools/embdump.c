@@ -248,6 +248,34 @@ static void close_rows(row_datasets_t *r)
 
 /* ---- the model ---- */
 
+/* The first of n values that is NaN or infinite, or n. */
+static size_t first_non_finite(const float *values, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(values[i]))
+            return i;
+    return n;
+}
+
+/* A NaN or infinite weight or statistic gives outputs that mean nothing, even where a relu
+ * happens to hide it: refuse the checkpoint. */
+static void refuse_non_finite_weights(nn_paramset_t *ps, const char *path)
+{
+    for (size_t i = 0; i < ps->n_entries; i++) {
+        const nn_entry_t *entry = &ps->entries[i];
+        if (entry->kind == NN_ENTRY_COUNTER)
+            continue;
+        float *host = xmalloc((entry->count ? entry->count : 1) * sizeof *host);
+        nn_params_read_plain(ps, entry->kind == NN_ENTRY_PARAM ? ps->params : ps->buffers, i,
+                             host);
+        size_t bad = first_non_finite(host, entry->count);
+        free(host);
+        if (bad < entry->count)
+            die(EXIT_BAD_INPUT, "%s: %s holds a non-finite value (element %zu): nothing written",
+                path, entry->name, bad);
+    }
+}
+
 typedef struct {
     nn_backend_t *be;
     resnext_t *model;
@@ -268,6 +296,7 @@ static void embedder_init(embedder_t *e, const embdump_options_t *o, const char 
         die(EXIT_USAGE, "--device %s: %s", device, why);
     e->model = resnext_create(e->be, model_name, N_SUBTYPES);
     nn_ckpt_load_or_die(ckpt_path, &e->model->ps, model_name, 0, NULL);
+    refuse_non_finite_weights(&e->model->ps, ckpt_path);
     /* Inference only: keep the weights in the backend's own layout (measured 10% faster). */
     resnext_set_weight_cache(e->model, RESNEXT_WEIGHT_CACHE_ON);
     resnext_set_precision(e->model,
@@ -473,7 +502,8 @@ static void write_packed(output_t *out, const slice_row_t *layout, size_t first,
  * NULL elsewhere). The loader of each rank holds only its share. Logs the rate and the wait.
  */
 static void embed_all(embedder_t *e, loader_t *loader, size_t n, const tta_set_t *tta,
-                      int per_variant, size_t dim, output_t *out, float *prob)
+                      int per_variant, size_t dim, output_t *out, float *prob,
+                      char *const *ids, const char *ckpt_path)
 {
     size_t batch = (size_t)e->batch;
     slice_row_t layout = slice_row_layout(dim, tta, per_variant);
@@ -525,6 +555,12 @@ static void embed_all(embedder_t *e, loader_t *loader, size_t n, const tta_set_t
         const float *block = gathered;
         for (int r = 0; r < ranks; r++) {
             size_t first = dist_share_of(r, ranks, n, batch).begin + k * batch;
+            size_t values = counts[r] * layout.floats;
+            size_t bad = first_non_finite(block, values);
+            if (bad < values)
+                die(EXIT_BAD_INPUT, "%s: the model's output for slice %s is not finite (the "
+                    "weights overflow it): nothing written", ckpt_path,
+                    ids[first + bad / layout.floats]);
             write_packed(out, &layout, first, counts[r], block, prob, column);
             block += counts[r] * layout.floats;
             progress_add(progress, (int64_t)counts[r]);
@@ -591,7 +627,9 @@ int main(int argc, char **argv)
             "(status ok or exists) of JPEG_DIR/meta.h5; train is fold >= 0 other than F, val\n"
             "fold F, test fold -1 (unlabelled). Images are JPEG_DIR/<id>.jpg or .ppm,\n"
             "prepared as cnntrain's validation images (crop, pad, resize, normalise); every\n"
-            "one is checked before the model is loaded.\n"
+            "one is found before the model is loaded and read whole (decoded, on the -j\n"
+            "threads) before the first is embedded: a missing or damaged one is exit 3\n"
+            "naming it, and nothing is written.\n"
             "Output (data-layout.md): /id (sorted by strcmp, FOLDS.h5 order), /embedding\n"
             "(N x D, float32 or --fp16), /prob (float32 N x 6), root attribute subtypes, so\n"
             "the file is also a predictions file for bagavg; with --per-variant\n"
@@ -605,10 +643,12 @@ int main(int argc, char **argv)
             "process forms, and rank 0 alone writes: the file equals one process's.",
         .exit_codes =
             "  embdump: 2 also for --device naming a backend this machine or build lacks,\n"
-            "           -o naming an input, a train/val/test split without FOLDS.h5, or a\n"
-            "           train/val split without a fold (no --fold, no train_fold);\n"
+            "           -o naming an input or a folder, a train/val/test split without\n"
+            "           FOLDS.h5, or a train/val split without a fold (no --fold, no\n"
+            "           train_fold);\n"
             "           3 for a missing or damaged image, a checkpoint that is not a\n"
-            "           six-output ResNeXt or does not load, a fold with no slices.\n",
+            "           six-output ResNeXt, does not load, holds a non-finite weight or\n"
+            "           gives a non-finite output, a fold with no slices.\n",
         .options = options,
         .min_positional = 2,
         .max_positional = 3,
@@ -623,6 +663,9 @@ int main(int argc, char **argv)
     free(pos); /* the strings belong to argv */
     if (!o.out)
         die(EXIT_USAGE, "-o OUT.h5 is required");
+    if (path_is_dir(o.out))
+        die(EXIT_USAGE, "-o %s is a folder: name the output file (e.g. %s/embeddings.h5)",
+            o.out, o.out);
     tta_set_t tta;
     parse_tta(o.tta, &tta);
     int split_all = !strcmp(o.split, "all");
@@ -648,6 +691,12 @@ int main(int argc, char **argv)
     if (!strcmp(o.split, "val") && fold < 0)
         die(EXIT_USAGE, "--split val with fold -1 (trained on every fold): no validation "
                         "slices; give --fold");
+    /* Validation embeddings of a classifier that trained on them look better than they are
+     * (lstmtrain warns the same of its inputs). */
+    if (!strcmp(o.split, "val") && info.has_fold && info.fold != fold)
+        log_warn("%s: a classifier that held out fold %lld (-1: none), embedding validation "
+                 "fold %d: it has trained on these slices", ckpt_path, (long long)info.fold,
+                 fold);
 
     /* The slices, and every image found before anything heavy starts. */
     slicelist_t list = {0};
@@ -703,7 +752,8 @@ int main(int argc, char **argv)
                           .crop = (img_crop_t)slicelist_parse_crop(crop), .augment = 0,
                           .threads = o.threads, .max_batch = batch};
     loader_t *loader = lc.count ? loader_create(&lc) : NULL;
-    embed_all(&e, loader, n, &tta, o.per_variant, dim, writer ? &out : NULL, prob);
+    embed_all(&e, loader, n, &tta, o.per_variant, dim, writer ? &out : NULL, prob, ids,
+              ckpt_path);
     loader_free(loader);
     embedder_free(&e);
     if (writer) {

@@ -6,10 +6,12 @@
  */
 #include <dirent.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "dist.h"
@@ -24,6 +26,7 @@
 #include "nn/seqmodel.h"
 #include "opt.h"
 #include "predfile.h"
+#include "seqfile.h"
 #include "slicelist.h"
 
 #define MODEL_NAME "seqmodel"
@@ -33,7 +36,8 @@ static const char *const split_names[SPLITS] = {"train", "val", "test"};
 
 typedef struct {
     const char *out_dir, *precision, *device;
-    int fold, hidden, epochs, bag, batch, predict_batch, pad_like_original, resume, threads;
+    int fold, hidden, epochs, bag, batch, predict_batch, pad_like_original, resume, force;
+    int threads;
     double lr, lr_decay;
     long long seed;
 } options_t;
@@ -45,6 +49,7 @@ typedef struct {
     size_t count;
     char **ids;    /* sorted by strcmp */
     float *values; /* count x width; a slice in several files: the mean */
+    uint64_t fingerprint; /* of the IDs and values: a resumed run must read the same */
 } embeddings_t;
 
 typedef struct {
@@ -71,10 +76,12 @@ static void embedding_shape(hid_t f, const char *path, size_t n_ids, size_t *wid
     if (!h5_exists(f, "embedding"))
         die(EXIT_BAD_INPUT, "%s: no /embedding dataset (not an embdump output?)", path);
     int rank = h5_dims(f, "embedding", dims);
-    if (rank != 2 || dims[0] != n_ids || dims[1] < 1)
-        die(EXIT_BAD_INPUT, "%s: /embedding must be %zu x D (one row per /id), it is %s%llux%llu",
-            path, n_ids, rank == 2 ? "" : "not 2-D: ", (unsigned long long)dims[0],
-            (unsigned long long)(rank > 1 ? dims[1] : 0));
+    if (rank != 2 || dims[0] != n_ids || dims[1] < 1) {
+        char shape[160];
+        h5_shape_text(rank, dims, shape, sizeof shape);
+        die(EXIT_BAD_INPUT, "%s: /embedding must be %zu x D (one row per /id), it is %s%s",
+            path, n_ids, rank == 2 ? "" : "not 2-D: ", shape);
+    }
     hid_t ds = H5Dopen2(f, "embedding", H5P_DEFAULT), type = H5Dget_type(ds);
     int is_float = H5Tget_class(type) == H5T_FLOAT;
     H5Tclose(type);
@@ -98,6 +105,19 @@ static void read_rows(hid_t ds, hid_t space, size_t first, size_t n, size_t widt
         die(EXIT_BAD_INPUT, "%s: cannot read /embedding rows %zu..%zu", path, first,
             first + n - 1);
     H5Sclose(memspace);
+}
+
+/* A fingerprint of what the run reads, extended by bytes (FNV-1a of each part, chained). */
+static uint64_t fingerprint_add(uint64_t fingerprint, const void *data, size_t bytes)
+{
+    return fingerprint * 0x100000001b3ull ^ dist_hash_bytes(data, bytes);
+}
+
+static uint64_t fingerprint_add_strings(uint64_t fingerprint, char *const *strings, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fingerprint = fingerprint_add(fingerprint, strings[i], strlen(strings[i]) + 1);
+    return fingerprint;
 }
 
 /* An input inside OUTDIR could be one of the files this run writes there (val.h5, test.h5). */
@@ -237,6 +257,9 @@ static void embeddings_read(embeddings_t *e, char *const *paths, int n_files)
     if (shared)
         log_info("%zu slices appear in more than one embeddings file: their mean is used",
                  shared);
+    e->fingerprint = fingerprint_add_strings(0, e->ids, e->count);
+    e->fingerprint = fingerprint_add(e->fingerprint, e->values,
+                                     e->count * width * sizeof *e->values);
     log_info("embeddings: %zu slices, %zu wide, from %d file(s)", e->count, width, n_files);
     free(copies);
     free(slot_of);
@@ -281,6 +304,7 @@ typedef struct {
     size_t n_kept;
     size_t split_series[SPLITS], split_slices[SPLITS];
     int max_length;
+    uint64_t sequences_fingerprint, folds_fingerprint; /* as embeddings_t.fingerprint */
 } dataset_t;
 
 static int split_of_fold(int fold, int held)
@@ -290,34 +314,31 @@ static int split_of_fold(int fold, int held)
     return held >= 0 && fold == held ? SPLIT_VAL : SPLIT_TRAIN;
 }
 
-static void check_sorted(char *const *ids, size_t n, const char *path)
-{
-    for (size_t i = 1; i < n; i++)
-        if (strcmp(ids[i - 1], ids[i]) >= 0)
-            die(EXIT_BAD_INPUT, "%s: /id is not sorted and unique at row %zu (%s, %s)", path, i,
-                ids[i - 1], ids[i]);
-}
-
 /*
  * The series of sequences.h5 with the slices that have an embedding and a folds.h5 row, in
  * scan order. Every kept slice of a series must fall in one split.
  */
 static void dataset_build(dataset_t *d, const char *seq_path, const char *folds_path, int held)
 {
-    hid_t f = h5_open_read(seq_path);
-    hsize_t dims[8];
-    size_t n_ids;
-    char **ids = h5_read_strings(f, "slices/id", &n_ids);
-    int64_t *start = h5_read(f, "series/start", H5T_NATIVE_INT64, 1, dims);
-    size_t n_series = (size_t)dims[0];
-    int64_t *length = h5_read(f, "series/length", H5T_NATIVE_INT64, 1, dims);
-    h5_close(f);
-    if ((size_t)dims[0] != n_series)
-        die(EXIT_BAD_INPUT, "%s: /series/length has %llu rows, /series/start %zu", seq_path,
-            (unsigned long long)dims[0], n_series);
+    /* Series inside /slices, disjoint, every slice ID once (seqfile_read checks). */
+    seqfile_t seq;
+    seqfile_read(&seq, seq_path);
+    char **ids = seq.ids;
+    size_t n_ids = seq.n_slices, n_series = seq.n_series;
+    const int64_t *start = seq.start, *length = seq.length;
 
     slicelist_read_folds(&d->folds, folds_path);
-    check_sorted(d->folds.ids, d->folds.count, folds_path);
+    d->sequences_fingerprint = fingerprint_add_strings(0, ids, n_ids);
+    d->sequences_fingerprint = fingerprint_add(d->sequences_fingerprint, start,
+                                               n_series * sizeof *start);
+    d->sequences_fingerprint = fingerprint_add(d->sequences_fingerprint, length,
+                                               n_series * sizeof *length);
+    const slicelist_t *folds = &d->folds;
+    d->folds_fingerprint = fingerprint_add_strings(0, folds->ids, folds->count);
+    d->folds_fingerprint = fingerprint_add(d->folds_fingerprint, folds->labels,
+                                           folds->count * N_SUBTYPES);
+    d->folds_fingerprint = fingerprint_add(d->folds_fingerprint, folds->fold,
+                                           folds->count * sizeof *folds->fold);
 
     d->series = xmalloc((n_series ? n_series : 1) * sizeof *d->series);
     d->slot = xmalloc((n_ids ? n_ids : 1) * sizeof *d->slot);
@@ -325,9 +346,6 @@ static void dataset_build(dataset_t *d, const char *seq_path, const char *folds_
     char *used = xcalloc(d->emb.count ? d->emb.count : 1, 1);
     size_t no_embedding = 0, no_folds = 0, emptied = 0;
     for (size_t s = 0; s < n_series; s++) {
-        if (start[s] < 0 || length[s] < 1 || (uint64_t)(start[s] + length[s]) > n_ids)
-            die(EXIT_BAD_INPUT, "%s: series %zu covers slices %lld..+%lld outside the %zu rows",
-                seq_path, s, (long long)start[s], (long long)length[s], n_ids);
         series_t se = {d->n_kept, 0, -1};
         const char *split_from = NULL;
         for (int64_t i = start[s]; i < start[s] + length[s]; i++) {
@@ -384,9 +402,7 @@ static void dataset_build(dataset_t *d, const char *seq_path, const char *folds_
         log_info("%s: %zu series, %zu slices", split_names[k], d->split_series[k],
                  d->split_slices[k]);
     free(used);
-    free(start);
-    free(length);
-    h5_free_strings(ids, n_ids);
+    seqfile_free(&seq);
 }
 
 static void dataset_free(dataset_t *d)
@@ -571,11 +587,38 @@ typedef struct {
     const dataset_t *d;
 } run_t;
 
+/* The three inputs as the outputs record them: the paths given and their fingerprints. */
+typedef struct {
+    const char *what, *path_attr, *fingerprint_attr, *path;
+    char fingerprint[17]; /* 16 hex digits */
+} run_input_t;
+
+enum { RUN_INPUTS = 3 };
+
+static void run_inputs(const run_t *run, run_input_t inputs[RUN_INPUTS])
+{
+    const dataset_t *d = run->d;
+    inputs[0] = (run_input_t){"embeddings", "embeddings", "embeddings_fingerprint",
+                              run->emb_list, ""};
+    inputs[1] = (run_input_t){"SEQUENCES.h5", "sequences_file", "sequences_fingerprint",
+                              run->seq_path, ""};
+    inputs[2] = (run_input_t){"FOLDS.h5", "folds_file", "folds_fingerprint", run->folds_path,
+                              ""};
+    const uint64_t fingerprints[RUN_INPUTS] = {d->emb.fingerprint, d->sequences_fingerprint,
+                                               d->folds_fingerprint};
+    for (int i = 0; i < RUN_INPUTS; i++)
+        snprintf(inputs[i].fingerprint, sizeof inputs[i].fingerprint, "%016llx",
+                 (unsigned long long)fingerprints[i]);
+}
+
 static void attr_inputs(hid_t f, const run_t *run)
 {
-    h5_attr_str(f, "embeddings", run->emb_list);
-    h5_attr_str(f, "sequences_file", run->seq_path);
-    h5_attr_str(f, "folds_file", run->folds_path);
+    run_input_t inputs[RUN_INPUTS];
+    run_inputs(run, inputs);
+    for (int i = 0; i < RUN_INPUTS; i++) {
+        h5_attr_str(f, inputs[i].path_attr, inputs[i].path);
+        h5_attr_str(f, inputs[i].fingerprint_attr, inputs[i].fingerprint);
+    }
     h5_attr_i64(f, "fold", run->o->fold);
     h5_attr_str(f, "precision", run->precision);
 }
@@ -681,6 +724,63 @@ static char *newest_epoch_checkpoint(const char *dir)
     return best;
 }
 
+/*
+ * The inputs the checkpoint's run read against this run's: another content (fingerprint) is
+ * refused; so is another path where the checkpoint has no fingerprints (made before them).
+ */
+static void check_resume_inputs(hid_t f, const char *path, const run_t *run)
+{
+    run_input_t inputs[RUN_INPUTS];
+    run_inputs(run, inputs);
+    for (int i = 0; i < RUN_INPUTS; i++) {
+        const run_input_t *in = &inputs[i];
+        char *read_path = h5_attr_read_str(f, in->path_attr);
+        char *read_fingerprint = h5_attr_read_str(f, in->fingerprint_attr);
+        int other_path = read_path && strcmp(read_path, in->path) != 0;
+        if (read_fingerprint ? strcmp(read_fingerprint, in->fingerprint) != 0 : other_path)
+            die(EXIT_USAGE, "%s: --resume with other %s than the checkpoint's run: %s "
+                "(fingerprint %s), it read %s (fingerprint %s); give those, or --force to "
+                "start over", path, in->what, in->path, in->fingerprint,
+                read_path ? read_path : "?", read_fingerprint ? read_fingerprint : "none");
+        if (other_path)
+            log_info("%s: %s now read from %s (the checkpoint's run: %s), same content",
+                     path, in->what, in->path, read_path);
+        free(read_path);
+        free(read_fingerprint);
+    }
+}
+
+/* --force: one file of an earlier run, removed (dies when it is there and stays). */
+static void remove_run_file(char *file)
+{
+    if (unlink(file) != 0 && errno != ENOENT)
+        die(EXIT_IO, "%s: cannot remove (--force): %s", file, strerror(errno));
+    free(file);
+}
+
+/*
+ * --force: the files of an earlier run in dir: each epoch's checkpoint and predictions up to
+ * the one after its newest checkpoint (predictions are written first), and the bags.
+ */
+static void remove_earlier_run(const char *dir)
+{
+    char *newest = newest_epoch_checkpoint(dir);
+    if (!newest)
+        return;
+    nn_ckpt_meta_t meta;
+    char *message = NULL;
+    if (nn_ckpt_read_meta(newest, &meta, &message) != 0)
+        die(EXIT_BAD_INPUT, "%s", message);
+    static const char *const prefixes[] = {"epoch", "val_epoch", "test_epoch"};
+    for (int e = 1; e <= (int)meta.epoch + 1; e++)
+        for (int k = 0; k < 3; k++)
+            remove_run_file(epoch_file(dir, prefixes[k], e));
+    for (int split = SPLIT_VAL; split <= SPLIT_TEST; split++)
+        remove_run_file(xasprintf("%s/%s.h5", dir, split_names[split]));
+    log_info("--force: removed the earlier run in %s (%lld epochs)", dir, (long long)meta.epoch);
+    free(newest);
+}
+
 static void check_resume(const char *path, const run_t *run, const nn_ckpt_meta_t *meta)
 {
     const options_t *o = run->o;
@@ -710,6 +810,7 @@ static void check_resume(const char *path, const run_t *run, const nn_ckpt_meta_
         (h5_attr_read_f64(f, "lstm_lr_decay", &decay) && decay != o->lr_decay))
         die(EXIT_USAGE, "%s: --resume with another --lr or --lr-decay than the checkpoint's",
             path);
+    check_resume_inputs(f, path, run);
     h5_close(f);
 }
 
@@ -1033,6 +1134,9 @@ int main(int argc, char **argv)
          "compute threads (0: OMP_NUM_THREADS, else every core)", 0, 1024, NULL},
         {0, "resume", OPT_FLAG, &o.resume, NULL,
          "continue from the newest complete epoch checkpoint in DIR", 1, 0, NULL},
+        {0, "force", OPT_FLAG, &o.force, NULL,
+         "start over in an OUTDIR that holds checkpoints, removing the earlier run's files", 1,
+         0, NULL},
         {0},
     };
     const opt_spec_t spec = {
@@ -1056,10 +1160,16 @@ int main(int argc, char **argv)
             "  val_epoch<E>.h5    validation predictions of epoch E (attribute val_loss)\n"
             "  test_epoch<E>.h5   test predictions of epoch E\n"
             "  val.h5, test.h5    after the last epoch: the mean of the last --bag epochs\n"
-            "A split without slices still gets its files, with no rows. --resume continues\n"
-            "from the newest epoch<E>.h5 and gives the result of an uninterrupted run (with\n"
-            "the same thread count); it refuses other model sizes, --fold, --batch, --seed,\n"
-            "--lr, --lr-decay or training series than the checkpoint's.\n"
+            "A split without slices still gets its files, with no rows. --bag larger than\n"
+            "--epochs bags every epoch (said once; attribute epochs_bagged).\n"
+            "--resume continues from the newest epoch<E>.h5 and gives the result of an\n"
+            "uninterrupted run (with the same thread count); it refuses other model sizes,\n"
+            "--fold, --batch, --seed, --lr, --lr-decay, training series or inputs than the\n"
+            "checkpoint's (each input's content fingerprint: attributes\n"
+            "embeddings_fingerprint, sequences_fingerprint, folds_fingerprint). An OUTDIR\n"
+            "that holds checkpoints needs --resume (a killed run: the same command with\n"
+            "--resume) or --force (removes that run's files, starts over): exit 2 otherwise.\n"
+            "--fold must exist in FOLDS.h5.\n"
             "Under `mpirun -np N` each --batch of series is split over the ranks, the\n"
             "gradients summed so that the step is the whole batch's (equal to one process\n"
             "but for the order of the sums), and the prediction batches shared; rank 0\n"
@@ -1080,6 +1190,17 @@ int main(int argc, char **argv)
     if (!o.out_dir)
         die(EXIT_USAGE, "-o OUTDIR is required");
     refuse_inputs_in_out_dir(o.out_dir, pos, n_pos);
+    if (o.resume && o.force)
+        die(EXIT_USAGE, "--resume continues the run in %s, --force removes it: give one",
+            o.out_dir);
+    char *earlier = o.resume || o.force ? NULL : newest_epoch_checkpoint(o.out_dir);
+    if (earlier)
+        die(EXIT_USAGE, "%s holds an earlier run (newest checkpoint %s): add --resume to "
+            "continue it, or --force to remove its files and start over", o.out_dir, earlier);
+    slicelist_require_fold(pos[1], "--fold", o.fold);
+    if (o.bag > o.epochs)
+        log_warn("--bag %d with --epochs %d: val.h5 and test.h5 average all the epochs (%d)",
+                 o.bag, o.epochs, o.epochs);
     set_threads(o.threads);
     char why[512];
     nn_backend_t *be = nn_backend_open(dist_device_for_rank(o.device), why, sizeof why);
@@ -1165,6 +1286,8 @@ int main(int argc, char **argv)
     if (writer) {
         mkdir_p(o.out_dir);
         tmp_sweep(o.out_dir);
+        if (o.force)
+            remove_earlier_run(o.out_dir);
     }
     if (meta.epoch >= o.epochs)
         log_info("%s: already %lld epochs of %d; bagging only", o.out_dir,

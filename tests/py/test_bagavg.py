@@ -106,6 +106,8 @@ def test_averaging():
         ("equal weights", [], None),
         ("--weights 2,1,1", ["--weights", "2,1,1"], [2, 1, 1]),
         ("FILE:WEIGHT 0.95/0.05/0", None, [0.95, 0.05, 0.0]),
+        # Their sum overflows a double: numpy is given the same ratios.
+        ("--weights 1e308,1e308,1e307", ["--weights", "1e308,1e308,1e307"], [10, 10, 1]),
     ]
     for name, extra, weights in cases:
         out = os.path.join(WORK, "avg.csv")
@@ -295,6 +297,21 @@ def test_baseline():
     proc = run("bagavg", "-o", os.path.join(WORK, "base2.csv"), "--baseline", fpath, pred)
     check(proc.returncode == 2 and "--labels" in proc.stderr,
           "--baseline without --labels: exit 2 (%d)" % proc.returncode)
+
+    # A fold the folds file lacks (mkfolds records the count) would hold out nothing.
+    with h5py.File(fpath, "r+") as f:
+        f.attrs["folds"] = np.int64(3)
+    out = os.path.join(WORK, "base9.csv")
+    proc = run("bagavg", "-o", out, "--labels", lab, "--baseline", fpath,
+               "--baseline-holdout", "9", pred)
+    check(proc.returncode == 2 and "--baseline-holdout 9" in proc.stderr
+          and "folds 0 to 2" in proc.stderr and not os.path.exists(out),
+          "--baseline-holdout 9 of a 3-fold file: exit 2 (%d), nothing written: %s"
+          % (proc.returncode, proc.stderr.strip()[-200:]))
+    proc = run("bagavg", "-o", out, "--labels", lab, "--baseline", fpath,
+               "--baseline-holdout", "2", pred)
+    check(proc.returncode == 0, "--baseline-holdout 2 of a 3-fold file: exit 0 (%d)"
+          % proc.returncode)
 
 
 def test_empty_and_baseline_output():

@@ -15,8 +15,12 @@ lossless PPM images, seeded). Checks:
   - cnntrain's val_loss attribute equals the challenge metric (metric_ref, numpy) of
     embdump's /prob on the validation split with orig only (the same images and model);
   - bad input: missing or damaged image, a checkpoint of another architecture or of no
-    ResNeXt, a fold with no slices, -o naming an input, an unknown device: exit codes of
-    --help, a message naming the problem, nothing written.
+    ResNeXt, one with a NaN weight (conv1, where a relu could hide it), one whose last batch
+    norm scales are 3e38 (finite weights, overflowing outputs), a fold with no slices, -o
+    naming an input or an existing folder (refused before the model runs), an unknown
+    device: exit codes of --help, a message naming the problem, nothing written;
+  - --split val --fold 1 with the fold-0 classifier warns that it trained on those slices;
+    its own fold 0 does not.
 Needs no shared data.
 """
 import os
@@ -297,6 +301,32 @@ refused("a fold with no slices", ["--split", "val", "--fold", "7", ckpt, img, fo
         "fold 7 has no slices")
 refused("--split val without FOLDS.h5", ["--split", "val", ckpt, img], 2, "needs FOLDS.h5")
 refused("an unknown device", ["--device", "tpu", ckpt, img, folds], 2, "tpu")
+for name, tensor, elements, value, pattern in (
+        ("nan.h5", "conv1.weight", slice(0, 1), np.nan, "conv1.weight holds a non-finite"),
+        ("huge.h5", "layer4.1.bn3.weight", slice(None), 3e38, "is not finite")):
+    poisoned = os.path.join(WORK, name)
+    shutil.copy(ckpt, poisoned)
+    with h5py.File(poisoned, "r+") as f:
+        values = f["state_dict/" + tensor][()]
+        values.flat[elements] = value
+        f["state_dict/" + tensor][...] = values
+    refused("%s = %s (%s)" % (tensor, value, name), [poisoned, img, folds], 3, pattern)
+folder = os.path.join(WORK, "outdir")
+os.makedirs(folder)
+proc = run_plain("embdump", "-o", folder, ckpt, img, folds)
+check(proc.returncode == 2 and "is a folder" in proc.stderr and "slices (split" not in
+      proc.stderr and not os.listdir(folder),
+      "-o an existing folder: exit %d before the model runs, '%s'"
+      % (proc.returncode, proc.stderr.strip()))
+warnings = {}
+for held in ("1", "0"):
+    proc = run_plain("embdump", "--split", "val", "--fold", held, "-o",
+                     os.path.join(WORK, "val_fold%s.h5" % held), ckpt, img, folds)
+    warnings[held] = [line for line in proc.stderr.splitlines() if "trained on these" in line]
+    check(proc.returncode == 0, "--split val --fold %s: exit %d" % (held, proc.returncode))
+check(len(warnings["1"]) == 1 and "warning" in warnings["1"][0] and not warnings["0"],
+      "a fold-0 classifier embedding validation fold 1 warns (%s); its own fold 0 does not"
+      % warnings["1"])
 proc = run_plain("embdump", "-o", folds, ckpt, img, folds)
 check(proc.returncode == 2 and "is the input" in proc.stderr,
       "-o naming FOLDS.h5: exit %d, '%s'" % (proc.returncode, proc.stderr.strip()))

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -123,6 +124,15 @@ static void test_h5(const char *dir)
     EXPECT(h5_exists(f, "slices/position") && !h5_exists(f, "nothing/here"));
     h5_close(f);
 
+    /* Shapes in messages: a 1-D dataset is "35", not "35x0". */
+    char shape[64];
+    hsize_t shape_dims[3] = {35, 2048, 3};
+    EXPECT(!strcmp(h5_shape_text(1, shape_dims, shape, sizeof shape), "35"));
+    EXPECT(!strcmp(h5_shape_text(2, shape_dims, shape, sizeof shape), "35x2048"));
+    EXPECT(!strcmp(h5_shape_text(3, shape_dims, shape, sizeof shape), "35x2048x3"));
+    EXPECT(!strcmp(h5_shape_text(0, shape_dims, shape, sizeof shape), "scalar"));
+    EXPECT(!strcmp(h5_shape_text(3, shape_dims, shape, 6), "35x20")); /* cut, terminated */
+
     /* A discarded output leaves nothing behind. */
     char *other = path_join(dir, "discarded.h5");
     h5out_create(&out, other);
@@ -163,16 +173,98 @@ static void test_images(const char *dir)
     EXPECT(sum / (W * H * 3) < 2.0);
     free(back);
 
-    /* A truncated JPEG is an error, not a half image. */
-    FILE *f = fopen(jpg, "r+b");
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fclose(f);
-    EXPECT(truncate(jpg, size / 2) == 0);
-    back = image_read_file(jpg, &w, &h, err, sizeof err);
-    EXPECT(back == NULL && strstr(err, "x.jpg") != NULL);
+    /* A truncated JPEG is an error, not a half image: cut in the headers' wake, mid-scan, in
+     * the last rows, and just before the end marker. libjpeg decodes all but the first with
+     * a warning only, filling the missing rows with grey. */
+    enum { BIG = 96 }; /* large enough that its scan data, not its tables, fill the file */
+    uint8_t *texture = xmalloc(BIG * BIG * 3);
+    for (int i = 0; i < BIG * BIG * 3; i++)
+        texture[i] = (uint8_t)((i * 2654435761u) >> 24);
+    uint8_t *whole;
+    size_t size;
+    EXPECT(jpeg_encode(texture, BIG, BIG, 95, 0, &whole, &size, err, sizeof err) == 0);
+    free(texture);
+    const double cuts[] = {0.5, 0.6, 0.99};
+    for (int c = 0; c < 4; c++) {
+        size_t keep = c < 3 ? (size_t)(cuts[c] * (double)size) : size - 2;
+        FILE *f = fopen(jpg, "wb");
+        fwrite(whole, 1, keep, f);
+        fclose(f);
+        err[0] = 0;
+        back = image_read_file(jpg, &w, &h, err, sizeof err);
+        printf("JPEG of %zu bytes cut to %zu: %s\n", size, keep, back ? "decoded" : err);
+        EXPECT(back == NULL && strstr(err, "x.jpg") != NULL);
+        free(back);
+    }
+    free(whole);
     free(ppm);
     free(jpg);
+}
+
+/* A fixed-length attribute, as h5py writes a numpy bytes value: every character counts. */
+static void test_fixed_string_attribute(const char *dir)
+{
+    const char *value = "epidural,intraparenchymal,intraventricular,subarachnoid,subdural,any";
+    char *path = path_join(dir, "attr.h5");
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    for (int pad = 0; pad < 2; pad++) {
+        hid_t type = H5Tcopy(H5T_C_S1);
+        H5Tset_size(type, strlen(value) + (pad ? 0 : 1));
+        H5Tset_strpad(type, pad ? H5T_STR_NULLPAD : H5T_STR_NULLTERM);
+        hid_t space = H5Screate(H5S_SCALAR);
+        hid_t attr = H5Acreate2(f, pad ? "nullpad" : "nullterm", type, space, H5P_DEFAULT,
+                                H5P_DEFAULT);
+        char buf[128] = {0};
+        strcpy(buf, value);
+        EXPECT(H5Awrite(attr, type, buf) >= 0);
+        H5Aclose(attr);
+        H5Sclose(space);
+        H5Tclose(type);
+    }
+    H5Fclose(f);
+
+    f = h5_open_read(path);
+    char *nullpad = h5_attr_read_str(f, "nullpad"), *nullterm = h5_attr_read_str(f, "nullterm");
+    printf("fixed-length attributes read back: '%s', '%s'\n", nullpad, nullterm);
+    EXPECT(nullpad && !strcmp(nullpad, value));
+    EXPECT(nullterm && !strcmp(nullterm, value));
+    free(nullpad);
+    free(nullterm);
+    h5_close(f);
+    free(path);
+}
+
+/* A killed writer that its parent has not reaped yet is a zombie: its temporary goes. */
+static void test_sweep_zombie(const char *dir)
+{
+    char *sub = path_join(dir, "zombie");
+    mkdir_p(sub);
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    char stat_path[64], line[256] = "";
+    snprintf(stat_path, sizeof stat_path, "/proc/%d/stat", (int)child);
+    for (int tries = 0; tries < 500 && !strstr(line, ") Z"); tries++) {
+        FILE *f = fopen(stat_path, "r");
+        line[0] = 0;
+        if (f) {
+            if (!fgets(line, sizeof line, f))
+                line[0] = 0;
+            fclose(f);
+        }
+        if (!strstr(line, ") Z"))
+            usleep(2000);
+    }
+    EXPECT(strstr(line, ") Z") != NULL);
+    char *name = xasprintf("%s/.test.h5.tmp-%d-0", sub, (int)child);
+    FILE *f = fopen(name, "w");
+    fclose(f);
+    int removed = tmp_sweep(sub);
+    printf("sweep with a zombie writer (%d): removed %d\n", (int)child, removed);
+    EXPECT(removed == 1 && !path_exists(name));
+    waitpid(child, NULL, 0);
+    free(name);
+    free(sub);
 }
 
 static void add_square(size_t i, int thread, void *ctx)
@@ -200,6 +292,8 @@ int main(void)
     test_csv(dir);
     test_h5(dir);
     test_images(dir);
+    test_fixed_string_attribute(dir);
+    test_sweep_zombie(dir);
     test_pool();
     free(dir);
     printf("%s\n", failures ? "FAILED" : "all checks passed");

@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""cnntrain run again into a folder that holds checkpoints (tiny model, 32 px PPM phantoms,
+seeded, one engine thread):
+  - without --resume: exit 2, a message naming --resume and --force, every file as it was
+    (bytes); --resume with --force: exit 2;
+  - --force with --epochs 1 over a 2-epoch run that saved every step: no step<S>.h5 and no
+    epoch2.h5 left, and epoch1.h5 equals a run's in an empty folder (every dataset, bit for
+    bit);
+  - the checkpoints record train_jpeg_dir and train_folds_file as given; --resume with a copy
+    of the JPEG folder or of the folds file (other paths): exit 2 naming JPEG_DIR / FOLDS.h5,
+    no new checkpoint; with the same inputs it goes on to epoch 3;
+  - --fold 3 of a 3-fold file: exit 2, nothing written.
+Needs no shared data; a few seconds.
+"""
+import os
+import shutil
+
+import h5py
+
+import testlib as T
+from testlib import BIN, WORK, run_ok
+from test_lstmtrain_rerun import expect_refused, rerun_and_force
+
+os.environ["OMP_NUM_THREADS"] = "1"
+
+ph = T.phantom(os.path.join(WORK, "ph"), "--series", "12", "--slices", "6-8", "--size", "64",
+               "--seed", "5", "--prevalence", "0.9", "-j", "2")
+img = os.path.join(WORK, "img")
+run_ok("dcm2jpg", "-j", "2", "--format", "ppm", "-o", img, ph)
+folds = os.path.join(WORK, "folds.h5")
+run_ok("mkfolds", "-k", "3", "-o", folds, os.path.join(ph, "labels.csv"),
+       os.path.join(img, "meta.h5"))
+TRAIN = ["--arch", "tiny", "--size", "32", "--batch", "8", "--micro-batch", "4", "--lr", "1e-3",
+         "--seed", "4", "-j", "1", "--fold", "1"]
+
+
+def cnntrain(out, *extra, images=img, folds_file=folds):
+    return T.run("cnntrain", *(TRAIN + list(extra) + ["-o", out, images, folds_file]))
+
+
+def main():
+    assert os.path.exists(os.path.join(BIN, "cnntrain"))
+    run = os.path.join(WORK, "run")
+    proc = cnntrain(run, "--epochs", "2", "--save-every", "1")
+    assert proc.returncode == 0, proc.stderr
+    steps = [n for n in os.listdir(run) if n.startswith("step")]
+    assert steps and os.path.exists(os.path.join(run, "epoch2.h5")), os.listdir(run)
+    rerun_and_force(cnntrain, run, "epoch2.h5")
+
+    # ---- --resume with other inputs ----
+    with h5py.File(os.path.join(run, "epoch2.h5"), "r") as f:
+        recorded = {k: f.attrs[k] for k in ("train_jpeg_dir", "train_folds_file")}
+    recorded = {k: v.decode() if isinstance(v, bytes) else v for k, v in recorded.items()}
+    assert recorded == {"train_jpeg_dir": img, "train_folds_file": folds}, recorded
+    img_copy = os.path.join(WORK, "img-copy")
+    shutil.copytree(img, img_copy)
+    folds_copy = os.path.join(WORK, "folds-copy.h5")
+    shutil.copy(folds, folds_copy)
+    expect_refused(cnntrain(run, "--epochs", "3", "--resume", images=img_copy),
+                   ["JPEG_DIR", img_copy, img], "another JPEG folder")
+    expect_refused(cnntrain(run, "--epochs", "3", "--resume", folds_file=folds_copy),
+                   ["FOLDS.h5", folds_copy], "another folds file")
+    assert not os.path.exists(os.path.join(run, "epoch3.h5"))
+    proc = cnntrain(run, "--epochs", "3", "--resume")
+    assert proc.returncode == 0 and os.path.exists(os.path.join(run, "epoch3.h5")), proc.stderr
+    T.passed("checkpoints record %s; --resume with another JPEG folder or folds file: exit 2 "
+             "naming it, no epoch3.h5; with the same inputs: epoch 3 written" % recorded)
+
+    # ---- a fold the folds file lacks ----
+    out = os.path.join(WORK, "fold3")
+    expect_refused(cnntrain(out, "--fold", "3"), ["--fold 3", "folds 0 to 2"], "--fold 3")
+    assert not os.path.exists(out)
+    T.passed("--fold 3 of a 3-fold file: exit 2, nothing written")
+    T.finish("cnntrain rerun")
+
+
+if __name__ == "__main__":
+    main()
