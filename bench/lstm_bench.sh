@@ -14,6 +14,7 @@
 #
 #   sh bench/lstm_bench.sh   (EMB=2048 HIDDEN=2048 STEPS=40 TRAIN_BATCH=4 EVAL_BATCH=16
 #                             REPS=1 ITERS=1 THREADS=2 PRECISIONS="fp32 bf16" BUILD=build
+#                             MODES="train eval"
 #                             PY=/usr/bin/python3)
 #
 # PyTorch's side needs an optimised BLAS to be a fair baseline: Debian's OpenBLAS
@@ -35,6 +36,7 @@ TRAIN_BATCH=${TRAIN_BATCH:-4}
 EVAL_BATCH=${EVAL_BATCH:-16}
 REPS=${REPS:-1}
 ITERS=${ITERS:-1}
+MODES=${MODES:-train eval}
 PRECISIONS=${PRECISIONS:-fp32 bf16}
 OMP_NUM_THREADS=${THREADS:-2}
 export OMP_NUM_THREADS PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
@@ -71,7 +73,7 @@ echo "lstm bench: emb $EMB, hidden $HIDDEN, $STEPS slices a series, train batch"
     "$TRAIN_BATCH, eval batch $EVAL_BATCH, $OMP_NUM_THREADS threads, $REPS rounds of $ITERS" \
     "iterations; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 log=$work/results.txt
-for mode in train eval; do
+for mode in $MODES; do
     batch=$TRAIN_BATCH
     [ "$mode" = eval ] && batch=$EVAL_BATCH
     round=1
