@@ -407,11 +407,14 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
 /* epoch<E>.h5 or step<S>.h5: the names this program gives its checkpoints. */
 static int is_checkpoint_name(const char *name)
 {
-    return name[0] != '.' && path_has_ext(name, ".h5") &&
-           (strncmp(name, "epoch", 5) == 0 || strncmp(name, "step", 4) == 0);
+    return nn_ckpt_numbered_name(name, "epoch") || nn_ckpt_numbered_name(name, "step");
 }
 
-/* The complete checkpoint of dir with the most optimizer steps (epoch files win ties). */
+/*
+ * The complete checkpoint of dir with the most optimizer steps (epoch files win ties). A
+ * checkpoint of another model kind there (lstmtrain's) is refused: this program would
+ * overwrite it, and --force would remove it.
+ */
 static char *newest_checkpoint(const char *dir)
 {
     DIR *dp = opendir(dir);
@@ -434,6 +437,9 @@ static char *newest_checkpoint(const char *dir)
             free(path);
             continue;
         }
+        if (!resnext_config(meta.model))
+            die(EXIT_USAGE, "%s is a checkpoint of %s, not of a classifier: give cnntrain "
+                "another -o", path, meta.model);
         if (meta.step > best_step || (meta.step == best_step && epoch_file && !best_epoch_file)) {
             free(best);
             best = path;
@@ -477,10 +483,11 @@ static void refuse_earlier_run(const train_options_t *o)
     if (o->resume && o->force)
         die(EXIT_USAGE, "--resume continues the checkpoints in %s, --force removes them: "
             "give one", o->out_dir);
-    char *newest = o->resume || o->force ? NULL : newest_checkpoint(o->out_dir);
-    if (newest)
+    char *newest = newest_checkpoint(o->out_dir); /* also refuses another model's */
+    if (newest && !o->resume && !o->force)
         die(EXIT_USAGE, "%s holds checkpoints of an earlier run (newest: %s): add --resume "
             "to continue it, or --force to remove them and start over", o->out_dir, newest);
+    free(newest);
 }
 
 /*
@@ -620,7 +627,8 @@ int main(int argc, char **argv)
             "--lr, --batch, --seed, --size, --crop, training set, JPEG_DIR or FOLDS.h5 than\n"
             "the checkpoint's (attributes train_jpeg_dir, train_folds_file). A DIR that holds\n"
             "checkpoints needs --resume (a killed run: the same command with --resume) or\n"
-            "--force (removes them, starts over); without either it is exit 2.\n"
+            "--force (removes them, starts over); without either it is exit 2, and so is a\n"
+            "DIR holding another model's checkpoints (lstmtrain's) whatever the options.\n"
             "Batch norm in training needs two images per micro-batch: --batch must not leave\n"
             "a micro-batch of one (exit 2), and an epoch whose last batch would end in one\n"
             "leaves its last shuffled image out (said once). --fold must exist in FOLDS.h5.\n"

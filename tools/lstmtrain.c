@@ -692,7 +692,8 @@ static void save_checkpoint(seqmodel_t *m, const run_t *run, const nn_ckpt_meta_
     free(path);
 }
 
-/* The complete epoch<E>.h5 of dir with the highest E, or NULL. */
+/* The complete epoch<E>.h5 of dir with the highest E, or NULL. A checkpoint of another
+ * model kind there (cnntrain's) is refused: this program would overwrite it. */
 static char *newest_epoch_checkpoint(const char *dir)
 {
     DIR *dp = opendir(dir);
@@ -702,7 +703,7 @@ static char *newest_epoch_checkpoint(const char *dir)
     int64_t best_epoch = 0;
     struct dirent *e;
     while ((e = readdir(dp))) {
-        if (strncmp(e->d_name, "epoch", 5) != 0 || !path_has_ext(e->d_name, ".h5"))
+        if (!nn_ckpt_numbered_name(e->d_name, "epoch"))
             continue;
         char *path = path_join(dir, e->d_name), *message = NULL;
         nn_ckpt_meta_t meta;
@@ -712,6 +713,9 @@ static char *newest_epoch_checkpoint(const char *dir)
             free(path);
             continue;
         }
+        if (strcmp(meta.model, MODEL_NAME) != 0)
+            die(EXIT_USAGE, "%s is a checkpoint of %s, not of the sequence model: give "
+                "lstmtrain another -o", path, meta.model);
         if (meta.epoch > best_epoch) {
             free(best);
             best = path;
@@ -726,7 +730,7 @@ static char *newest_epoch_checkpoint(const char *dir)
 
 /*
  * The inputs the checkpoint's run read against this run's: another content (fingerprint) is
- * refused; so is another path where the checkpoint has no fingerprints (made before them).
+ * refused. A checkpoint made before fingerprints were recorded cannot be checked: said.
  */
 static void check_resume_inputs(hid_t f, const char *path, const run_t *run)
 {
@@ -737,12 +741,15 @@ static void check_resume_inputs(hid_t f, const char *path, const run_t *run)
         char *read_path = h5_attr_read_str(f, in->path_attr);
         char *read_fingerprint = h5_attr_read_str(f, in->fingerprint_attr);
         int other_path = read_path && strcmp(read_path, in->path) != 0;
-        if (read_fingerprint ? strcmp(read_fingerprint, in->fingerprint) != 0 : other_path)
+        if (!read_fingerprint)
+            log_warn("%s: made without input fingerprints: cannot check that its run read "
+                     "the same %s as %s", path, in->what, in->path);
+        else if (strcmp(read_fingerprint, in->fingerprint) != 0)
             die(EXIT_USAGE, "%s: --resume with other %s than the checkpoint's run: %s "
                 "(fingerprint %s), it read %s (fingerprint %s); give those, or --force to "
                 "start over", path, in->what, in->path, in->fingerprint,
-                read_path ? read_path : "?", read_fingerprint ? read_fingerprint : "none");
-        if (other_path)
+                read_path ? read_path : "?", read_fingerprint);
+        else if (other_path)
             log_info("%s: %s now read from %s (the checkpoint's run: %s), same content",
                      path, in->what, in->path, read_path);
         free(read_path);
@@ -1168,7 +1175,10 @@ int main(int argc, char **argv)
             "checkpoint's (each input's content fingerprint: attributes\n"
             "embeddings_fingerprint, sequences_fingerprint, folds_fingerprint). An OUTDIR\n"
             "that holds checkpoints needs --resume (a killed run: the same command with\n"
-            "--resume) or --force (removes that run's files, starts over): exit 2 otherwise.\n"
+            "--resume) or --force (removes that run's files, starts over): exit 2 otherwise,\n"
+            "and whatever the options for an OUTDIR holding another model's checkpoints\n"
+            "(cnntrain's). A checkpoint without input fingerprints (older) resumes with a\n"
+            "warning that its inputs cannot be checked.\n"
             "--fold must exist in FOLDS.h5.\n"
             "Under `mpirun -np N` each --batch of series is split over the ranks, the\n"
             "gradients summed so that the step is the whole batch's (equal to one process\n"

@@ -43,7 +43,8 @@ size_t nn_bf16_packed_count(long k, long n);
 void nn_bf16_pack(const float *w, long ldw, int transposed, long k, long n,
                   nn_bf16_t *packed);
 
-/* C[m][n] = sum_k A[m][k] W[k][n] + beta C[m][n], W packed by nn_bf16_pack. */
+/* C[m][n] = sum_k A[m][k] W[k][n] + beta C[m][n], W packed by nn_bf16_pack. Not thread-safe
+ * from 5 rows on (its scratch is kept from call to call): one caller thread at a time. */
 void nn_bf16_gemm_packed(long m, long n, long k, const nn_bf16_t *a, long lda,
                          const nn_bf16_t *packed, float beta, float *c, long ldc);
 

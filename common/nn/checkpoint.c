@@ -756,3 +756,13 @@ void nn_ckpt_load_or_die(const char *path, nn_paramset_t *ps, const char *model,
         log_warn("%s", report.message);
     nn_ckpt_report_free(&report);
 }
+
+int nn_ckpt_numbered_name(const char *name, const char *prefix)
+{
+    size_t prefix_len = strlen(prefix), len = strlen(name);
+    if (len <= prefix_len + 3 || strncmp(name, prefix, prefix_len) != 0 ||
+        strcmp(name + len - 3, ".h5") != 0)
+        return 0;
+    size_t digits = len - prefix_len - 3;
+    return strspn(name + prefix_len, "0123456789") == digits;
+}

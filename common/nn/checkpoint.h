@@ -101,6 +101,10 @@ void nn_ckpt_save(const char *path, nn_paramset_t *ps, const nn_ckpt_meta_t *met
  */
 int nn_ckpt_read_meta(const char *path, nn_ckpt_meta_t *meta, char **message);
 
+/* 1 when a file name is PREFIX<digits>.h5 (epoch12.h5): the names the trainers give their
+ * checkpoints, and the only files they count as theirs or remove. */
+int nn_ckpt_numbered_name(const char *name, const char *prefix);
+
 /*
  * Load path into an allocated paramset (flags: NN_CKPT_ADAM, NN_CKPT_NONSTRICT). model,
  * unless NULL, must equal the checkpoint's model name (in both modes). meta (may be NULL)

@@ -9,6 +9,8 @@ seeded, one engine thread):
   - the checkpoints record train_jpeg_dir and train_folds_file as given; --resume with a copy
     of the JPEG folder or of the folds file (other paths): exit 2 naming JPEG_DIR / FOLDS.h5,
     no new checkpoint; with the same inputs it goes on to epoch 3;
+  - --force keeps files merely named like checkpoints (epoch_notes.h5 ...); a folder holding
+    another model's checkpoint: exit 2 with or without --force or --resume, unchanged;
   - --fold 3 of a 3-fold file: exit 2, nothing written.
 Needs no shared data; a few seconds.
 """
@@ -65,6 +67,33 @@ def main():
     assert proc.returncode == 0 and os.path.exists(os.path.join(run, "epoch3.h5")), proc.stderr
     T.passed("checkpoints record %s; --resume with another JPEG folder or folds file: exit 2 "
              "naming it, no epoch3.h5; with the same inputs: epoch 3 written" % recorded)
+
+    # ---- files merely named like checkpoints, and another model's checkpoint ----
+    mixed = os.path.join(WORK, "mixed")
+    os.mkdir(mixed)
+    others = ("epoch_notes.h5", "steps_table.h5", "epoch-summary.h5", "epoch2.h5.txt")
+    for name in others:
+        with open(os.path.join(mixed, name), "w") as f:
+            f.write("not a checkpoint\n")
+    proc = cnntrain(mixed, "--epochs", "1", "--force")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(os.listdir(mixed)) == sorted(others + ("epoch1.h5",)), os.listdir(mixed)
+    foreign = os.path.join(WORK, "foreign")
+    os.mkdir(foreign)
+    shutil.copy(os.path.join(mixed, "epoch1.h5"), os.path.join(foreign, "epoch3.h5"))
+    with h5py.File(os.path.join(foreign, "epoch3.h5"), "r+") as f:
+        f.attrs["model"] = "seqmodel"
+    with open(os.path.join(foreign, "epoch3.h5"), "rb") as f:
+        before = f.read()
+    for options in ((), ("--force",), ("--resume",)):
+        expect_refused(cnntrain(foreign, "--epochs", "1", *options),
+                       ["seqmodel", "another -o"], "foreign " + str(options))
+        assert os.listdir(foreign) == ["epoch3.h5"], os.listdir(foreign)
+        with open(os.path.join(foreign, "epoch3.h5"), "rb") as f:
+            assert f.read() == before, "the refused run changed the sequence model's file"
+    T.passed("--force kept %s (named like checkpoints, not ones); a folder holding a sequence "
+             "model's epoch3.h5: exit 2 with and without --force and --resume, the file as it "
+             "was" % " ".join(others))
 
     # ---- a fold the folds file lacks ----
     out = os.path.join(WORK, "fold3")

@@ -9,6 +9,9 @@ hidden 8, seeded, one thread):
     files; the embeddings, the folds (one training label flipped) or the sequences (two
     slices of a series swapped) rewritten in place under the same path: exit 2 naming the
     input, no new epoch; a copy of the folds file under another name (same content) resumes;
+  - a checkpoint without fingerprints (made before them) resumes with a warning;
+  - a folder holding another model's epoch1.h5: exit 2 with or without --force or --resume,
+    nothing changed (files merely named like checkpoints included);
   - --fold 3 of a folds file with 3 folds: exit 2, nothing written;
   - --bag 5 with --epochs 2: a warning that every epoch is bagged, epochs_bagged = 2 and
     val.h5 the mean of epochs 1 and 2 (float32 rounding, 1e-6).
@@ -133,6 +136,37 @@ def main():
     T.passed("--resume refused (exit 2, input named, no new epoch) with another embeddings "
              "list and with the embeddings, folds and sequences rewritten in place; a copy of "
              "the folds file under another name resumed to epoch 4")
+
+    # ---- a checkpoint made before input fingerprints: warned, not refused ----
+    with h5py.File(os.path.join(run, "epoch4.h5"), "r+") as f:
+        for name in [n for n in f.attrs if n.endswith("_fingerprint")]:
+            del f.attrs[name]
+    emb_copy = os.path.join(work, "emb-copy.h5")
+    shutil.copy(data["emb"], emb_copy)
+    proc = T.run_plain("lstmtrain", "--hidden", "8", "--epochs", "5", "--bag", "2", "--lr",
+                       "3e-3", "--seed", "4", "-j", "1", "--resume", "-o", run,
+                       data["sequences"], data["folds"], emb_copy)
+    assert proc.returncode == 0 and epochs_in(run) == [1, 2, 3, 4, 5], proc.stderr[-2000:]
+    assert "made without input fingerprints" in proc.stderr, proc.stderr[-2000:]
+    T.passed("a checkpoint without input fingerprints (older runs) resumed from another "
+             "embeddings path with a warning, to epoch 5")
+
+    # ---- another model's checkpoints in the output folder ----
+    foreign = os.path.join(work, "foreign")
+    os.mkdir(foreign)
+    shutil.copy(os.path.join(run, "epoch1.h5"), os.path.join(foreign, "epoch1.h5"))
+    with h5py.File(os.path.join(foreign, "epoch1.h5"), "r+") as f:
+        f.attrs["model"] = np.bytes_(b"resnext101_32x8d")
+    for name in ("epoch_notes.h5", "epochs.h5", "step1.h5"):
+        with open(os.path.join(foreign, name), "w") as f:
+            f.write("not a checkpoint\n")
+    before = snapshot(foreign)
+    for options in ((), ("--force",), ("--resume",)):
+        proc = train(data, foreign, "--epochs", "1", *options)
+        expect_refused(proc, ["resnext101_32x8d", "another -o"], "foreign " + str(options))
+        assert snapshot(foreign) == before, "the refused run changed the folder"
+    T.passed("an output folder holding a classifier's epoch1.h5: exit 2 with and without "
+             "--force and --resume, every file (epoch_notes.h5, epochs.h5 too) as it was")
 
     # ---- a fold the folds file lacks ----
     three = os.path.join(work, "folds3.h5")
