@@ -108,6 +108,18 @@ uint64_t dist_hash_bytes(const void *data, size_t bytes)
     return h;
 }
 
+uint64_t dist_fingerprint_add(uint64_t fingerprint, const void *data, size_t bytes)
+{
+    return fingerprint * 0x100000001b3ull ^ dist_hash_bytes(data, bytes);
+}
+
+uint64_t dist_fingerprint_add_strings(uint64_t fingerprint, char *const *strings, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fingerprint = dist_fingerprint_add(fingerprint, strings[i], strlen(strings[i]) + 1);
+    return fingerprint;
+}
+
 const char *dist_device_for_rank(const char *device)
 {
     static char name[32];

@@ -117,4 +117,9 @@ void dist_gather_counts(const void *mine, void *all, size_t row_bytes, const siz
 uint64_t dist_hash_bytes(const void *data, size_t bytes);
 int dist_check_same(uint64_t hash);
 
+/* A fingerprint of an input, extended by bytes or by strings (each with its terminating 0):
+ * the hashes of the parts chained, so that a resumed run can check it reads the same. */
+uint64_t dist_fingerprint_add(uint64_t fingerprint, const void *data, size_t bytes);
+uint64_t dist_fingerprint_add_strings(uint64_t fingerprint, char *const *strings, size_t n);
+
 #endif

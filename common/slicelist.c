@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "dist.h"
 #include "exitcodes.h"
 #include "fsutil.h"
 #include "h5io.h"
@@ -128,4 +129,11 @@ void slicelist_require_fold(const char *folds_path, const char *option, int fold
     if (known && fold >= folds)
         die(EXIT_USAGE, "%s %d: %s has folds 0 to %lld (-1: none held out)", option, fold,
             folds_path, (long long)folds - 1);
+}
+
+uint64_t slicelist_fingerprint(const slicelist_t *list)
+{
+    uint64_t fingerprint = dist_fingerprint_add_strings(0, list->ids, list->count);
+    fingerprint = dist_fingerprint_add(fingerprint, list->labels, list->count * N_SUBTYPES);
+    return dist_fingerprint_add(fingerprint, list->fold, list->count * sizeof *list->fold);
 }

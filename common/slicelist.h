@@ -23,6 +23,9 @@ typedef struct {
  * or a label is not 0, 1 or -1 (naming the slice). */
 void slicelist_read_folds(slicelist_t *list, const char *folds_path);
 
+/* A fingerprint of the list's content (IDs, labels, folds): equal for equal files. */
+uint64_t slicelist_fingerprint(const slicelist_t *list);
+
 /*
  * The rows of a dcm2jpg meta.h5 whose image was made with the table's settings (status ok or
  * exists), sorted by ID, without labels (-1) or folds (-1). An ID on two such rows is

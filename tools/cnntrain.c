@@ -362,7 +362,8 @@ typedef struct {
     long long seed;
     size_t n_train;
     const char *crop;
-    const char *jpeg_dir, *folds_file; /* as given: a resumed run must read the same */
+    const char *jpeg_dir, *folds_file; /* as given */
+    char folds_fingerprint[17];        /* of FOLDS.h5's content: a resumed run reads the same */
 } run_info_t;
 
 /*
@@ -393,6 +394,7 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
     h5_attr_i64(f, "train_ranks", run->ranks);
     h5_attr_str(f, "train_jpeg_dir", run->jpeg_dir);
     h5_attr_str(f, "train_folds_file", run->folds_file);
+    h5_attr_str(f, "train_folds_fingerprint", run->folds_fingerprint);
     if (!isnan(val_loss))
         h5_attr_f64(f, "val_loss", val_loss);
     if (H5Fclose(f) < 0)
@@ -491,21 +493,29 @@ static void refuse_earlier_run(const train_options_t *o)
 }
 
 /*
- * An input path the checkpoint recorded (attribute name) against the one given now: another
- * existing file or folder is refused; a recorded one that is gone (moved data) is said.
+ * The inputs the checkpoint's run read against this run's. FOLDS.h5 by content: another is
+ * refused (a copy elsewhere is the same). JPEG_DIR by path only (the images are not hashed):
+ * another folder is said, as is a checkpoint that predates the fingerprint.
  */
-static void check_resume_input(hid_t f, const char *path, const char *name, const char *what,
-                               const char *given)
+static void check_resume_inputs(hid_t f, const char *path, const run_info_t *run)
 {
-    char *recorded = h5_attr_read_str(f, name);
-    if (recorded && strcmp(recorded, given) != 0 && !path_same_file(recorded, given)) {
-        if (path_exists(recorded))
-            die(EXIT_USAGE, "%s: --resume with %s %s, the checkpoint's run read %s (give that "
-                "one, or --force to start over)", path, what, given, recorded);
-        log_warn("%s: the checkpoint's run read %s %s, which is gone; going on with %s",
-                 path, what, recorded, given);
-    }
-    free(recorded);
+    char *fingerprint = h5_attr_read_str(f, "train_folds_fingerprint");
+    char *folds = h5_attr_read_str(f, "train_folds_file");
+    if (fingerprint && strcmp(fingerprint, run->folds_fingerprint) != 0)
+        die(EXIT_USAGE, "%s: --resume with FOLDS.h5 %s (fingerprint %s), the checkpoint's run "
+            "read %s (fingerprint %s): other labels, folds or slices; give that one, or "
+            "--force to start over", path, run->folds_file, run->folds_fingerprint,
+            folds ? folds : "?", fingerprint);
+    if (!fingerprint)
+        log_warn("%s: made without a folds fingerprint: cannot check that its run read the "
+                 "same FOLDS.h5 as %s", path, run->folds_file);
+    char *images = h5_attr_read_str(f, "train_jpeg_dir");
+    if (images && strcmp(images, run->jpeg_dir) != 0 && !path_same_file(images, run->jpeg_dir))
+        log_warn("%s: the checkpoint's run read its images from %s, this one from %s (not "
+                 "compared: they must be the same images)", path, images, run->jpeg_dir);
+    free(fingerprint);
+    free(folds);
+    free(images);
 }
 
 static void check_resume_attr(hid_t f, const char *path, const char *name, int64_t expected)
@@ -624,8 +634,9 @@ int main(int argc, char **argv)
             "absent when the fold is empty). Files appear only when complete. --resume picks\n"
             "the one with the most steps and continues mid-epoch if need be, with the same\n"
             "shuffles and augmentations as an uninterrupted run; it refuses another --fold,\n"
-            "--lr, --batch, --seed, --size, --crop, training set, JPEG_DIR or FOLDS.h5 than\n"
-            "the checkpoint's (attributes train_jpeg_dir, train_folds_file). A DIR that holds\n"
+            "--lr, --batch, --seed, --size, --crop, training set or FOLDS.h5 content than\n"
+            "the checkpoint's (attribute train_folds_fingerprint; a JPEG_DIR other than its\n"
+            "train_jpeg_dir is only said: the images are not compared). A DIR that holds\n"
             "checkpoints needs --resume (a killed run: the same command with --resume) or\n"
             "--force (removes them, starts over); without either it is exit 2, and so is a\n"
             "DIR holding another model's checkpoints (lstmtrain's) whatever the options.\n"
@@ -690,7 +701,9 @@ int main(int argc, char **argv)
     t.be->weights_changed(t.be);
 
     run_info_t run = {o.fold, o.batch, o.size, dist_size(), o.seed, d.n_train, o.crop,
-                      jpeg_dir, folds_path};
+                      jpeg_dir, folds_path, ""};
+    snprintf(run.folds_fingerprint, sizeof run.folds_fingerprint, "%016llx",
+             (unsigned long long)slicelist_fingerprint(&d.list));
     nn_ckpt_meta_t meta;
     nn_ckpt_meta_init(&meta, o.arch);
     nn_ckpt_meta_resnext(&meta, t.model);
@@ -709,8 +722,7 @@ int main(int argc, char **argv)
         check_resume_attr(f, resume_from, "train_seed", o.seed);
         check_resume_attr(f, resume_from, "train_slices", (int64_t)d.n_train);
         check_resume_attr(f, resume_from, "train_size", o.size);
-        check_resume_input(f, resume_from, "train_jpeg_dir", "JPEG_DIR", jpeg_dir);
-        check_resume_input(f, resume_from, "train_folds_file", "FOLDS.h5", folds_path);
+        check_resume_inputs(f, resume_from, &run);
         char *crop = h5_attr_read_str(f, "train_crop");
         if (crop && strcmp(crop, o.crop) != 0)
             die(EXIT_USAGE, "%s: --resume with --crop %s, the checkpoint has %s", resume_from,

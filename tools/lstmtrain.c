@@ -107,18 +107,6 @@ static void read_rows(hid_t ds, hid_t space, size_t first, size_t n, size_t widt
     H5Sclose(memspace);
 }
 
-/* A fingerprint of what the run reads, extended by bytes (FNV-1a of each part, chained). */
-static uint64_t fingerprint_add(uint64_t fingerprint, const void *data, size_t bytes)
-{
-    return fingerprint * 0x100000001b3ull ^ dist_hash_bytes(data, bytes);
-}
-
-static uint64_t fingerprint_add_strings(uint64_t fingerprint, char *const *strings, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        fingerprint = fingerprint_add(fingerprint, strings[i], strlen(strings[i]) + 1);
-    return fingerprint;
-}
 
 /* An input inside OUTDIR could be one of the files this run writes there (val.h5, test.h5). */
 static void refuse_inputs_in_out_dir(const char *out_dir, char *const *inputs, int n)
@@ -257,9 +245,9 @@ static void embeddings_read(embeddings_t *e, char *const *paths, int n_files)
     if (shared)
         log_info("%zu slices appear in more than one embeddings file: their mean is used",
                  shared);
-    e->fingerprint = fingerprint_add_strings(0, e->ids, e->count);
-    e->fingerprint = fingerprint_add(e->fingerprint, e->values,
-                                     e->count * width * sizeof *e->values);
+    e->fingerprint = dist_fingerprint_add_strings(0, e->ids, e->count);
+    e->fingerprint = dist_fingerprint_add(e->fingerprint, e->values,
+                                          e->count * width * sizeof *e->values);
     log_info("embeddings: %zu slices, %zu wide, from %d file(s)", e->count, width, n_files);
     free(copies);
     free(slot_of);
@@ -328,17 +316,12 @@ static void dataset_build(dataset_t *d, const char *seq_path, const char *folds_
     const int64_t *start = seq.start, *length = seq.length;
 
     slicelist_read_folds(&d->folds, folds_path);
-    d->sequences_fingerprint = fingerprint_add_strings(0, ids, n_ids);
-    d->sequences_fingerprint = fingerprint_add(d->sequences_fingerprint, start,
-                                               n_series * sizeof *start);
-    d->sequences_fingerprint = fingerprint_add(d->sequences_fingerprint, length,
-                                               n_series * sizeof *length);
-    const slicelist_t *folds = &d->folds;
-    d->folds_fingerprint = fingerprint_add_strings(0, folds->ids, folds->count);
-    d->folds_fingerprint = fingerprint_add(d->folds_fingerprint, folds->labels,
-                                           folds->count * N_SUBTYPES);
-    d->folds_fingerprint = fingerprint_add(d->folds_fingerprint, folds->fold,
-                                           folds->count * sizeof *folds->fold);
+    d->sequences_fingerprint = dist_fingerprint_add_strings(0, ids, n_ids);
+    d->sequences_fingerprint = dist_fingerprint_add(d->sequences_fingerprint, start,
+                                                    n_series * sizeof *start);
+    d->sequences_fingerprint = dist_fingerprint_add(d->sequences_fingerprint, length,
+                                                    n_series * sizeof *length);
+    d->folds_fingerprint = slicelist_fingerprint(&d->folds);
 
     d->series = xmalloc((n_series ? n_series : 1) * sizeof *d->series);
     d->slot = xmalloc((n_ids ? n_ids : 1) * sizeof *d->slot);

@@ -6,9 +6,10 @@ seeded, one engine thread):
   - --force with --epochs 1 over a 2-epoch run that saved every step: no step<S>.h5 and no
     epoch2.h5 left, and epoch1.h5 equals a run's in an empty folder (every dataset, bit for
     bit);
-  - the checkpoints record train_jpeg_dir and train_folds_file as given; --resume with a copy
-    of the JPEG folder or of the folds file (other paths): exit 2 naming JPEG_DIR / FOLDS.h5,
-    no new checkpoint; with the same inputs it goes on to epoch 3;
+  - the checkpoints record train_jpeg_dir, train_folds_file and a folds fingerprint; --resume
+    with a folds file of other content (a training label flipped): exit 2, no new
+    checkpoint; a copy of the whole folder (output, images, folds, as `cp -a` of a demo)
+    resumes, saying the other JPEG folder; with the same inputs it goes on to epoch 3;
   - --force keeps files merely named like checkpoints (epoch_notes.h5 ...); a folder holding
     another model's checkpoint: exit 2 with or without --force or --resume, unchanged;
   - --fold 3 of a 3-fold file: exit 2, nothing written.
@@ -54,19 +55,36 @@ def main():
         recorded = {k: f.attrs[k] for k in ("train_jpeg_dir", "train_folds_file")}
     recorded = {k: v.decode() if isinstance(v, bytes) else v for k, v in recorded.items()}
     assert recorded == {"train_jpeg_dir": img, "train_folds_file": folds}, recorded
-    img_copy = os.path.join(WORK, "img-copy")
-    shutil.copytree(img, img_copy)
-    folds_copy = os.path.join(WORK, "folds-copy.h5")
-    shutil.copy(folds, folds_copy)
-    expect_refused(cnntrain(run, "--epochs", "3", "--resume", images=img_copy),
-                   ["JPEG_DIR", img_copy, img], "another JPEG folder")
-    expect_refused(cnntrain(run, "--epochs", "3", "--resume", folds_file=folds_copy),
-                   ["FOLDS.h5", folds_copy], "another folds file")
+    with h5py.File(os.path.join(run, "epoch2.h5"), "r") as f:
+        assert len(f.attrs["train_folds_fingerprint"]) == 16
+    other_folds = os.path.join(WORK, "folds-other.h5")
+    shutil.copy(folds, other_folds)
+    with h5py.File(other_folds, "r+") as f:
+        labels, fold = f["label"][()], f["fold"][()]
+        row = int(next(i for i in range(len(fold)) if fold[i] == 0 and labels[i, 0] >= 0))
+        labels[row, 0] = 1 - labels[row, 0]  # a training slice's label flipped
+        f["label"][...] = labels
+    expect_refused(cnntrain(run, "--epochs", "3", "--resume", folds_file=other_folds),
+                   ["FOLDS.h5", other_folds, "fingerprint"], "other folds content")
     assert not os.path.exists(os.path.join(run, "epoch3.h5"))
+
+    # A copied output folder, JPEG folder and folds file (cp -a of a demo) resumes.
+    copied = os.path.join(WORK, "copied")
+    shutil.copytree(WORK, copied, ignore=shutil.ignore_patterns("copied", "mixed", "foreign",
+                                                                 "fold3", "run-*"))
+    img_copy, folds_copy = os.path.join(copied, "img"), os.path.join(copied, "folds.h5")
+    proc = T.run_plain("cnntrain", *(TRAIN + ["--epochs", "3", "--resume", "-o",
+                                              os.path.join(copied, "run"), img_copy,
+                                              folds_copy]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.path.exists(os.path.join(copied, "run", "epoch3.h5")), os.listdir(copied)
+    assert "not compared" in proc.stderr and img in proc.stderr, proc.stderr[-2000:]
     proc = cnntrain(run, "--epochs", "3", "--resume")
     assert proc.returncode == 0 and os.path.exists(os.path.join(run, "epoch3.h5")), proc.stderr
-    T.passed("checkpoints record %s; --resume with another JPEG folder or folds file: exit 2 "
-             "naming it, no epoch3.h5; with the same inputs: epoch 3 written" % recorded)
+    T.passed("checkpoints record %s and a folds fingerprint; --resume with a folds file of "
+             "another content: exit 2, no epoch3.h5; a copied folder (output, images, folds) "
+             "resumed to epoch 3, the other JPEG folder said; the same inputs: epoch 3"
+             % recorded)
 
     # ---- files merely named like checkpoints, and another model's checkpoint ----
     mixed = os.path.join(WORK, "mixed")
