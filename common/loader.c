@@ -120,18 +120,9 @@ static void check_one(size_t index, int thread, void *ctx)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* cnntrain's training and validation loaders share one path array: read it once. */
-static pthread_mutex_t checked_lock = PTHREAD_MUTEX_INITIALIZER;
-static const char *const *checked_paths;
-static size_t checked_count;
-
 void loader_check_images(const loader_config_t *config)
 {
-    pthread_mutex_lock(&checked_lock);
-    int done = checked_paths && checked_paths == config->paths &&
-               checked_count == config->count;
-    pthread_mutex_unlock(&checked_lock);
-    if (done || !config->count)
+    if (config->images_checked || !config->count)
         return;
 
     int threads = config->threads < 1 ? 1 : config->threads;
@@ -162,11 +153,6 @@ void loader_check_images(const loader_config_t *config)
         images += config->paths[i] != NULL;
     log_info("read every image (%zu) in %.2f s on %d thread%s", images, time_now() - start,
              threads, threads > 1 ? "s" : "");
-
-    pthread_mutex_lock(&checked_lock);
-    checked_paths = config->paths;
-    checked_count = config->count;
-    pthread_mutex_unlock(&checked_lock);
 }
 
 loader_t *loader_create(const loader_config_t *config)

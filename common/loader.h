@@ -27,6 +27,7 @@ typedef struct {
     uint64_t seed;   /* of the augmentation streams */
     int threads;     /* worker threads (at least 1) */
     int max_batch;   /* images per batch at most */
+    int images_checked; /* 1: loader_check_images already read these paths (not again) */
 } loader_config_t;
 
 typedef struct loader loader_t;
@@ -36,7 +37,7 @@ typedef struct loader loader_t;
  * as a batch would: a missing, truncated or otherwise unreadable image ends the program with
  * EXIT_BAD_INPUT naming the file and the problem (the first in index order, and how many
  * others failed), before any work that such an image would waste. loader_create calls it;
- * a path array already checked in this process (same address and count) is not read again.
+ * a config whose images_checked is 1 is not read again.
  */
 void loader_check_images(const loader_config_t *config);
 

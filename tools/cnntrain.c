@@ -776,6 +776,7 @@ int main(int argc, char **argv)
                           .augment = 1, .seed = (uint64_t)o.seed, .threads = o.threads,
                           .max_batch = o.batch};
     loader_check_images(&lc);
+    lc.images_checked = 1; /* the validation loader's config is a copy: the same paths */
 
     /* Created only now: a rejected input or initial checkpoint leaves nothing behind. */
     if (dist_is_root()) {
