@@ -104,7 +104,8 @@ SPLITS = train val test
 CNN_EPOCH_LIST = $(shell seq 1 $(CNN_EPOCHS))
 
 DCM2JPG_OPTIONS = --quality $(JPEG_QUALITY) \
-    $(if $(filter-out 0,$(JPEG_SIZE)),--size $(JPEG_SIZE)) $(if $(filter 0,$(FIX_WRAP)),--no-fix-wrap)
+    $(if $(filter-out 0,$(JPEG_SIZE)),--size $(JPEG_SIZE)) \
+    $(if $(filter 0,$(FIX_WRAP)),--no-fix-wrap)
 MKFOLDS_ARGS = -k $(FOLDS) --method $(FOLD_METHOD) --seed $(FOLD_SEED)
 CNN_OPTIONS = --arch $(CNN_ARCH) --epochs $(CNN_EPOCHS) --size $(CNN_SIZE) --lr $(CNN_LR) \
     --batch $(CNN_BATCH) --micro-batch $(CNN_MICRO_BATCH) --crop $(CNN_CROP) \
