@@ -37,6 +37,26 @@ struct loader {
     loader_slot_t *current;      /* the slot the workers fill */
 };
 
+/* One workspace and one prepared size x size x 3 image per worker thread. */
+static void thread_buffers_create(int threads, int size, img_workspace_t **workspaces,
+                                  uint8_t ***prepared)
+{
+    *workspaces = xcalloc((size_t)threads, sizeof **workspaces);
+    *prepared = xmalloc((size_t)threads * sizeof **prepared);
+    for (int t = 0; t < threads; t++)
+        (*prepared)[t] = xmalloc((size_t)size * size * IMG_CHANNELS);
+}
+
+static void thread_buffers_free(int threads, img_workspace_t *workspaces, uint8_t **prepared)
+{
+    for (int t = 0; t < threads; t++) {
+        img_workspace_free(&workspaces[t]);
+        free(prepared[t]);
+    }
+    free(workspaces);
+    free(prepared);
+}
+
 static void load_one(size_t k, int thread, void *ctx)
 {
     loader_t *l = ctx;
@@ -127,21 +147,13 @@ void loader_check_images(const loader_config_t *config)
 
     int threads = config->threads < 1 ? 1 : config->threads;
     image_check_t c = {.config = config};
-    c.workspaces = xcalloc((size_t)threads, sizeof *c.workspaces);
-    c.prepared = xmalloc((size_t)threads * sizeof *c.prepared);
-    for (int t = 0; t < threads; t++)
-        c.prepared[t] = xmalloc((size_t)config->size * config->size * IMG_CHANNELS);
+    thread_buffers_create(threads, config->size, &c.workspaces, &c.prepared);
     pthread_mutex_init(&c.lock, NULL);
 
     double start = time_now();
     parallel_for(threads, config->count, check_one, &c);
 
-    for (int t = 0; t < threads; t++) {
-        img_workspace_free(&c.workspaces[t]);
-        free(c.prepared[t]);
-    }
-    free(c.workspaces);
-    free(c.prepared);
+    thread_buffers_free(threads, c.workspaces, c.prepared);
     pthread_mutex_destroy(&c.lock);
     if (c.failed > 1)
         die(EXIT_BAD_INPUT, "%s (and %zu more unreadable images)", c.first_error,
@@ -169,10 +181,7 @@ loader_t *loader_create(const loader_config_t *config)
         l->slots[s].indices = xmalloc((size_t)config->max_batch * sizeof(size_t));
         l->slots[s].data = xmalloc((size_t)config->max_batch * l->image_floats * sizeof(float));
     }
-    l->workspaces = xcalloc((size_t)l->config.threads, sizeof *l->workspaces);
-    l->prepared = xmalloc((size_t)l->config.threads * sizeof *l->prepared);
-    for (int t = 0; t < l->config.threads; t++)
-        l->prepared[t] = xmalloc((size_t)config->size * config->size * IMG_CHANNELS);
+    thread_buffers_create(l->config.threads, config->size, &l->workspaces, &l->prepared);
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->changed, NULL);
     if (pthread_create(&l->coordinator, NULL, coordinate, l) != 0)
@@ -232,12 +241,7 @@ void loader_free(loader_t *l)
         free(l->slots[s].indices);
         free(l->slots[s].data);
     }
-    for (int t = 0; t < l->config.threads; t++) {
-        img_workspace_free(&l->workspaces[t]);
-        free(l->prepared[t]);
-    }
-    free(l->workspaces);
-    free(l->prepared);
+    thread_buffers_free(l->config.threads, l->workspaces, l->prepared);
     pthread_mutex_destroy(&l->lock);
     pthread_cond_destroy(&l->changed);
     free(l);

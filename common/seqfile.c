@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "dist.h"
 #include "exitcodes.h"
 #include "h5io.h"
 
@@ -81,6 +82,14 @@ void seqfile_read(seqfile_t *seq, const char *path)
 
     check_series(seq, path);
     check_unique_ids(seq, path);
+}
+
+uint64_t seqfile_fingerprint(const seqfile_t *seq)
+{
+    uint64_t fingerprint = dist_fingerprint_add_strings(0, seq->ids, seq->n_slices);
+    size_t series_bytes = seq->n_series * sizeof *seq->start;
+    fingerprint = dist_fingerprint_add(fingerprint, seq->start, series_bytes);
+    return dist_fingerprint_add(fingerprint, seq->length, series_bytes);
 }
 
 void seqfile_free(seqfile_t *seq)

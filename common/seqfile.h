@@ -19,6 +19,9 @@ typedef struct {
  */
 void seqfile_read(seqfile_t *seq, const char *path);
 
+/* A fingerprint of the file's content (IDs, series): equal for equal files. */
+uint64_t seqfile_fingerprint(const seqfile_t *seq);
+
 void seqfile_free(seqfile_t *seq);
 
 #endif

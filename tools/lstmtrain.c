@@ -107,7 +107,6 @@ static void read_rows(hid_t ds, hid_t space, size_t first, size_t n, size_t widt
     H5Sclose(memspace);
 }
 
-
 /* An input inside OUTDIR could be one of the files this run writes there (val.h5, test.h5). */
 static void refuse_inputs_in_out_dir(const char *out_dir, char *const *inputs, int n)
 {
@@ -316,11 +315,7 @@ static void dataset_build(dataset_t *d, const char *seq_path, const char *folds_
     const int64_t *start = seq.start, *length = seq.length;
 
     slicelist_read_folds(&d->folds, folds_path);
-    d->sequences_fingerprint = dist_fingerprint_add_strings(0, ids, n_ids);
-    d->sequences_fingerprint = dist_fingerprint_add(d->sequences_fingerprint, start,
-                                                    n_series * sizeof *start);
-    d->sequences_fingerprint = dist_fingerprint_add(d->sequences_fingerprint, length,
-                                                    n_series * sizeof *length);
+    d->sequences_fingerprint = seqfile_fingerprint(&seq);
     d->folds_fingerprint = slicelist_fingerprint(&d->folds);
 
     d->series = xmalloc((n_series ? n_series : 1) * sizeof *d->series);
