@@ -144,15 +144,15 @@ split_options = $(if $(2),$(if $(filter $(RESUMABLE_OPTIONS),$(firstword $(2))),
 settings_same = $(and $(wildcard $(SETTINGS)/$(1)),$(findstring \
     |$(strip $(2))|,|$(strip $(call split_options,key,$(file <$(SETTINGS)/$(1))))|))
 ifeq ($(LOOK_ONLY),)
-settings_file = $(if $(call settings_same,$(1),$(2)),$(SETTINGS)/$(1),$(shell \
-    mkdir -p $(SETTINGS) && f=$(SETTINGS)/$(1) && \
+settings_write = $(shell mkdir -p $(SETTINGS) && f=$(SETTINGS)/$(1) && \
     printf '%s\n' '$(strip $(2))' >$$f.new$$$$ && \
-    { cmp -s $$f.new$$$$ $$f && rm -f $$f.new$$$$ || mv $$f.new$$$$ $$f; } && echo $$f))
+    { cmp -s $$f.new$$$$ $$f && rm -f $$f.new$$$$ || mv $$f.new$$$$ $$f; } && echo $$f)
 else
-settings_file = $(if $(call settings_same,$(1),$(2)),$(SETTINGS)/$(1),$(shell \
-    f=$(SETTINGS)/$(1) && { printf '%s\n' '$(strip $(2))' | cmp -s - $$f 2>/dev/null && \
-    echo $$f || echo $$f.changed; }))
+settings_write = $(shell f=$(SETTINGS)/$(1) && \
+    { printf '%s\n' '$(strip $(2))' | cmp -s - $$f 2>/dev/null && echo $$f || echo $$f.changed; })
 endif
+settings_file = $(if $(call settings_same,$(1),$(2)),$(SETTINGS)/$(1),$(call \
+    settings_write,$(1),$(2)))
 $(SETTINGS)/%.changed: ;
 
 DCM2JPG_SETTINGS := $(call settings_file,dcm2jpg,$(DCM2JPG_OPTIONS))

@@ -103,7 +103,6 @@ typedef struct {
     size_t arena_bytes;
     uint64_t generation; /* of the weights, for cached reorders */
     void *add_plan;      /* prepared adds (add has no op struct) */
-    int threads;
 } cpu_backend_t;
 
 static cpu_backend_t *cpu_of(nn_backend_t *be)
@@ -405,11 +404,10 @@ static void blocked_1x1_block(size_t ob, int thread, void *ctx)
     }
 }
 
-static void blocked_1x1_to_plain(cpu_backend_t *cpu, const dnnl_memory_desc_t *md,
-                                 const float *src, float *dst)
+static void blocked_1x1_to_plain(const dnnl_memory_desc_t *md, const float *src, float *dst)
 {
     blocked_job_t job = {src, dst, (int)md->dims[1]};
-    nn_team_for(cpu->threads, (size_t)md->dims[0] / 16, blocked_1x1_block, &job);
+    nn_team_for(nn_team_threads(), (size_t)md->dims[0] / 16, blocked_1x1_block, &job);
 }
 
 /* Whether prim (to) and user (from) are 1x1 fp32 weights in OIhw16i16o and oihw. */
@@ -527,7 +525,7 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
             const dnnl_memory_desc_t *md;
             DNNL_CHECK(dnnl_memory_get_memory_desc(b->inner, &md));
             DNNL_CHECK(dnnl_stream_wait(cpu->stream));
-            blocked_1x1_to_plain(cpu, md, (const float *)(arena + b->inner_offset), ptrs[i]);
+            blocked_1x1_to_plain(md, (const float *)(arena + b->inner_offset), ptrs[i]);
         } else if (b->inner && b->is_output) {
             run_reorder(cpu, b->reorder, b->inner, b->user);
         }
@@ -1399,7 +1397,7 @@ static void cpu_adam_step(nn_backend_t *be, const nn_adam_t *hp, int64_t step, f
         avx512 = __builtin_cpu_supports("avx512f") != 0;
 
     adam_job_t job = {nn_adam_scalars(hp, step), w, m, v, g, count, avx512};
-    nn_team_for(cpu->threads, (count + ADAM_CHUNK - 1) / ADAM_CHUNK, adam_chunk, &job);
+    nn_team_for(nn_team_threads(), (count + ADAM_CHUNK - 1) / ADAM_CHUNK, adam_chunk, &job);
 }
 
 static void cpu_destroy(nn_backend_t *be)
@@ -1417,7 +1415,6 @@ nn_backend_t *nn_backend_cpu_create(void)
     cpu_backend_t *cpu = xcalloc(1, sizeof(*cpu));
     DNNL_CHECK(dnnl_engine_create(&cpu->engine, dnnl_cpu, 0));
     DNNL_CHECK(dnnl_stream_create(&cpu->stream, cpu->engine, dnnl_stream_default_flags));
-    cpu->threads = nn_team_threads();
 
     nn_backend_t *be = &cpu->base;
     be->name = "cpu";

@@ -442,7 +442,7 @@ typedef struct {
 } rec_job_t;
 
 AVX512_TARGET static inline __attribute__((always_inline)) void
-rec_quad(int rows, const rec_job_t *job, long j0)
+rec_quad(const rec_job_t *job, long j0)
 {
     const int H = job->hidden;
     const float *w = job->w + j0 * H;
@@ -452,7 +452,7 @@ rec_quad(int rows, const rec_job_t *job, long j0)
         __m512 wv[REC_QUAD];
         const __mmask16 m = load_quad(w, H, k, wv);
 #pragma GCC unroll 4
-        for (int b = 0; b < rows; b++) {
+        for (int b = 0; b < REC_MAX_ROWS; b++) {
             __m512 hv = _mm512_maskz_loadu_ps(m, job->a + b * job->lda + k);
 #pragma GCC unroll 4
             for (int r = 0; r < REC_QUAD; r++)
@@ -460,7 +460,7 @@ rec_quad(int rows, const rec_job_t *job, long j0)
         }
     }
 #pragma GCC unroll 4
-    for (int b = 0; b < rows; b++)
+    for (int b = 0; b < REC_MAX_ROWS; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < REC_QUAD; r++)
             if (b < job->rows) /* rows past the batch are the padding's zeros */
@@ -475,7 +475,13 @@ AVX512_TARGET static void rec_task(size_t task, int thread, void *ctx)
     const long to = from + REC_TASK_QUADS * REC_QUAD < G4 ? from + REC_TASK_QUADS * REC_QUAD
                                                            : G4;
     for (long j = from; j < to; j += REC_QUAD)
-        rec_quad(REC_MAX_ROWS, job, j);
+        rec_quad(job, j);
+}
+
+/* Whether the fp32 recurrent products of this batch run on the own kernels below. */
+static int own_recurrence(const nn_lstm_t *l)
+{
+    return l->batch <= REC_MAX_ROWS && l->vector_kernels;
 }
 
 /* The kernels always take REC_MAX_ROWS rows of the operand: fewer series are copied into
@@ -510,13 +516,13 @@ static void recurrent_fp32(nn_lstm_t *l, const float *h_prev, long ldh, const fl
  * partial sums are then added in task order, so the result does not depend on the threads.
  */
 AVX512_TARGET static inline __attribute__((always_inline)) void
-rec_bwd_rows(int rows, const rec_job_t *job, float *partial, long j0, long j1)
+rec_bwd_rows(const rec_job_t *job, float *partial, long j0, long j1)
 {
     const int H = job->hidden;
     for (long j = j0; j < j1; j += REC_QUAD) {
         __m512 coef[REC_MAX_ROWS][REC_QUAD];
 #pragma GCC unroll 4
-        for (int b = 0; b < rows; b++)
+        for (int b = 0; b < REC_MAX_ROWS; b++)
 #pragma GCC unroll 4
             for (int r = 0; r < REC_QUAD; r++)
                 coef[b][r] = _mm512_set1_ps(job->a[b * job->lda + j + r]);
@@ -525,7 +531,7 @@ rec_bwd_rows(int rows, const rec_job_t *job, float *partial, long j0, long j1)
             __m512 wv[REC_QUAD];
             const __mmask16 m = load_quad(w, H, k, wv);
 #pragma GCC unroll 4
-            for (int b = 0; b < rows; b++) {
+            for (int b = 0; b < REC_MAX_ROWS; b++) {
                 __m512 sum = _mm512_maskz_loadu_ps(m, partial + (long)b * H + k);
 #pragma GCC unroll 4
                 for (int r = 0; r < REC_QUAD; r++)
@@ -546,7 +552,7 @@ AVX512_TARGET static void rec_bwd_task(size_t task, int thread, void *ctx)
     float *partial = job->out + task * (size_t)REC_MAX_ROWS * job->hidden;
 
     memset(partial, 0, (size_t)REC_MAX_ROWS * job->hidden * sizeof(float));
-    rec_bwd_rows(REC_MAX_ROWS, job, partial, j0, j1);
+    rec_bwd_rows(job, partial, j0, j1);
 }
 
 /* carry[b][k] = sum_j dgates[b][j] W_hh[j][k] for rows series (1 to REC_MAX_ROWS). */
@@ -615,7 +621,7 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
             } else if (transposed)
                 nn_sgemm('N', 'N', batch, G4, H, 1.0f, h_prev, (long)steps * y_row,
                          l->w_hh_t[d], G4, 1.0f, acc, (long)steps * G4);
-            else if (batch <= REC_MAX_ROWS && l->vector_kernels)
+            else if (own_recurrence(l))
                 recurrent_fp32(l, h_prev, (long)steps * y_row, w->w_hh, batch, acc,
                                (long)steps * G4);
             else
@@ -669,7 +675,7 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
         if (bf16) {
             nn_bf16_round_rows(da_t, batch, G4, (long)steps * G4, l->rec_bf16, G4);
             nn_bf16_gemm_packed(batch, H, G4, l->rec_bf16, G4, w_hh_packed, 0.0f, carry_h, H);
-        } else if (batch <= REC_MAX_ROWS && l->vector_kernels) {
+        } else if (own_recurrence(l)) {
             recurrent_fp32_backward(l, da_t, (long)steps * G4, w->w_hh, batch, carry_h);
         } else {
             nn_sgemm('N', 'N', batch, H, G4, 1.0f, da_t, (long)steps * G4, w->w_hh, H, 0.0f,

@@ -66,8 +66,9 @@ typedef struct {
     int gate_task_units;
     size_t gate_parallel_min;
     /* 1 (on CPUs with AVX-512): the gate loops 16 units at a time with glibc's vector expf
-     * and tanhf, and the fp32 forward recurrence of up to 4 series on an own kernel; 0: one
-     * unit at a time with the scalar ones and oneDNN's sgemm (the test's reference). */
+     * and tanhf, and the fp32 recurrence (forward and backward) of up to 4 series on own
+     * kernels; 0: one unit at a time with the scalar ones and oneDNN's sgemm (the test's
+     * reference). */
     int vector_kernels;
 
     /* What the forward keeps for the backward (host memory, grown on demand). */

@@ -282,12 +282,24 @@ static void ensure_training_arena(resnext_t *m)
 
 #define EVAL_BUFFERS 4
 
+/* Bytes of one eval buffer: the largest activation in fp32, in whole cache lines. */
+static size_t eval_buffer_bytes(const resnext_t *m)
+{
+    return (m->act_largest * sizeof(float) + 63) / 64 * 64;
+}
+
 static void ensure_eval_arena(resnext_t *m)
 {
     if (m->eval_arena)
         return;
-    size_t each = (m->act_largest * sizeof(float) + 63) / 64 * 64;
-    m->eval_arena = m->be->alloc(m->be, EVAL_BUFFERS * each);
+    m->eval_arena = m->be->alloc(m->be, EVAL_BUFFERS * eval_buffer_bytes(m));
+}
+
+static nn_tensor_t shaped(float *data, const nn_tensor_t *like)
+{
+    nn_tensor_t t = *like;
+    t.data = data;
+    return t;
 }
 
 /* Eval buffer k holding a tensor shaped like `like`, in 16 bits when half is set (the
@@ -295,9 +307,7 @@ static void ensure_eval_arena(resnext_t *m)
  * resident). */
 static nn_tensor_t eval_tensor(resnext_t *m, int k, const nn_tensor_t *like, int half)
 {
-    size_t each = (m->act_largest * sizeof(float) + 63) / 64 * 64;
-    nn_tensor_t t = *like;
-    t.data = (float *)((char *)m->eval_arena + (size_t)k * each);
+    nn_tensor_t t = shaped((float *)((char *)m->eval_arena + k * eval_buffer_bytes(m)), like);
     if (half)
         t.layout = NN_LAYOUT_NATIVE_HALF;
     return t;
@@ -368,13 +378,6 @@ void resnext_set_weight_cache(resnext_t *m, int mode)
 {
     m->weight_cache = mode;
     configure_convs(m);
-}
-
-static nn_tensor_t shaped(float *data, const nn_tensor_t *like)
-{
-    nn_tensor_t t = *like;
-    t.data = data;
-    return t;
 }
 
 static void convbn_forward_train(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x, int relu)
