@@ -110,3 +110,8 @@ void strlist_free(strlist_t *l)
     l->items = NULL;
     l->count = l->cap = 0;
 }
+
+int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}

@@ -35,5 +35,7 @@ typedef struct {
 } strlist_t;
 void strlist_push(strlist_t *l, const char *s); /* copies s */
 void strlist_free(strlist_t *l);
+/* qsort / bsearch comparator over char * elements, in strcmp order. */
+int compare_strings(const void *a, const void *b);
 
 #endif

@@ -88,11 +88,6 @@ int path_has_ext(const char *path, const char *ext)
     return n >= m && strcasecmp(path + n - m, ext) == 0;
 }
 
-static int compare_strings(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* The folders from the walk's root down to the one being read, to recognise loops. */
 typedef struct walk_level {
     dev_t dev;

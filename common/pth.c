@@ -414,11 +414,6 @@ static int find_tensors(pth_file_t *f, const pk_value_t *root, const pth_options
                 keys[0] ? " (choose one with --key)" : "");
 }
 
-static int compare_names(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
 /* Strip DataParallel's "module." and refuse names that then collide. */
 static int finish_names(pth_file_t *f, const pth_options_t *opt)
 {
@@ -437,7 +432,7 @@ static int finish_names(pth_file_t *f, const pth_options_t *opt)
     const char **sorted = xmalloc((f->n_tensors ? f->n_tensors : 1) * sizeof(*sorted));
     for (size_t i = 0; i < f->n_tensors; i++)
         sorted[i] = f->tensors[i].name;
-    qsort(sorted, f->n_tensors, sizeof(*sorted), compare_names);
+    qsort(sorted, f->n_tensors, sizeof(*sorted), compare_strings);
     int rc = 0;
     for (size_t i = 1; i < f->n_tensors && rc == 0; i++)
         if (strcmp(sorted[i - 1], sorted[i]) == 0)

@@ -22,11 +22,6 @@ static int compare_starts(const void *a, const void *b)
     return x->series < y->series ? -1 : x->series > y->series;
 }
 
-static int compare_ids(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* Series ranges inside the slice rows and disjoint. */
 static void check_series(const seqfile_t *seq, const char *path)
 {
@@ -60,7 +55,7 @@ static void check_unique_ids(const seqfile_t *seq, const char *path)
 {
     char **sorted = xmalloc((seq->n_slices ? seq->n_slices : 1) * sizeof *sorted);
     memcpy(sorted, seq->ids, seq->n_slices * sizeof *sorted);
-    qsort(sorted, seq->n_slices, sizeof *sorted, compare_ids);
+    qsort(sorted, seq->n_slices, sizeof *sorted, compare_strings);
     for (size_t i = 1; i < seq->n_slices; i++)
         if (!strcmp(sorted[i - 1], sorted[i]))
             die(EXIT_BAD_INPUT, "%s: slice %s is on two rows of /slices/id", path, sorted[i]);

@@ -45,11 +45,6 @@ void slicelist_read_folds(slicelist_t *list, const char *folds_path)
     }
 }
 
-static int compare_strings(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 void slicelist_read_meta(slicelist_t *list, const char *meta_path)
 {
     hid_t f = h5_open_read(meta_path);

@@ -135,11 +135,6 @@ static void set_message(slice_t *s, slice_status_t status, const char *fmt, ...)
     s->status = status;
 }
 
-static int compare_strings(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* ---------------------------------------------------------------------------------------- */
 /* Input gathering                                                                           */
 

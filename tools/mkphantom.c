@@ -508,11 +508,6 @@ typedef struct {
 
 #define KEPT_NAMED 3
 
-static int compare_strings(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static void add_ids(strlist_t *ids, const char *joined)
 {
     const char *s = joined;
