@@ -217,6 +217,8 @@ int main(int argc, char **argv)
     seqmodel_init_default(m, &rng);
     if (training)
         nn_params_alloc_adam(&m->ps);
+    else
+        seqmodel_set_inference(m, 1);
 
     size_t rows = (size_t)batch * steps;
     float *embeddings = xmalloc(rows * emb * sizeof(float));

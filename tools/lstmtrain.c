@@ -509,6 +509,7 @@ static void predict_split(seqmodel_t *m, const dataset_t *d, int split, batch_t 
     dist_range_t own = dist_share(n_list, (size_t)batch_size);
     size_t mine = own.end - own.begin;
     float *rows = xcalloc((mine ? mine : 1) * row_floats, sizeof *rows);
+    seqmodel_set_inference(m, 1);
     for (size_t first = own.begin; first < own.end; first += (size_t)batch_size) {
         int n = own.end - first < (size_t)batch_size ? (int)(own.end - first) : batch_size;
         int steps = batch_fill(b, d, list + first, n);
@@ -524,6 +525,7 @@ static void predict_split(seqmodel_t *m, const dataset_t *d, int split, batch_t 
     }
 
     /* Rank 0 puts every series' rows in place; the others keep zeros. */
+    seqmodel_set_inference(m, 0);
     float *all = dist_is_root() ? xmalloc((n_list ? n_list : 1) * row_floats * sizeof *all)
                                 : NULL;
     dist_gather_rows(rows, all, row_floats * sizeof *rows, n_list, (size_t)batch_size);

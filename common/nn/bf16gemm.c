@@ -384,6 +384,7 @@ typedef struct {
     long m, n, k, lda, ldb, ldc;
     char trans_a, trans_b;
     int bias, accumulate;
+    int packed_b; /* B in the primitive's own layout (nn_bf16_weights_t): ldb, trans_b unused */
 } matmul_key_t;
 
 typedef struct {
@@ -443,7 +444,12 @@ static matmul_plan_t *matmul_plan(const matmul_key_t *key)
 
     dnnl_memory_desc_t a, b, c, bias;
     operand_desc(&a, key->m, key->k, key->trans_a, key->lda, dnnl_bf16);
-    operand_desc(&b, key->k, key->n, key->trans_b, key->ldb, dnnl_bf16);
+    if (key->packed_b) {
+        dnnl_dims_t dims = {key->k, key->n};
+        DNNL_OK(dnnl_memory_desc_init_by_tag(&b, 2, dims, dnnl_bf16, dnnl_format_tag_any));
+    } else {
+        operand_desc(&b, key->k, key->n, key->trans_b, key->ldb, dnnl_bf16);
+    }
     operand_desc(&c, key->m, key->n, 'N', key->ldc, dnnl_f32);
     operand_desc(&bias, 1, key->n, 'N', key->n, dnnl_f32);
     dnnl_matmul_desc_t desc;
@@ -459,6 +465,8 @@ static matmul_plan_t *matmul_plan(const matmul_key_t *key)
     }
     dnnl_primitive_desc_t pd;
     DNNL_OK(dnnl_primitive_desc_create(&pd, &desc, attr, matmuls.engine, NULL));
+    if (key->packed_b)
+        b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     DNNL_OK(dnnl_primitive_create(&plan->primitive, pd));
     dnnl_primitive_desc_destroy(pd);
     dnnl_primitive_attr_destroy(attr);
@@ -470,31 +478,11 @@ static matmul_plan_t *matmul_plan(const matmul_key_t *key)
     return plan;
 }
 
-void nn_bf16_matmul(char trans_a, char trans_b, long m, long n, long k, const nn_bf16_t *a,
-                    long lda, const nn_bf16_t *b, long ldb, const float *bias, int accumulate,
-                    float *c, long ldc)
+/* Runs the product of `key` on these operands (the plan made on first use). */
+static void matmul_run(const matmul_key_t *key, const nn_bf16_t *a, const void *b,
+                       const float *bias, float *c)
 {
-    if (m <= 0 || n <= 0)
-        return;
-    if (k <= 0) {
-        for (long i = 0; i < m && !accumulate; i++)
-            for (long j = 0; j < n; j++)
-                c[i * ldc + j] = bias ? bias[j] : 0.0f;
-        return;
-    }
-    matmul_key_t key;
-    memset(&key, 0, sizeof(key)); /* compared with memcmp: no stray padding bytes */
-    key.m = m;
-    key.n = n;
-    key.k = k;
-    key.lda = lda;
-    key.ldb = ldb;
-    key.ldc = ldc;
-    key.trans_a = trans_a;
-    key.trans_b = trans_b;
-    key.bias = bias != NULL;
-    key.accumulate = accumulate != 0;
-    matmul_plan_t *plan = matmul_plan(&key);
+    matmul_plan_t *plan = matmul_plan(key);
 
     DNNL_OK(dnnl_memory_set_data_handle(plan->a, (void *)a));
     DNNL_OK(dnnl_memory_set_data_handle(plan->b, (void *)b));
@@ -505,4 +493,132 @@ void nn_bf16_matmul(char trans_a, char trans_b, long m, long n, long k, const nn
         DNNL_OK(dnnl_memory_set_data_handle(plan->bias, (void *)bias));
     DNNL_OK(dnnl_primitive_execute(plan->primitive, matmuls.stream, bias ? 4 : 3, args));
     DNNL_OK(dnnl_stream_wait(matmuls.stream));
+}
+
+/* C's rows when k is 0: the bias, or zero (or left as they are when accumulating). */
+static void empty_product(long m, long n, const float *bias, int accumulate, float *c,
+                          long ldc)
+{
+    for (long i = 0; i < m && !accumulate; i++)
+        for (long j = 0; j < n; j++)
+            c[i * ldc + j] = bias ? bias[j] : 0.0f;
+}
+
+static matmul_key_t matmul_key(long m, long n, long k, long lda, long ldc, const float *bias)
+{
+    matmul_key_t key;
+    memset(&key, 0, sizeof(key)); /* compared with memcmp: no stray padding bytes */
+    key.m = m;
+    key.n = n;
+    key.k = k;
+    key.lda = lda;
+    key.ldc = ldc;
+    key.trans_a = 'N';
+    key.bias = bias != NULL;
+    return key;
+}
+
+void nn_bf16_matmul(char trans_a, char trans_b, long m, long n, long k, const nn_bf16_t *a,
+                    long lda, const nn_bf16_t *b, long ldb, const float *bias, int accumulate,
+                    float *c, long ldc)
+{
+    if (m <= 0 || n <= 0)
+        return;
+    if (k <= 0) {
+        empty_product(m, n, bias, accumulate, c, ldc);
+        return;
+    }
+    matmul_key_t key = matmul_key(m, n, k, lda, ldc, bias);
+    key.ldb = ldb;
+    key.trans_a = trans_a;
+    key.trans_b = trans_b;
+    key.accumulate = accumulate != 0;
+    matmul_run(&key, a, b, bias, c);
+}
+
+/* The layout a plan's primitive reads B in. */
+static const dnnl_memory_desc_t *plan_weights_layout(const matmul_plan_t *plan)
+{
+    const_dnnl_primitive_desc_t pd;
+    DNNL_OK(dnnl_primitive_get_primitive_desc(plan->primitive, &pd));
+    return dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+}
+
+struct nn_bf16_weights {
+    long n, k;
+    dnnl_memory_desc_t layout; /* the matmul primitive's choice for B = W^T */
+    void *data;
+};
+
+nn_bf16_weights_t *nn_bf16_weights_pack(const float *w, long n, long k, long ldw,
+                                        nn_bf16_weights_t *reuse)
+{
+    if (reuse && (reuse->n != n || reuse->k != k)) {
+        nn_bf16_weights_free(reuse);
+        reuse = NULL;
+    }
+    nn_bf16_weights_t *packed = reuse;
+    if (!packed) {
+        /* The layout the primitive asks for, read off one made for these n and k (it is the
+         * same whatever m: checked at every use). */
+        if (n <= 0 || k <= 0)
+            die(EXIT_INTERNAL, "bf16 matmul: cannot pack %ld x %ld weights", n, k);
+        matmul_key_t key = matmul_key(1, n, k, k, n, NULL);
+        key.packed_b = 1;
+        packed = xcalloc(1, sizeof(*packed));
+        packed->n = n;
+        packed->k = k;
+        packed->layout = *plan_weights_layout(matmul_plan(&key));
+        packed->data = xmalloc(dnnl_memory_desc_get_size(&packed->layout));
+    }
+
+    /* One oneDNN reorder: fp32 W^T, read through strides, into bf16 blocks. */
+    dnnl_memory_desc_t plain;
+    dnnl_dims_t dims = {k, n}, strides = {1, ldw};
+    DNNL_OK(dnnl_memory_desc_init_by_strides(&plain, 2, dims, dnnl_f32, strides));
+    dnnl_primitive_desc_t pd;
+    DNNL_OK(dnnl_reorder_primitive_desc_create(&pd, &plain, matmuls.engine, &packed->layout,
+                                               matmuls.engine, NULL));
+    dnnl_primitive_t reorder;
+    DNNL_OK(dnnl_primitive_create(&reorder, pd));
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_memory_t from, to;
+    DNNL_OK(dnnl_memory_create(&from, &plain, matmuls.engine, (void *)w));
+    DNNL_OK(dnnl_memory_create(&to, &packed->layout, matmuls.engine, packed->data));
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    DNNL_OK(dnnl_primitive_execute(reorder, matmuls.stream, 2, args));
+    DNNL_OK(dnnl_stream_wait(matmuls.stream));
+    dnnl_memory_destroy(from);
+    dnnl_memory_destroy(to);
+    dnnl_primitive_destroy(reorder);
+    return packed;
+}
+
+void nn_bf16_weights_free(nn_bf16_weights_t *weights)
+{
+    if (!weights)
+        return;
+    free(weights->data);
+    free(weights);
+}
+
+void nn_bf16_matmul_weights(long m, long n, long k, const nn_bf16_t *a, long lda,
+                            const nn_bf16_weights_t *weights, const float *bias, float *c,
+                            long ldc)
+{
+    if (weights->n != n || weights->k != k)
+        die(EXIT_INTERNAL, "bf16 matmul: weights packed as %ld x %ld used as %ld x %ld",
+            weights->n, weights->k, n, k);
+    if (m <= 0 || n <= 0)
+        return;
+    if (k <= 0) {
+        empty_product(m, n, bias, 0, c, ldc);
+        return;
+    }
+    matmul_key_t key = matmul_key(m, n, k, lda, ldc, bias);
+    key.packed_b = 1;
+    if (!dnnl_memory_desc_equal(plan_weights_layout(matmul_plan(&key)), &weights->layout))
+        die(EXIT_INTERNAL, "bf16 matmul: oneDNN chose another weight layout for %ld rows",
+            m);
+    matmul_run(&key, a, weights->data, bias, c);
 }

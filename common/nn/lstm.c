@@ -95,6 +95,7 @@ void nn_lstm_free(nn_lstm_t *l)
         free(l->w_hh_fwd_bf16[d]);
         free(l->w_hh_bwd_bf16[d]);
         free(l->w_ih_bf16[d]);
+        nn_bf16_weights_free(l->w_ih_packed[d]);
     }
     memset(l, 0, sizeof(*l));
 }
@@ -115,7 +116,25 @@ int nn_lstm_set_precision(nn_lstm_t *l, int precision)
 void nn_lstm_weights_changed(nn_lstm_t *l)
 {
     for (int d = 0; d < 2; d++)
-        l->w_hh_t_of[d] = l->w_hh_fwd_of[d] = l->w_hh_bwd_of[d] = l->w_ih_of[d] = NULL;
+        l->w_hh_t_of[d] = l->w_hh_fwd_of[d] = l->w_hh_bwd_of[d] = l->w_ih_of[d] =
+            l->w_ih_packed_of[d] = NULL;
+}
+
+void nn_lstm_set_inference(nn_lstm_t *l, int inference)
+{
+    l->inference = inference != 0;
+    for (int d = 0; d < 2; d++) {
+        if (inference) {
+            free(l->w_ih_bf16[d]);
+            free(l->w_hh_bwd_bf16[d]);
+            l->w_ih_bf16[d] = l->w_hh_bwd_bf16[d] = NULL;
+            l->w_ih_of[d] = l->w_hh_bwd_of[d] = NULL;
+        } else {
+            nn_bf16_weights_free(l->w_ih_packed[d]);
+            l->w_ih_packed[d] = NULL;
+            l->w_ih_packed_of[d] = NULL;
+        }
+    }
 }
 
 /* Grow the kept buffers to batch x steps rows. */
@@ -220,6 +239,17 @@ static const nn_bf16_t *w_ih_bf16(nn_lstm_t *l, int d, const float *w_ih)
     nn_bf16_round_rows(w_ih, 4L * l->hidden, l->in, l->in, l->w_ih_bf16[d], l->in);
     l->w_ih_of[d] = w_ih;
     return l->w_ih_bf16[d];
+}
+
+/* W_ih packed for inference (made when missing or stale). */
+static const nn_bf16_weights_t *w_ih_packed(nn_lstm_t *l, int d, const float *w_ih)
+{
+    if (l->w_ih_packed_of[d] != w_ih) {
+        l->w_ih_packed[d] = nn_bf16_weights_pack(w_ih, 4L * l->hidden, l->in, l->in,
+                                                 l->w_ih_packed[d]);
+        l->w_ih_packed_of[d] = w_ih;
+    }
+    return l->w_ih_packed[d];
 }
 
 /*
@@ -585,8 +615,12 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
     if (mixed) {
         for (int j = 0; j < G4; j++)
             l->bias_sum[j] = w->b_ih[j] + w->b_hh[j];
-        nn_bf16_matmul('N', 'T', rows, G4, l->in, l->x_bf16, l->in, w_ih_bf16(l, d, w->w_ih),
-                       l->in, l->bias_sum, 0, gates, G4);
+        if (l->inference)
+            nn_bf16_matmul_weights(rows, G4, l->in, l->x_bf16, l->in,
+                                   w_ih_packed(l, d, w->w_ih), l->bias_sum, gates, G4);
+        else
+            nn_bf16_matmul('N', 'T', rows, G4, l->in, l->x_bf16, l->in,
+                           w_ih_bf16(l, d, w->w_ih), l->in, l->bias_sum, 0, gates, G4);
     } else {
         /* dgates is the backward's: free scratch here. */
         for (int j = 0; j < G4; j++)
@@ -727,6 +761,8 @@ static void backward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, cons
 void nn_lstm_backward(nn_lstm_t *l, const nn_lstm_weights_t *w, const float *x,
                       const float *y, const float *dy, float *dx, nn_lstm_weights_t *grad)
 {
+    if (l->inference)
+        die(EXIT_INTERNAL, "lstm: a backward after forwards for inference only");
     for (int d = 0; d < 2; d++)
         backward_direction(l, d, &w->dir[d], x, y, dy, dx, &grad->dir[d]);
     /* After the copies of this batch's weights served the backward: a step follows. */

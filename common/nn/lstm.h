@@ -98,6 +98,12 @@ typedef struct {
     nn_bf16_t *dgates_bf16; /* [batch][steps][4H] */
     nn_bf16_t *h_prev_bf16; /* [batch][steps][H] */
     float *bias_sum;        /* [4H] b_ih + b_hh */
+
+    /* nn_lstm_set_inference: in mixed precision the input projections read W_ih packed in
+     * oneDNN's own layout, made once for all the batches that follow. */
+    int inference;
+    nn_bf16_weights_t *w_ih_packed[2];
+    const float *w_ih_packed_of[2];
 } nn_lstm_t;
 
 /* fp32 products until nn_lstm_set_precision says otherwise. */
@@ -117,6 +123,13 @@ int nn_lstm_set_precision(nn_lstm_t *l, int precision);
  * nn_lstm_backward calls it itself at its end, since an optimizer step follows it.
  */
 void nn_lstm_weights_changed(nn_lstm_t *l);
+
+/*
+ * 1: the forwards that follow are for inference only, and nn_lstm_backward refuses to run
+ * (an internal error); 0 (the default): training. Each mode frees the weight copies only the
+ * other one reads, so that switching keeps the memory of one set.
+ */
+void nn_lstm_set_inference(nn_lstm_t *l, int inference);
 
 /* Sizes of the tensors of one direction, for declaring parameters. */
 static inline size_t nn_lstm_w_ih_count(const nn_lstm_t *l)

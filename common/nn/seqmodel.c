@@ -151,7 +151,27 @@ void seqmodel_weights_changed(seqmodel_t *m)
     nn_lstm_weights_changed(&m->lstm1);
     nn_lstm_weights_changed(&m->lstm2);
     for (int k = 0; k < SEQ_LINEARS; k++)
-        m->lin_w_bf16_of[k] = NULL;
+        m->lin_w_bf16_of[k] = m->lin_w_packed_of[k] = NULL;
+}
+
+void seqmodel_set_inference(seqmodel_t *m, int inference)
+{
+    m->inference = inference != 0;
+    nn_lstm_set_inference(&m->lstm1, inference);
+    nn_lstm_set_inference(&m->lstm2, inference);
+
+    /* Only one of the two copies of each linear weight is read in each mode. */
+    for (int k = 0; k < SEQ_LINEARS; k++) {
+        if (inference) {
+            free(m->lin_w_bf16[k]);
+            m->lin_w_bf16[k] = NULL;
+            m->lin_w_bf16_of[k] = NULL;
+        } else {
+            nn_bf16_weights_free(m->lin_w_packed[k]);
+            m->lin_w_packed[k] = NULL;
+            m->lin_w_packed_of[k] = NULL;
+        }
+    }
 }
 
 void seqmodel_init_default(seqmodel_t *m, nn_rng_t *rng)
@@ -193,6 +213,7 @@ void seqmodel_destroy(seqmodel_t *m)
     for (int k = 0; k < SEQ_LINEARS; k++) {
         free(m->lin_w_bf16[k]);
         free(m->lin_x_bf16[k]);
+        nn_bf16_weights_free(m->lin_w_packed[k]);
     }
     free(m->dy_bf16);
     if (m->plan)
@@ -286,9 +307,19 @@ static void linear_forward(seqmodel_t *m, int which, long rows, int in, int out,
 {
     if (m->precision == NN_PRECISION_BF16) {
         nn_bf16_round_rows(x, rows, in, in, m->lin_x_bf16[which], in);
-        nn_bf16_matmul('N', 'T', rows, out, in, m->lin_x_bf16[which], in,
-                       linear_weight_bf16(m, which, w, (size_t)out * in, in), in, b, 0, y,
-                       out);
+        if (m->inference) {
+            if (m->lin_w_packed_of[which] != w) {
+                m->lin_w_packed[which] =
+                    nn_bf16_weights_pack(w, out, in, in, m->lin_w_packed[which]);
+                m->lin_w_packed_of[which] = w;
+            }
+            nn_bf16_matmul_weights(rows, out, in, m->lin_x_bf16[which], in,
+                                   m->lin_w_packed[which], b, y, out);
+        } else {
+            nn_bf16_matmul('N', 'T', rows, out, in, m->lin_x_bf16[which], in,
+                           linear_weight_bf16(m, which, w, (size_t)out * in, in), in, b, 0,
+                           y, out);
+        }
         return;
     }
     /* The 2H-wide layers through the swapped product (lstm.h), dpre (the backward's) as its
@@ -465,6 +496,8 @@ void seqmodel_backward(seqmodel_t *m)
     const size_t n = (size_t)rows * W;
     nn_paramset_t *ps = &m->ps;
 
+    if (m->inference)
+        die(EXIT_INTERNAL, "sequence model: a backward after forwards for inference only");
     if (m->plan) {
         nn_seq_tensors_t w = seq_tensors(m, 0), g = seq_tensors(m, 1);
         m->be->seq_backward(m->be, m->plan, &w, m->dlogits, &g);

@@ -81,6 +81,11 @@ typedef struct {
     nn_bf16_t *lin_x_bf16[3]; /* [rows][2H] */
     nn_bf16_t *dy_bf16;       /* [rows][2H] */
     size_t cap_rows_bf16;
+
+    /* seqmodel_set_inference: the linear layers' weights packed for inference. */
+    int inference;
+    nn_bf16_weights_t *lin_w_packed[3];
+    const float *lin_w_packed_of[3];
 } seqmodel_t;
 
 /*
@@ -97,6 +102,14 @@ void seqmodel_destroy(seqmodel_t *m);
  * the seq_* ops always has bf16).
  */
 int seqmodel_set_precision(seqmodel_t *m, int precision);
+
+/*
+ * 1: the forwards that follow serve predictions only (seqmodel_backward then is an internal
+ * error); in mixed precision the weights of every large product are then kept in oneDNN's
+ * own layout, packed once instead of at every product (nn_bf16_weights_pack). 0, the
+ * default: training. The results are the same either way.
+ */
+void seqmodel_set_inference(seqmodel_t *m, int inference);
 
 /*
  * PyTorch's default initialisation, drawn from rng: every LSTM tensor uniform in

@@ -17,6 +17,8 @@
  * 3. Mixed precision (on a CPU with AVX512-BF16; else the fp32 fallback is checked): the bf16
  *    kernels against double sums, and the model in bf16 against lstm_ref.py --bf16, tight
  *    against its emulation of the engine's roundings, loose against fp32 (mixed_precision).
+ *    Inference mode (weights packed once in oneDNN's layout) gives training mode's logits bit
+ *    for bit, also after the weights change (inference_mode).
  */
 #include <math.h>
 #include <stdio.h>
@@ -563,12 +565,95 @@ static void gate_split(void)
         }
 }
 
+/* The valid rows' logits of a forward over a batch of three series (lengths 5, 2, 4) or, with
+ * `short_batch`, two (3 and 1). */
+static void forward_rows(seqmodel_t *m, int short_batch, float *logits, size_t *n)
+{
+    enum { STEPS = 5 };
+    static const int lengths[2][3] = {{5, 2, 4}, {3, 1, 0}};
+    const int batch = short_batch ? 2 : 3, steps = short_batch ? 3 : STEPS;
+    float x[3 * STEPS * 40];
+    nn_fill_hashed(x, (size_t)batch * steps * m->emb, 11 + short_batch, 1.0f, 0.0f);
+    seqmodel_forward(m, x, batch, steps, lengths[short_batch]);
+    *n = 0;
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < steps; t++)
+            if (seqmodel_valid(m, b, t)) {
+                memcpy(logits + *n, m->logits + (size_t)SEQ_OUTPUTS * (b * steps + t),
+                       SEQ_OUTPUTS * sizeof(float));
+                *n += SEQ_OUTPUTS;
+            }
+}
+
+static seqmodel_t *hashed_model(nn_backend_t *be, int emb, int hidden)
+{
+    char err[256];
+    seqmodel_t *m = seqmodel_create(be, emb, hidden, 0, err, sizeof(err));
+    if (!m)
+        die(1, "seqmodel_create(emb %d, hidden %d): %s", emb, hidden, err);
+    seqmodel_set_precision(m, NN_PRECISION_BF16);
+    nn_params_fill_hashed(&m->ps);
+    seqmodel_weights_changed(m);
+    return m;
+}
+
+/*
+ * seqmodel_set_inference: a model that stays in inference mode (weights packed once in
+ * oneDNN's layout) gives a training-mode twin's logits bit for bit, over batches of other
+ * sizes with the same packed weights, and again after both models' weights change (packed
+ * anew); training works after switching back.
+ */
+static void inference_mode(void)
+{
+    enum { EMB = 37, HIDDEN = 29, ROWS = 15 * SEQ_OUTPUTS };
+    nn_backend_t *be = nn_backend_create("cpu");
+    seqmodel_t *m = hashed_model(be, EMB, HIDDEN), *twin = hashed_model(be, EMB, HIDDEN);
+    seqmodel_set_inference(m, 1);
+
+    int bad = 0;
+    size_t n_train = 0, n_infer = 0;
+    float train[ROWS], infer[ROWS];
+    for (int round = 0; round < 2; round++) {
+        for (int short_batch = 0; short_batch < 2; short_batch++) {
+            forward_rows(twin, short_batch, train, &n_train);
+            forward_rows(m, short_batch, infer, &n_infer);
+            bad += n_train != n_infer || memcmp(train, infer, n_train * sizeof(float)) != 0;
+        }
+        /* New weights, as a checkpoint load writes them. */
+        seqmodel_t *both[2] = {m, twin};
+        for (int k = 0; k < 2; k++) {
+            for (size_t i = 0; i < both[k]->ps.param_count; i++)
+                both[k]->ps.params[i] *= 0.75f;
+            seqmodel_weights_changed(both[k]);
+        }
+    }
+    seqmodel_set_inference(m, 0);
+    forward_rows(m, 0, train, &n_train);
+    float labels[3 * 5 * SEQ_OUTPUTS] = {0};
+    labels[3] = 1.0f;
+    seqmodel_loss(m, labels, 1);
+    seqmodel_backward(m);
+    double norm = 0;
+    for (size_t i = 0; i < m->ps.param_count; i++)
+        norm += (double)m->ps.grads[i] * m->ps.grads[i];
+    bad += !(norm > 0 && isfinite(norm));
+    printf("%s inference mode (%s): logits of batches of 3 and 2 series, before and after a "
+           "weight change, %s training mode's; training after it: gradient norm %.3e\n",
+           bad ? "FAIL" : "ok  ", m->precision == NN_PRECISION_BF16 ? "bf16" : "fp32",
+           bad ? "differ from" : "bit for bit equal to", sqrt(norm));
+    failures += bad != 0;
+    seqmodel_destroy(m);
+    seqmodel_destroy(twin);
+    be->destroy(be);
+}
+
 int main(void)
 {
     finite_differences(0);
     finite_differences(1);
     rejects_bad_sizes();
     gate_split();
+    inference_mode();
 
     if (!python_has("torch, h5py")) {
         if (failures) {
