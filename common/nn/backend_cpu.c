@@ -58,6 +58,7 @@ typedef struct {
     const void *cached_from;  /* the user pointer and generation the owned copy holds */
     uint64_t cached_generation;
     int blocked_1x1_out; /* an output reordered by blocked_1x1_to_plain */
+    int shared;          /* a conv backward's dy: converted once for both of its calls */
 } bound_arg_t;
 
 /* What a prepared primitive was built for. */
@@ -91,6 +92,7 @@ typedef struct prepared {
     int nargs;
     size_t inner_total;      /* bytes of scratch arena the inner memories need */
     dnnl_memory_t workspace; /* owned, kept between a forward and its backward */
+    const void *owner;       /* the op whose plan list holds it */
     float *aux;              /* owned per-channel values (fused batch norm scale, shift) */
     struct prepared *next;
 } prepared_t;
@@ -103,6 +105,19 @@ typedef struct {
     size_t arena_bytes;
     uint64_t generation; /* of the weights, for cached reorders */
     void *add_plan;      /* prepared adds (add has no op struct) */
+
+    /*
+     * A conv backward's dy converted to bf16 at the start of the arena by the call before
+     * (the op's other backward call) which this call may read instead of converting again:
+     * the op, the caller's pointer and the layout converted to, the run that converted it
+     * and the arena's allocation then.
+     */
+    uint64_t runs, arena_allocations;
+    struct {
+        const void *owner, *from;
+        dnnl_memory_desc_t md;
+        uint64_t run, arena_allocation;
+    } converted_dy;
 } cpu_backend_t;
 
 static cpu_backend_t *cpu_of(nn_backend_t *be)
@@ -217,6 +232,7 @@ static void *arena_get(cpu_backend_t *cpu, size_t bytes)
         cpu_release(&cpu->base, cpu->arena);
         cpu->arena = cpu_alloc(&cpu->base, bytes);
         cpu->arena_bytes = bytes;
+        cpu->arena_allocations++;
     }
     return cpu->arena;
 }
@@ -359,6 +375,7 @@ static prepared_t *plan_try_add(cpu_backend_t *cpu, void **plan, int call, const
     p->h = x->h;
     p->w = x->w;
     p->extra = extra;
+    p->owner = plan;
     p->pd = pd;
     DNNL_CHECK(dnnl_primitive_create(&p->prim, p->pd));
     p->next = *plan;
@@ -485,12 +502,38 @@ static void run_reorder(cpu_backend_t *cpu, dnnl_primitive_t reorder, dnnl_memor
     DNNL_CHECK(dnnl_primitive_execute(reorder, cpu->stream, 2, args));
 }
 
+/*
+ * A conv backward's dy, bound first so that its conversion starts the arena in both calls:
+ * the one that runs second reads the first one's copy when nothing ran between them and the
+ * layouts agree (in mixed precision: one conversion to bf16 of each dy instead of two).
+ */
+static void bind_shared_dy(cpu_backend_t *cpu, prepared_t *p, const nn_tensor_t *dy)
+{
+    if (p->nargs != 0)
+        die(EXIT_INTERNAL, "a conv backward's dy is bound first");
+    bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
+    p->args[0].shared = 1;
+}
+
+/* Whether the shared argument b, from `from`, is already in the arena (bind_shared_dy). */
+static int dy_converted(const cpu_backend_t *cpu, const prepared_t *p, const bound_arg_t *b,
+                        const void *from)
+{
+    const dnnl_memory_desc_t *md;
+    DNNL_CHECK(dnnl_memory_get_memory_desc(b->inner, &md));
+    return cpu->converted_dy.owner == p->owner && cpu->converted_dy.from == from &&
+           cpu->converted_dy.run + 1 == cpu->runs &&
+           cpu->converted_dy.arena_allocation == cpu->arena_allocations &&
+           dnnl_memory_desc_equal(md, &cpu->converted_dy.md);
+}
+
 /* Run with the callers' pointers, one per bound argument in bind order. */
 static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memory_t workspace)
 {
     char *arena = p->inner_total ? arena_get(cpu, p->inner_total) : NULL;
     dnnl_exec_arg_t args[MAX_ARGS + 1];
     int nargs = 0;
+    cpu->runs++;
 
     for (int i = 0; i < p->nargs; i++) {
         bound_arg_t *b = &p->args[i];
@@ -505,8 +548,19 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
             }
         } else if (b->inner) {
             DNNL_CHECK(dnnl_memory_set_data_handle(b->inner, arena + b->inner_offset));
-            if (!b->is_output)
+            if (b->shared && !dy_converted(cpu, p, b, ptrs[i])) {
                 run_reorder(cpu, b->reorder, b->user, b->inner);
+                const dnnl_memory_desc_t *md;
+                DNNL_CHECK(dnnl_memory_get_memory_desc(b->inner, &md));
+                cpu->converted_dy.owner = p->owner;
+                cpu->converted_dy.from = ptrs[i];
+                cpu->converted_dy.md = *md;
+                cpu->converted_dy.arena_allocation = cpu->arena_allocations;
+            } else if (!b->is_output && !b->shared) {
+                run_reorder(cpu, b->reorder, b->user, b->inner);
+            }
+            if (b->shared)
+                cpu->converted_dy.run = cpu->runs;
         }
         args[nargs].arg = b->arg;
         args[nargs].memory = b->inner ? b->inner : b->user;
@@ -755,7 +809,7 @@ static void cpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_ten
             &d, dnnl_convolution_direct, &diff_src, &f.weights_desc, &diff_dst, f.strides,
             f.padding[0], f.padding[1]));
         p = plan_add(cpu, &op->plan, CALL_CONV_BWD_DATA, &x, key, &d, fwd->pd);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
+        bind_shared_dy(cpu, p, dy);
         bind(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0);
         bind(cpu, p, DNNL_ARG_DIFF_SRC, md_of(dx), 1);
     }
@@ -783,11 +837,11 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
             &d, dnnl_convolution_direct, &f.src_desc, &diff_w, NULL, &diff_dst, f.strides,
             f.padding[0], f.padding[1]));
         p = plan_add(cpu, &op->plan, CALL_CONV_BWD_WEIGHTS, x, key, &d, fwd->pd);
+        bind_shared_dy(cpu, p, dy);
         bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
-        bind(cpu, p, DNNL_ARG_DIFF_DST, md_of(dy), 0);
         bind(cpu, p, DNNL_ARG_DIFF_WEIGHTS, user_weights_md(op), 1);
     }
-    void *ptrs[] = {x->data, dy->data, dw};
+    void *ptrs[] = {dy->data, x->data, dw};
     run(cpu, p, ptrs, NULL);
 }
 

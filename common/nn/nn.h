@@ -131,6 +131,11 @@ struct nn_backend {
 
     void (*conv_forward)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x, const float *w,
                          nn_tensor_t *y);
+    /*
+     * The two backward calls of one op, run back to back on the same dy (either order), may
+     * share the conversion of dy that mixed precision needs (the CPU backend does): dy must
+     * not change between them.
+     */
     void (*conv_backward_data)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *dy,
                                const float *w, nn_tensor_t *dx);
     void (*conv_backward_weights)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x,
