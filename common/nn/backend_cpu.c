@@ -647,6 +647,15 @@ static void cpu_to_plain(nn_backend_t *be, const nn_tensor_t *src, float *dst)
     reorder_once(cpu, &from_md, src->data, &to_md, dst);
 }
 
+static void cpu_to_half(nn_backend_t *be, const nn_tensor_t *src, nn_tensor_t *dst)
+{
+    if (src->layout != NN_LAYOUT_NATIVE || !is_half(dst) || src->n != dst->n ||
+        src->c != dst->c || src->h != dst->h || src->w != dst->w)
+        die(EXIT_INTERNAL, "to_half takes a native fp32 tensor and a half one of its shape");
+    dnnl_memory_desc_t from_md = md_of(src), to_md = md_of(dst);
+    reorder_once(cpu_of(be), &from_md, src->data, &to_md, dst->data);
+}
+
 /* ---- convolution --------------------------------------------------------------------------- */
 
 /*
@@ -780,8 +789,8 @@ static void cpu_conv_forward(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t 
     nn_tensor_t shape = conv_output_like(op, x, y->layout);
     check_shape("conv input", x, x->n, op->in_ch, x->h, x->w);
     check_shape("conv output", y, shape.n, shape.c, shape.h, shape.w);
-    if (is_half(x) || is_half(y))
-        die(EXIT_INTERNAL, "conv forward in training takes no half tensors");
+    if (is_half(y))
+        die(EXIT_INTERNAL, "conv forward in training writes no half tensors");
     prepared_t *p = conv_forward_prepared(cpu, op, x, y);
     void *ptrs[] = {x->data, (void *)w, y->data};
     run(cpu, p, ptrs, NULL);
@@ -1481,6 +1490,7 @@ nn_backend_t *nn_backend_cpu_create(void)
     be->synchronize = cpu_synchronize;
     be->weights_changed = cpu_weights_changed;
     be->to_plain = cpu_to_plain;
+    be->to_half = cpu_to_half;
     be->conv_forward = cpu_conv_forward;
     be->conv_backward_data = cpu_conv_backward_data;
     be->conv_backward_weights = cpu_conv_backward_weights;

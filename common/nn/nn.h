@@ -128,6 +128,9 @@ struct nn_backend {
     void (*weights_changed)(nn_backend_t *be);
     /* Copy a tensor in any layout into plain NCHW order (dst: backend memory, numel floats). */
     void (*to_plain)(nn_backend_t *be, const nn_tensor_t *src, float *dst);
+    /* An NN_LAYOUT_NATIVE tensor into the same in 16 bits (NN_LAYOUT_NATIVE_HALF), rounded to
+     * nearest even; NULL on backends without half_activations. */
+    void (*to_half)(nn_backend_t *be, const nn_tensor_t *src, nn_tensor_t *dst);
 
     void (*conv_forward)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x, const float *w,
                          nn_tensor_t *y);

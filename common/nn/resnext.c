@@ -179,7 +179,8 @@ typedef struct {
 static void act_place(act_layout_t *lay, nn_tensor_t *t, int n, int c, int h, int w, int layout)
 {
     *t = (nn_tensor_t){NULL, n, c, h, w, layout};
-    size_t bytes = (nn_numel(t) * sizeof(float) + 63) / 64 * 64;
+    size_t value_bytes = layout == NN_LAYOUT_NATIVE_HALF ? sizeof(uint16_t) : sizeof(float);
+    size_t bytes = (nn_numel(t) * value_bytes + 63) / 64 * 64;
     if (lay->base)
         t->data = (float *)(lay->base + lay->used);
     lay->used += bytes;
@@ -192,18 +193,21 @@ static int conv_out(const nn_conv_t *c, int in)
     return (in + 2 * c->pad - c->kernel) / c->stride + 1;
 }
 
-static void place_convbn(act_layout_t *lay, rx_convbn_t *cb, int n, int *h, int *w)
+/* half_out: bn_out in 16 bits, for a unit whose output only a bf16 convolution reads. */
+static void place_convbn(act_layout_t *lay, rx_convbn_t *cb, int n, int *h, int *w,
+                         int half_out)
 {
     *h = conv_out(&cb->conv, *h);
     *w = conv_out(&cb->conv, *w);
     act_place(lay, &cb->conv_out, n, cb->conv.out_ch, *h, *w, NN_LAYOUT_NATIVE);
-    act_place(lay, &cb->bn_out, n, cb->conv.out_ch, *h, *w, NN_LAYOUT_NATIVE);
+    act_place(lay, &cb->bn_out, n, cb->conv.out_ch, *h, *w,
+              half_out ? NN_LAYOUT_NATIVE_HALF : NN_LAYOUT_NATIVE);
 }
 
 /* Lay out the activations for batch shape n x h x w; with lay->base NULL only measures. */
 static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, int w)
 {
-    place_convbn(lay, &m->stem, n, &h, &w);
+    place_convbn(lay, &m->stem, n, &h, &w, 0);
     h = (h + 2 - 3) / 2 + 1;
     w = (w + 2 - 3) / 2 + 1;
     act_place(lay, &m->pooled, n, m->config.base, h, w, NN_LAYOUT_NATIVE);
@@ -213,12 +217,12 @@ static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, in
         rx_block_t *blk = &m->blocks[i];
         int bh = h, bw = w;
         blk->in = prev;
-        place_convbn(lay, &blk->c1, n, &bh, &bw);
-        place_convbn(lay, &blk->c2, n, &bh, &bw);
-        place_convbn(lay, &blk->c3, n, &bh, &bw);
+        place_convbn(lay, &blk->c1, n, &bh, &bw, m->act_half);
+        place_convbn(lay, &blk->c2, n, &bh, &bw, m->act_half);
+        place_convbn(lay, &blk->c3, n, &bh, &bw, 0);
         if (blk->has_down) {
             int dh = h, dw = w;
-            place_convbn(lay, &blk->down, n, &dh, &dw);
+            place_convbn(lay, &blk->down, n, &dh, &dw, 0);
         }
         act_place(lay, &blk->out, n, blk->c3.conv.out_ch, bh, bw, NN_LAYOUT_NATIVE);
         h = bh;
@@ -243,13 +247,27 @@ static void release_activations(resnext_t *m)
     }
 }
 
+/*
+ * Whether training keeps the outputs of each block's c1 and c2 units in 16 bits: they feed
+ * only c2's and c3's convolutions (forward and weight gradient), which in bf16 would round
+ * them anyway, so each is rounded once, after its batch norm, instead of at every use. The
+ * results are the same bits; the memory of those activations halves.
+ */
+static int half_training(const resnext_t *m)
+{
+    return m->be->half_activations && m->be->to_half && m->all_convs_bf16 &&
+           !m->keep_fp32_activations;
+}
+
 /* Shapes for a batch shape, and the outputs (embedding, logits, dlogits). */
 static void ensure_shapes(resnext_t *m, int n, int h, int w)
 {
-    if (m->out_arena && m->act_n == n && m->act_h == h && m->act_w == w)
+    if (m->out_arena && m->act_n == n && m->act_h == h && m->act_w == w &&
+        m->act_half == half_training(m))
         return;
     nn_backend_t *be = m->be;
     release_activations(m);
+    m->act_half = half_training(m);
     act_layout_t lay = {0};
     layout_activations(m, &lay, n, h, w);
     m->act_bytes = lay.used;
@@ -299,6 +317,15 @@ static nn_tensor_t shaped(float *data, const nn_tensor_t *like)
 {
     nn_tensor_t t = *like;
     t.data = data;
+    return t;
+}
+
+/* A gradient (or other fp32 tensor) at data shaped like `like`, which may be in 16 bits. */
+static nn_tensor_t grad_tensor(float *data, const nn_tensor_t *like)
+{
+    nn_tensor_t t = shaped(data, like);
+    if (t.layout == NN_LAYOUT_NATIVE_HALF)
+        t.layout = NN_LAYOUT_NATIVE;
     return t;
 }
 
@@ -389,12 +416,20 @@ static void convbn_forward_train(resnext_t *m, rx_convbn_t *cb, const nn_tensor_
     float *var = nn_params_value(ps, cb->running_var);
 
     be->conv_forward(be, &cb->conv, x, nn_params_value(ps, cb->w), &cb->conv_out);
+
+    /* A 16-bit output is normalised in fp32 into scratch (the backward's, free now), then
+     * rounded into place. */
+    nn_tensor_t out = cb->bn_out;
+    if (out.layout == NN_LAYOUT_NATIVE_HALF)
+        out = grad_tensor(m->grad_scratch[0], &cb->bn_out);
     if (relu)
         be->bnorm_relu_forward_train(be, &cb->bn, &cb->conv_out, gamma, beta, mean, var,
-                                     cb->save_mean, cb->save_var, &cb->bn_out);
+                                     cb->save_mean, cb->save_var, &out);
     else
         be->bnorm_forward_train(be, &cb->bn, &cb->conv_out, gamma, beta, mean, var,
-                                cb->save_mean, cb->save_var, &cb->bn_out);
+                                cb->save_mean, cb->save_var, &out);
+    if (out.data != cb->bn_out.data)
+        be->to_half(be, &out, &cb->bn_out);
     (*nn_params_counter(ps, cb->batches))++;
 }
 
@@ -497,7 +532,7 @@ static void convbn_backward(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x,
 {
     nn_backend_t *be = m->be;
     nn_paramset_t *ps = &m->ps;
-    nn_tensor_t d_out = shaped(dy, &cb->bn_out), d_conv = shaped(tmp, &cb->conv_out);
+    nn_tensor_t d_out = grad_tensor(dy, &cb->bn_out), d_conv = shaped(tmp, &cb->conv_out);
 
     if (relu)
         be->bnorm_relu_backward(be, &cb->bn, &cb->conv_out, &d_out,
@@ -510,7 +545,7 @@ static void convbn_backward(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x,
                            nn_params_grad(ps, cb->beta));
     be->conv_backward_weights(be, &cb->conv, x, &d_conv, nn_params_grad(ps, cb->w));
     if (dx) {
-        nn_tensor_t d_in = shaped(dx, x);
+        nn_tensor_t d_in = grad_tensor(dx, x);
         be->conv_backward_data(be, &cb->conv, &d_conv, nn_params_value(ps, cb->w), &d_in);
     }
 }

@@ -49,6 +49,7 @@ typedef struct {
 
     /* Activations for the current batch shape (allocated on the first forward of a mode). */
     int act_n, act_h, act_w;
+    int act_half; /* training keeps c1's and c2's bn_out in 16 bits (half_training) */
     size_t act_bytes, act_largest; /* training arena bytes; largest activation (values) */
     void *act_arena;               /* training: every activation */
     void *eval_arena;              /* inference: a few reused buffers */

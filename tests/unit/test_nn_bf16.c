@@ -463,6 +463,49 @@ static void check_half_against_fp32_activations(resnext_t *m, const nn_tensor_t 
     free(half);
 }
 
+/*
+ * Training keeps some activations in 16 bits (those only bf16 convolutions read): the same
+ * bits as with every activation in fp32 (logits, loss and every gradient), since each is
+ * rounded once instead of at each use.
+ */
+static void check_half_training(resnext_t *m, const nn_tensor_t *x, const float *labels)
+{
+    nn_backend_t *be = m->be;
+    nn_paramset_t *ps = &m->ps;
+    size_t n_logits = nn_numel(&m->logits);
+    float *kept[2][2];
+    double loss[2];
+    int in_effect = 0;
+    for (int half = 1; half >= 0; half--) {
+        resnext_set_half_activations(m, half);
+        resnext_forward(m, x, 1);
+        if (half)
+            in_effect = m->act_half;
+        loss[half] = be->bce_loss(be, m->logits.data, labels, x->n, m->dlogits.data);
+        resnext_backward(m, m->dlogits.data);
+        kept[half][0] = xmalloc(n_logits * sizeof(float));
+        memcpy(kept[half][0], m->logits.data, n_logits * sizeof(float));
+        kept[half][1] = xmalloc(ps->param_count * sizeof(float));
+        memcpy(kept[half][1], ps->grads, ps->param_count * sizeof(float));
+    }
+    resnext_set_half_activations(m, 1);
+    size_t differ = 0;
+    for (size_t i = 0; i < n_logits; i++)
+        differ += memcmp(&kept[0][0][i], &kept[1][0][i], sizeof(float)) != 0;
+    for (size_t i = 0; i < ps->param_count; i++)
+        differ += memcmp(&kept[0][1][i], &kept[1][1][i], sizeof(float)) != 0;
+    int ok = in_effect && differ == 0 && loss[0] == loss[1];
+    failures += !ok;
+    printf("  %-4s training with 16-bit activations where only bf16 convolutions read them "
+           "(%s): loss %s, %zu of %zu logits and gradients differ in any bit from fp32 "
+           "activations\n", ok ? "ok" : "FAIL", in_effect ? "in effect" : "NOT in effect",
+           loss[0] == loss[1] ? "equal" : "differs", differ, n_logits + ps->param_count);
+    for (int half = 0; half < 2; half++) {
+        free(kept[half][0]);
+        free(kept[half][1]);
+    }
+}
+
 static void run_bf16_case(const bf16_case_t *tc, const char *dir)
 {
     char *path = xasprintf("%s/bf16_ref_%s.h5", dir, tc->model);
@@ -535,6 +578,7 @@ static void run_bf16_case(const bf16_case_t *tc, const char *dir)
     printf("  %-4s gradients, %d tensors: median rel_l2 %.2e (tol %.1f x sensitivity = %.2e), "
            "worst %.2e (%s, tol %.0e)\n", over || !median_ok ? "FAIL" : "ok", count, median,
            SENSITIVITY_MULT, tol_median, worst, worst_name, TOL_GRAD_TENSOR);
+    check_half_training(m, &x, labels);
     printf("%s bf16: engine %.1f s\n", tc->model, time_now() - t0);
 
     free(rels);
