@@ -74,8 +74,8 @@ for size in $SIZES; do
     done
 done
 
-echo
-echo "summary (best round of each side; ratio = engine / PyTorch):"
+# MODES=" " (nothing but the convolutions) leaves no results to sum up.
+[ -s "$log" ] && echo && echo "summary (best round of each side; ratio = engine / PyTorch):" &&
 awk '
 function field(name,   i, kv) {
     for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == name) return kv[2] }
