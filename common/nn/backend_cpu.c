@@ -107,13 +107,15 @@ typedef struct {
     void *add_plan;      /* prepared adds (add has no op struct) */
 
     /*
-     * A conv backward's dy converted to bf16 at the start of the arena by the call before
-     * (the op's other backward call) which this call may read instead of converting again:
-     * the op, the caller's pointer and the layout converted to, the run that converted it
-     * and the arena's allocation then.
+     * A conv backward's dy reordered (converted to bf16, or into blocks) at the start of the
+     * arena by the run before, which the op's other backward call may read instead of
+     * reordering again: whether it may still be read, the op and the call kind, the caller's
+     * pointer and the layout reordered to, the run that made it and the arena's allocation
+     * then.
      */
     uint64_t runs, arena_allocations;
     struct {
+        int valid, call;
         const void *owner, *from;
         dnnl_memory_desc_t md;
         uint64_t run, arena_allocation;
@@ -515,16 +517,33 @@ static void bind_shared_dy(cpu_backend_t *cpu, prepared_t *p, const nn_tensor_t 
     p->args[0].shared = 1;
 }
 
-/* Whether the shared argument b, from `from`, is already in the arena (bind_shared_dy). */
-static int dy_converted(const cpu_backend_t *cpu, const prepared_t *p, const bound_arg_t *b,
-                        const void *from)
+/*
+ * The shared argument b (bind_shared_dy) from `from` into the arena: read as the other
+ * backward call of the same op left it in the run just before, once; else reordered, and
+ * left for that other call.
+ */
+static void share_dy(cpu_backend_t *cpu, const prepared_t *p, const bound_arg_t *b,
+                     const void *from)
 {
     const dnnl_memory_desc_t *md;
     DNNL_CHECK(dnnl_memory_get_memory_desc(b->inner, &md));
-    return cpu->converted_dy.owner == p->owner && cpu->converted_dy.from == from &&
-           cpu->converted_dy.run + 1 == cpu->runs &&
-           cpu->converted_dy.arena_allocation == cpu->arena_allocations &&
-           dnnl_memory_desc_equal(md, &cpu->converted_dy.md);
+    int there = cpu->converted_dy.valid && cpu->converted_dy.owner == p->owner &&
+                cpu->converted_dy.call != p->call && cpu->converted_dy.from == from &&
+                cpu->converted_dy.run + 1 == cpu->runs &&
+                cpu->converted_dy.arena_allocation == cpu->arena_allocations &&
+                dnnl_memory_desc_equal(md, &cpu->converted_dy.md);
+    if (there) {
+        cpu->converted_dy.valid = 0;
+        return;
+    }
+    run_reorder(cpu, b->reorder, b->user, b->inner);
+    cpu->converted_dy.valid = 1;
+    cpu->converted_dy.call = p->call;
+    cpu->converted_dy.owner = p->owner;
+    cpu->converted_dy.from = from;
+    cpu->converted_dy.md = *md;
+    cpu->converted_dy.run = cpu->runs;
+    cpu->converted_dy.arena_allocation = cpu->arena_allocations;
 }
 
 /* Run with the callers' pointers, one per bound argument in bind order. */
@@ -548,19 +567,10 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
             }
         } else if (b->inner) {
             DNNL_CHECK(dnnl_memory_set_data_handle(b->inner, arena + b->inner_offset));
-            if (b->shared && !dy_converted(cpu, p, b, ptrs[i])) {
-                run_reorder(cpu, b->reorder, b->user, b->inner);
-                const dnnl_memory_desc_t *md;
-                DNNL_CHECK(dnnl_memory_get_memory_desc(b->inner, &md));
-                cpu->converted_dy.owner = p->owner;
-                cpu->converted_dy.from = ptrs[i];
-                cpu->converted_dy.md = *md;
-                cpu->converted_dy.arena_allocation = cpu->arena_allocations;
-            } else if (!b->is_output && !b->shared) {
-                run_reorder(cpu, b->reorder, b->user, b->inner);
-            }
             if (b->shared)
-                cpu->converted_dy.run = cpu->runs;
+                share_dy(cpu, p, b, ptrs[i]);
+            else if (!b->is_output)
+                run_reorder(cpu, b->reorder, b->user, b->inner);
         }
         args[nargs].arg = b->arg;
         args[nargs].memory = b->inner ? b->inner : b->user;
@@ -589,6 +599,7 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
 
 static void cpu_release_plan(nn_backend_t *be, void **plan)
 {
+    cpu_of(be)->converted_dy.valid = 0; /* a new op may take the old one's address */
     prepared_t *p = *plan;
     while (p) {
         prepared_t *next = p->next;
@@ -789,8 +800,9 @@ static void cpu_conv_forward(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t 
     nn_tensor_t shape = conv_output_like(op, x, y->layout);
     check_shape("conv input", x, x->n, op->in_ch, x->h, x->w);
     check_shape("conv output", y, shape.n, shape.c, shape.h, shape.w);
-    if (is_half(y))
-        die(EXIT_INTERNAL, "conv forward in training writes no half tensors");
+    if (is_half(y) || (is_half(x) && op->precision != NN_PRECISION_BF16))
+        die(EXIT_INTERNAL, "conv forward in training: a half input needs a bf16 conv, and "
+                           "the output is never half");
     prepared_t *p = conv_forward_prepared(cpu, op, x, y);
     void *ptrs[] = {x->data, (void *)w, y->data};
     run(cpu, p, ptrs, NULL);
@@ -808,16 +820,20 @@ static void cpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_ten
     int key = conv_key(op, dy, dx, NULL);
     prepared_t *p = plan_find(&op->plan, CALL_CONV_BWD_DATA, &x, key);
     if (!p) {
-        prepared_t *fwd = conv_forward_prepared(cpu, op, &x, dy);
+        /* The forward's descriptor as the hint (the forward itself may read a half input,
+         * a plan of its own that this one need not match). */
         dnnl_data_type_t dt = conv_dt(op);
         dnnl_convolution_desc_t f = conv_desc_forward(op, &x, dnnl_forward_training, dt, NULL);
+        dnnl_primitive_desc_t hint;
+        DNNL_CHECK(dnnl_primitive_desc_create(&hint, &f, NULL, cpu->engine, NULL));
         dnnl_memory_desc_t diff_src = md_any4(x.n, x.c, x.h, x.w, dnnl_f32);
         dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
         dnnl_convolution_desc_t d;
         DNNL_CHECK(dnnl_convolution_backward_data_desc_init(
             &d, dnnl_convolution_direct, &diff_src, &f.weights_desc, &diff_dst, f.strides,
             f.padding[0], f.padding[1]));
-        p = plan_add(cpu, &op->plan, CALL_CONV_BWD_DATA, &x, key, &d, fwd->pd);
+        p = plan_add(cpu, &op->plan, CALL_CONV_BWD_DATA, &x, key, &d, hint);
+        DNNL_CHECK(dnnl_primitive_desc_destroy(hint));
         bind_shared_dy(cpu, p, dy);
         bind(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0);
         bind(cpu, p, DNNL_ARG_DIFF_SRC, md_of(dx), 1);

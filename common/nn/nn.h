@@ -136,8 +136,8 @@ struct nn_backend {
                          nn_tensor_t *y);
     /*
      * The two backward calls of one op, run back to back on the same dy (either order), may
-     * share the conversion of dy that mixed precision needs (the CPU backend does): dy must
-     * not change between them.
+     * share the reorder of dy (into bf16, or into the kernel's layout; the CPU backend does):
+     * nothing may write dy between them, on the host either.
      */
     void (*conv_backward_data)(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *dy,
                                const float *w, nn_tensor_t *dx);

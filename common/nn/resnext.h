@@ -102,8 +102,9 @@ void resnext_set_weight_cache(resnext_t *m, int mode);
  * Inference in mixed precision keeps its activations in 16 bits (NN_LAYOUT_NATIVE_HALF) when
  * every convolution computes in bf16 and the backend takes such tensors: each convolution
  * then reads its input as it is instead of converting fp32 (bench/README.md), and the only
- * extra rounding is the residual's. on = 0 keeps fp32 activations, for comparison; on = 1
- * (default) goes back.
+ * extra rounding is the residual's. Training then keeps each block's c1 and c2 outputs in 16
+ * bits (read only by bf16 convolutions: the same bits as fp32). on = 0 keeps fp32
+ * activations, for comparison; on = 1 (default) goes back.
  */
 void resnext_set_half_activations(resnext_t *m, int on);
 
