@@ -14,6 +14,9 @@ struct rx_block {
     nn_relu_t relu_out;
     nn_tensor_t in;  /* the previous stage's output (not owned) */
     nn_tensor_t out; /* relu(bn3 + shortcut) */
+    /* What c1 and the shortcut convolution read: `in`, or with half_training its 16-bit
+     * copy (the next block's in_conv is this block's out_half). */
+    nn_tensor_t in_conv, out_half;
 };
 
 static void release_activations(resnext_t *m);
@@ -211,12 +214,16 @@ static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, in
     h = (h + 2 - 3) / 2 + 1;
     w = (w + 2 - 3) / 2 + 1;
     act_place(lay, &m->pooled, n, m->config.base, h, w, NN_LAYOUT_NATIVE);
+    nn_tensor_t prev = m->pooled, prev_conv = m->pooled;
+    if (m->act_half)
+        act_place(lay, &prev_conv, n, m->config.base, h, w, NN_LAYOUT_NATIVE_HALF);
+    m->pooled_half = prev_conv;
 
-    nn_tensor_t prev = m->pooled;
     for (int i = 0; i < m->n_blocks; i++) {
         rx_block_t *blk = &m->blocks[i];
         int bh = h, bw = w;
         blk->in = prev;
+        blk->in_conv = prev_conv;
         place_convbn(lay, &blk->c1, n, &bh, &bw, m->act_half);
         place_convbn(lay, &blk->c2, n, &bh, &bw, m->act_half);
         place_convbn(lay, &blk->c3, n, &bh, &bw, 0);
@@ -225,9 +232,14 @@ static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, in
             place_convbn(lay, &blk->down, n, &dh, &dw, 0);
         }
         act_place(lay, &blk->out, n, blk->c3.conv.out_ch, bh, bw, NN_LAYOUT_NATIVE);
+        blk->out_half = blk->out;
+        if (m->act_half && i + 1 < m->n_blocks) /* the last one feeds the pooling only */
+            act_place(lay, &blk->out_half, n, blk->c3.conv.out_ch, bh, bw,
+                      NN_LAYOUT_NATIVE_HALF);
         h = bh;
         w = bw;
         prev = blk->out;
+        prev_conv = blk->out_half;
     }
 }
 
@@ -251,7 +263,8 @@ static void release_activations(resnext_t *m)
  * Whether training keeps the outputs of each block's c1 and c2 units in 16 bits: they feed
  * only c2's and c3's convolutions (forward and weight gradient), which in bf16 would round
  * them anyway, so each is rounded once, after its batch norm, instead of at every use. The
- * results are the same bits; the memory of those activations halves.
+ * results are the same bits; the memory of those activations halves. Each block's input,
+ * which the residual path reads in fp32, gets a 16-bit copy for c1 and the shortcut.
  */
 static int half_training(const resnext_t *m)
 {
@@ -451,18 +464,22 @@ static void forward_train(resnext_t *m, const nn_tensor_t *x)
     ensure_training_arena(m);
     convbn_forward_train(m, &m->stem, x, 1);
     be->maxpool_forward(be, &m->maxpool, &m->stem.bn_out, &m->pooled, 1);
+    if (m->pooled_half.data != m->pooled.data)
+        be->to_half(be, &m->pooled, &m->pooled_half);
 
     for (int i = 0; i < m->n_blocks; i++) {
         rx_block_t *blk = &m->blocks[i];
-        convbn_forward_train(m, &blk->c1, &blk->in, 1);
+        convbn_forward_train(m, &blk->c1, &blk->in_conv, 1);
         convbn_forward_train(m, &blk->c2, &blk->c1.bn_out, 1);
         convbn_forward_train(m, &blk->c3, &blk->c2.bn_out, 0);
         const nn_tensor_t *shortcut = &blk->in;
         if (blk->has_down) {
-            convbn_forward_train(m, &blk->down, &blk->in, 0);
+            convbn_forward_train(m, &blk->down, &blk->in_conv, 0);
             shortcut = &blk->down.bn_out;
         }
         be->add_relu(be, &blk->c3.bn_out, shortcut, &blk->out);
+        if (blk->out_half.data != blk->out.data)
+            be->to_half(be, &blk->out, &blk->out_half);
     }
     be->avgpool_forward(be, &m->blocks[m->n_blocks - 1].out, &m->embedding);
 }
@@ -575,11 +592,11 @@ void resnext_backward(resnext_t *m, const float *dlogits)
         /* Main branch: gout stays intact for the shortcut. */
         convbn_backward(m, &blk->c3, &blk->c2.bn_out, gout, tmp, mid, 0);
         convbn_backward(m, &blk->c2, &blk->c1.bn_out, mid, tmp, mid, 1);
-        convbn_backward(m, &blk->c1, &blk->in, mid, tmp, gx, 1);
+        convbn_backward(m, &blk->c1, &blk->in_conv, mid, tmp, gx, 1);
 
         nn_tensor_t d_in = shaped(gx, &blk->in);
         if (blk->has_down) {
-            convbn_backward(m, &blk->down, &blk->in, gout, tmp, gdown, 0);
+            convbn_backward(m, &blk->down, &blk->in_conv, gout, tmp, gdown, 0);
             nn_tensor_t d_short = shaped(gdown, &blk->in);
             be->add(be, &d_in, &d_short, &d_in);
         } else {
