@@ -15,9 +15,8 @@
  *       (once per call, as in training); inference keeps its weights (as the model does).
  *       The weight gradient is timed with its conversion of dy (in mixed precision), the
  *       data gradient right after a weight gradient, whose copy of dy it reads, as in the
- *       model. In bf16 the training forward and weight gradient of c2 and c3 read 16-bit
- *       inputs, as in the model ("input=half"); a shape that is also a c1 or a shortcut is
- *       timed again with fp32 input for those two directions.
+ *       model. In bf16 every direction but the data gradient reads a 16-bit input, as in the
+ *       model, but for the stem ("input=half").
  *       One "conv" line per shape and direction, best of ITERS.
  *
  * FLOPs count 2 per multiply-add. Threads: OMP_NUM_THREADS (set by nn_bench.sh).
@@ -151,32 +150,16 @@ static int bench_model(const char *model, int size, int batch, const char *mode,
 
 /* ---- convolution shapes ------------------------------------------------------------------ */
 
-/*
- * A convolution of the model and what its input is in bf16 training: half_in for c2 and c3,
- * whose inputs the model keeps in 16 bits (resnext.c, half_training). A shape that serves
- * both kinds of input is listed twice, the second time with input_dirs_only (only the
- * forward and the weight gradient read the input).
- */
 typedef struct {
     int in_ch, out_ch, kernel, stride, groups, h, w;
-    int half_in, input_dirs_only;
 } conv_shape_t;
 
-static int add_shape(conv_shape_t *shapes, int n, const nn_conv_t *c, int h, int w,
-                     int half_in)
+static int add_shape(conv_shape_t *shapes, int n, const nn_conv_t *c, int h, int w)
 {
-    conv_shape_t s = {c->in_ch, c->out_ch, c->kernel, c->stride, c->groups, h, w, 0, 0};
-    for (int i = 0; i < n; i++) {
-        conv_shape_t known = shapes[i];
-        int other_input = known.half_in != half_in;
-        known.half_in = 0;
-        known.input_dirs_only = 0;
-        if (memcmp(&known, &s, sizeof(s)) == 0 && !other_input)
+    conv_shape_t s = {c->in_ch, c->out_ch, c->kernel, c->stride, c->groups, h, w};
+    for (int i = 0; i < n; i++)
+        if (memcmp(&shapes[i], &s, sizeof(s)) == 0)
             return n;
-        if (memcmp(&known, &s, sizeof(s)) == 0)
-            s.input_dirs_only = 1;
-    }
-    s.half_in = half_in;
     shapes[n] = s;
     return n + 1;
 }
@@ -194,7 +177,7 @@ static int model_shapes(const char *model, int size, conv_shape_t *shapes)
         die(2, "unknown model %s", model);
     int n = 0, h = size, in_ch = cfg->base;
     nn_conv_t stem = {.in_ch = 3, .out_ch = cfg->base, .kernel = 7, .stride = 2, .groups = 1};
-    n = add_shape(shapes, n, &stem, h, h, 0);
+    n = add_shape(shapes, n, &stem, h, h);
     h = conv_out(h, 7, 2);
     h = (h + 2 - 3) / 2 + 1;
     for (int s = 0; s < 4; s++) {
@@ -208,14 +191,14 @@ static int model_shapes(const char *model, int size, conv_shape_t *shapes)
                             .groups = cfg->groups};
             nn_conv_t c3 = {.in_ch = width, .out_ch = out_ch, .kernel = 1, .stride = 1,
                             .groups = 1};
-            n = add_shape(shapes, n, &c1, h, h, 0);
-            n = add_shape(shapes, n, &c2, h, h, 1);
+            n = add_shape(shapes, n, &c1, h, h);
+            n = add_shape(shapes, n, &c2, h, h);
             int oh = conv_out(h, 3, stride);
-            n = add_shape(shapes, n, &c3, oh, oh, 1);
+            n = add_shape(shapes, n, &c3, oh, oh);
             if (stride != 1 || in_ch != out_ch) {
                 nn_conv_t down = {.in_ch = in_ch, .out_ch = out_ch, .kernel = 1,
                                   .stride = stride, .groups = 1};
-                n = add_shape(shapes, n, &down, h, h, 0);
+                n = add_shape(shapes, n, &down, h, h);
             }
             h = oh;
             in_ch = out_ch;
@@ -362,14 +345,13 @@ static void time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int prec
         xi.layout = NN_LAYOUT_NATIVE_HALF;
     if (half)
         yi.layout = NN_LAYOUT_NATIVE_HALF;
-    const nn_tensor_t *x_train = half && s->half_in ? &xi : &x;
+    /* bf16 training keeps every convolution's input but the image in 16 bits too. */
+    const nn_tensor_t *x_train = &xi;
 
     for (int dir = 0; dir < DIRS; dir++) {
         best[dir] = 1e30;
         if (dir == DIR_BWD_DATA && s->in_ch == 3)
             continue; /* the stem's input gradient is never computed */
-        if (s->input_dirs_only && (dir == DIR_BWD_DATA || dir == DIR_INFER))
-            continue;
         for (int it = 0; it <= iters; it++) {
             /* As in the model's backward: the weight gradient converts dy, then the data
              * gradient reads its copy (nn.h); without the call before, a repeated call
@@ -419,8 +401,6 @@ static int bench_convs(const char *model, int size, int batch, int iters, int pr
     int bf16 = precision == NN_PRECISION_BF16;
     for (int i = 0; i < count; i++) {
         const conv_shape_t *s = &shapes[i];
-        if (s->input_dirs_only && !bf16)
-            continue; /* in fp32 every input is fp32: measured once */
         int oh = conv_out(s->h, s->kernel, s->stride), ow = conv_out(s->w, s->kernel, s->stride);
         double flops = 2.0 * batch * s->out_ch * oh * ow * (s->in_ch / s->groups) * s->kernel *
                        s->kernel;
@@ -431,8 +411,7 @@ static int bench_convs(const char *model, int size, int batch, int iters, int pr
                 continue;
             dnnl_data_type_t dt = bf16 ? dnnl_bf16 : dnnl_f32;
             double alone = time_standalone(eng, stream, s, batch, dir, dt, iters);
-            int half_read = bf16 && (s->half_in || dir == DIR_INFER) && s->in_ch != 3 &&
-                            dir != DIR_BWD_DATA;
+            int half_read = bf16 && s->in_ch != 3 && dir != DIR_BWD_DATA;
             printf("conv size=%d shape=%dx%d_k%d_s%d_g%d_in%dx%d dir=%s compute=%s "
                    "engine_gflops=%.1f standalone_gflops=%.1f ratio=%.2f input=%s\n",
                    size, s->in_ch, s->out_ch, s->kernel, s->stride, s->groups, s->h, s->w,

@@ -81,6 +81,7 @@ enum {
     CALL_LINEAR_BWD_DATA,
     CALL_LINEAR_BWD_WEIGHTS,
     CALL_ADD,
+    CALL_TO_HALF,
     CALL_NATIVE_WEIGHTS, /* a marker, not a primitive (conv_is_native) */
 };
 
@@ -105,6 +106,7 @@ typedef struct {
     size_t arena_bytes;
     uint64_t generation; /* of the weights, for cached reorders */
     void *add_plan;      /* prepared adds (add has no op struct) */
+    void *half_plan;     /* prepared to_half reorders */
 
     /*
      * A conv backward's dy reordered (converted to bf16, or into blocks) at the start of the
@@ -359,17 +361,10 @@ static prepared_t *plan_find(void **plan, int call, const nn_tensor_t *x, int ex
     return NULL;
 }
 
-/* Create the primitive for op_desc (with attr, may be NULL) and add it to the plan; NULL when
- * oneDNN has no implementation for it and may_fail is set. */
-static prepared_t *plan_try_add(cpu_backend_t *cpu, void **plan, int call, const nn_tensor_t *x,
-                                int extra, const void *op_desc, const_dnnl_primitive_attr_t attr,
-                                const_dnnl_primitive_desc_t hint, int may_fail)
+/* A prepared primitive made from pd (which it takes over), added to the plan. */
+static prepared_t *plan_push(void **plan, int call, const nn_tensor_t *x, int extra,
+                             dnnl_primitive_desc_t pd)
 {
-    dnnl_primitive_desc_t pd;
-    dnnl_status_t status = dnnl_primitive_desc_create(&pd, op_desc, attr, cpu->engine, hint);
-    if (status != dnnl_success && may_fail)
-        return NULL;
-    DNNL_CHECK(status);
     prepared_t *p = xcalloc(1, sizeof(*p));
     p->call = call;
     p->n = x->n;
@@ -383,6 +378,20 @@ static prepared_t *plan_try_add(cpu_backend_t *cpu, void **plan, int call, const
     p->next = *plan;
     *plan = p;
     return p;
+}
+
+/* Create the primitive for op_desc (with attr, may be NULL) and add it to the plan; NULL when
+ * oneDNN has no implementation for it and may_fail is set. */
+static prepared_t *plan_try_add(cpu_backend_t *cpu, void **plan, int call, const nn_tensor_t *x,
+                                int extra, const void *op_desc, const_dnnl_primitive_attr_t attr,
+                                const_dnnl_primitive_desc_t hint, int may_fail)
+{
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t status = dnnl_primitive_desc_create(&pd, op_desc, attr, cpu->engine, hint);
+    if (status != dnnl_success && may_fail)
+        return NULL;
+    DNNL_CHECK(status);
+    return plan_push(plan, call, x, extra, pd);
 }
 
 static prepared_t *plan_add(cpu_backend_t *cpu, void **plan, int call, const nn_tensor_t *x,
@@ -663,8 +672,19 @@ static void cpu_to_half(nn_backend_t *be, const nn_tensor_t *src, nn_tensor_t *d
     if (src->layout != NN_LAYOUT_NATIVE || !is_half(dst) || src->n != dst->n ||
         src->c != dst->c || src->h != dst->h || src->w != dst->w)
         die(EXIT_INTERNAL, "to_half takes a native fp32 tensor and a half one of its shape");
-    dnnl_memory_desc_t from_md = md_of(src), to_md = md_of(dst);
-    reorder_once(cpu_of(be), &from_md, src->data, &to_md, dst->data);
+    cpu_backend_t *cpu = cpu_of(be);
+    prepared_t *p = plan_find(&cpu->half_plan, CALL_TO_HALF, src, 0);
+    if (!p) {
+        dnnl_memory_desc_t from_md = md_of(src), to_md = md_of(dst);
+        dnnl_primitive_desc_t pd;
+        DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, &from_md, cpu->engine, &to_md,
+                                                      cpu->engine, NULL));
+        p = plan_push(&cpu->half_plan, CALL_TO_HALF, src, 0, pd);
+        bind(cpu, p, DNNL_ARG_FROM, from_md, 0);
+        bind(cpu, p, DNNL_ARG_TO, to_md, 1);
+    }
+    void *ptrs[] = {src->data, dst->data};
+    run(cpu, p, ptrs, NULL);
 }
 
 /* ---- convolution --------------------------------------------------------------------------- */
@@ -1483,6 +1503,7 @@ static void cpu_destroy(nn_backend_t *be)
 {
     cpu_backend_t *cpu = cpu_of(be);
     cpu_release_plan(be, &cpu->add_plan);
+    cpu_release_plan(be, &cpu->half_plan);
     cpu_release(be, cpu->arena);
     dnnl_stream_destroy(cpu->stream);
     dnnl_engine_destroy(cpu->engine);
