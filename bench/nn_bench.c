@@ -42,7 +42,8 @@ static double peak_rss_mib(void)
 
 /* An engine variant: "fp32" or "bf16", optionally with "+cache" (inference keeps reordered
  * weights), "+native" (weights kept in the backend's order, resnext_set_native_weights) and
- * "+f32act" (bf16 inference keeps fp32 activations, resnext_set_half_activations 0). */
+ * "+f32act" (bf16 keeps fp32 activations in inference and training,
+ * resnext_set_half_activations 0). */
 typedef struct {
     int precision, cache, native, fp32_activations;
 } variant_t;
