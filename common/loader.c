@@ -140,10 +140,10 @@ static void check_one(size_t index, int thread, void *ctx)
     pthread_mutex_unlock(&c->lock);
 }
 
-void loader_check_images(const loader_config_t *config)
+size_t loader_find_bad_images(const loader_config_t *config, char *err, size_t err_len)
 {
     if (config->images_checked || !config->count)
-        return;
+        return 0;
 
     int threads = config->threads < 1 ? 1 : config->threads;
     image_check_t c = {.config = config};
@@ -156,15 +156,26 @@ void loader_check_images(const loader_config_t *config)
     thread_buffers_free(threads, c.workspaces, c.prepared);
     pthread_mutex_destroy(&c.lock);
     if (c.failed > 1)
-        die(EXIT_BAD_INPUT, "%s (and %zu more unreadable images)", c.first_error,
-            c.failed - 1);
+        snprintf(err, err_len, "%s (and %zu more unreadable images)", c.first_error,
+                 c.failed - 1);
+    else if (c.failed)
+        snprintf(err, err_len, "%s", c.first_error);
     if (c.failed)
-        die(EXIT_BAD_INPUT, "%s", c.first_error);
+        return c.failed;
+
     size_t images = 0;
     for (size_t i = 0; i < config->count; i++)
         images += config->paths[i] != NULL;
-    log_info("read every image (%zu) in %.2f s on %d thread%s", images, time_now() - start,
-             threads, threads > 1 ? "s" : "");
+    log_info("read %zu images in %.2f s on %d thread%s", images, time_now() - start, threads,
+             threads > 1 ? "s" : "");
+    return 0;
+}
+
+void loader_check_images(const loader_config_t *config)
+{
+    char err[LOADER_ERR_MAX + 64];
+    if (loader_find_bad_images(config, err, sizeof err))
+        die(EXIT_BAD_INPUT, "%s", err);
 }
 
 loader_t *loader_create(const loader_config_t *config)

@@ -41,6 +41,10 @@ typedef struct loader loader_t;
  */
 void loader_check_images(const loader_config_t *config);
 
+/* The same reading, reporting instead of ending: how many images are unreadable (0: none),
+ * with the message loader_check_images would die with in err. */
+size_t loader_find_bad_images(const loader_config_t *config, char *err, size_t err_len);
+
 /* Checks every image (loader_check_images), then starts the coordinating thread; dies when
  * memory runs out. */
 loader_t *loader_create(const loader_config_t *config);

@@ -11,7 +11,8 @@
 #    checkpoint resumed by one process (step 10 is rank 0's micro-batch alone, so the batch
 #    norm statistics match too) gives the 2-rank run's epoch 1 bit for bit, val_loss included;
 #  - resuming the plain run's epoch 1 with 2 ranks gives its epoch 2 within the same limit;
-#  - a missing JPEG stops every rank with exit 3 naming the file, leaving nothing;
+#  - a missing JPEG stops every rank with exit 3 naming the file, leaving nothing; a truncated
+#    one too, found by the rank whose share of the image check holds it;
 #  - a rank killed (SIGKILL) mid-training ends the job non-zero within 30 s (measured about
 #    1 s); a rank stopped (SIGSTOP) ends it within 30 s with ICH_DIST_TIMEOUT=4 (measured
 #    about 5 s), rank 0 naming rank 1 and the call it did not reach (or, when rank 1 stopped
@@ -83,6 +84,22 @@ $mpi -np 2 "$BIN/cnntrain" -q --arch tiny --size 64 --epochs 1 -o "$WORK/bad" "$
 grep -q "no image" "$WORK/bad.err" || fail "missing JPEG: message '$(head -n 3 "$WORK/bad.err")'"
 [ ! -e "$WORK/bad" ] || fail "missing JPEG: $WORK/bad was created"
 echo "ok    a missing JPEG under mpirun: exit 3, '$(grep -m 1 "no image" "$WORK/bad.err")'"
+
+# A truncated JPEG: each rank reads only its share of the images before training; the one
+# holding it names it, the other says another rank found one; exit 3, nothing left.
+cp "$WORK"/jpg/*.jpg "$bad/"
+cut=$(ls "$bad"/*.jpg | tail -n 1)
+head -c 300 "$cut" >"$cut.part" && mv "$cut.part" "$cut"
+rc=0
+$mpi -np 2 "$BIN/cnntrain" -q --arch tiny --size 64 --epochs 1 -o "$WORK/bad" "$bad" \
+    "$WORK/folds.h5" 2>"$WORK/cut.err" || rc=$?
+[ "$rc" -eq 3 ] || { cat "$WORK/cut.err"; fail "truncated JPEG under mpirun: exit $rc, not 3"; }
+grep -q "$(basename "$cut")" "$WORK/cut.err" ||
+    { cat "$WORK/cut.err"; fail "truncated JPEG: the file is not named"; }
+grep -q "another rank found an unreadable image" "$WORK/cut.err" ||
+    { cat "$WORK/cut.err"; fail "truncated JPEG: both ranks read it (each should read a share)"; }
+[ ! -e "$WORK/bad" ] || fail "truncated JPEG: $WORK/bad was created"
+echo "ok    a truncated JPEG under mpirun: exit 3, named by one rank, the other reads its share"
 
 # Is the process there and not a zombie (a finished child not yet waited for)?
 running() {

@@ -341,6 +341,26 @@ static void check_ranks_agree(trainer_t *t)
              (unsigned long long)hash);
 }
 
+/*
+ * Every image read once before training, each rank reading its share: all ranks stop with
+ * EXIT_BAD_INPUT when any image is unreadable, the ranks that found one naming it.
+ */
+static void check_images_shared(const loader_config_t *config)
+{
+    dist_range_t own = dist_share(config->count, 1);
+    loader_config_t mine = *config;
+    mine.paths += own.begin;
+    mine.count = own.end - own.begin;
+    char err[1024] = "";
+    int64_t bad = (int64_t)loader_find_bad_images(&mine, err, sizeof err);
+    int64_t any = bad;
+    dist_allreduce_max_i64(&any, 1);
+    if (bad)
+        die(EXIT_BAD_INPUT, "%s", err);
+    if (any)
+        die(EXIT_BAD_INPUT, "another rank found an unreadable image (it names it above)");
+}
+
 /* Start every rank from rank 0's state (weights, statistics, moments, counters). */
 static void share_start(trainer_t *t)
 {
@@ -775,7 +795,7 @@ int main(int argc, char **argv)
                           .size = o.size, .crop = (img_crop_t)slicelist_parse_crop(o.crop),
                           .augment = 1, .seed = (uint64_t)o.seed, .threads = o.threads,
                           .max_batch = o.batch};
-    loader_check_images(&lc);
+    check_images_shared(&lc);
     lc.images_checked = 1; /* the validation loader's config is a copy: the same paths */
 
     /* Created only now: a rejected input or initial checkpoint leaves nothing behind. */
