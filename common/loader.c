@@ -12,6 +12,7 @@
 
 #define LOADER_SLOTS 2
 #define LOADER_ERR_MAX 512
+_Static_assert(LOADER_MESSAGE_MAX >= LOADER_ERR_MAX + 64, "room for the count of failures");
 
 typedef struct {
     size_t *indices;
@@ -173,7 +174,7 @@ size_t loader_find_bad_images(const loader_config_t *config, char *err, size_t e
 
 void loader_check_images(const loader_config_t *config)
 {
-    char err[LOADER_ERR_MAX + 64];
+    char err[LOADER_MESSAGE_MAX];
     if (loader_find_bad_images(config, err, sizeof err))
         die(EXIT_BAD_INPUT, "%s", err);
 }

@@ -42,7 +42,9 @@ typedef struct loader loader_t;
 void loader_check_images(const loader_config_t *config);
 
 /* The same reading, reporting instead of ending: how many images are unreadable (0: none),
- * with the message loader_check_images would die with in err. */
+ * with the message loader_check_images would die with in err (LOADER_MESSAGE_MAX bytes
+ * hold it whole). */
+enum { LOADER_MESSAGE_MAX = 640 };
 size_t loader_find_bad_images(const loader_config_t *config, char *err, size_t err_len);
 
 /* Checks every image (loader_check_images), then starts the coordinating thread; dies when

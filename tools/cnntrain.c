@@ -351,7 +351,7 @@ static void check_images_shared(const loader_config_t *config)
     loader_config_t mine = *config;
     mine.paths += own.begin;
     mine.count = own.end - own.begin;
-    char err[1024] = "";
+    char err[LOADER_MESSAGE_MAX] = "";
     int64_t bad = (int64_t)loader_find_bad_images(&mine, err, sizeof err);
     int64_t any = bad;
     dist_allreduce_max_i64(&any, 1);

@@ -111,16 +111,16 @@ typedef struct {
     /*
      * A conv backward's dy reordered (converted to bf16, or into blocks) at the start of the
      * arena by the run before, which the op's other backward call may read instead of
-     * reordering again: whether it may still be read, the op and the call kind, the caller's
-     * pointer and the layout reordered to, the run that made it and the arena's allocation
-     * then.
+     * reordering again: whether it may still be read (not after a new arena or a released
+     * plan), the op and the call kind, the caller's pointer and the layout reordered to, the
+     * run that made it.
      */
-    uint64_t runs, arena_allocations;
+    uint64_t runs;
     struct {
         int valid, call;
         const void *owner, *from;
         dnnl_memory_desc_t md;
-        uint64_t run, arena_allocation;
+        uint64_t run;
     } converted_dy;
 } cpu_backend_t;
 
@@ -236,7 +236,7 @@ static void *arena_get(cpu_backend_t *cpu, size_t bytes)
         cpu_release(&cpu->base, cpu->arena);
         cpu->arena = cpu_alloc(&cpu->base, bytes);
         cpu->arena_bytes = bytes;
-        cpu->arena_allocations++;
+        cpu->converted_dy.valid = 0;
     }
     return cpu->arena;
 }
@@ -539,7 +539,6 @@ static void share_dy(cpu_backend_t *cpu, const prepared_t *p, const bound_arg_t 
     int there = cpu->converted_dy.valid && cpu->converted_dy.owner == p->owner &&
                 cpu->converted_dy.call != p->call && cpu->converted_dy.from == from &&
                 cpu->converted_dy.run + 1 == cpu->runs &&
-                cpu->converted_dy.arena_allocation == cpu->arena_allocations &&
                 dnnl_memory_desc_equal(md, &cpu->converted_dy.md);
     if (there) {
         cpu->converted_dy.valid = 0;
@@ -552,7 +551,6 @@ static void share_dy(cpu_backend_t *cpu, const prepared_t *p, const bound_arg_t 
     cpu->converted_dy.from = from;
     cpu->converted_dy.md = *md;
     cpu->converted_dy.run = cpu->runs;
-    cpu->converted_dy.arena_allocation = cpu->arena_allocations;
 }
 
 /* Run with the callers' pointers, one per bound argument in bind order. */

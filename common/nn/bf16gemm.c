@@ -509,15 +509,6 @@ static void matmul_run(const matmul_key_t *key, const dnnl_memory_desc_t *b_layo
     DNNL_OK(dnnl_stream_wait(matmuls.stream));
 }
 
-/* C's rows when k is 0: the bias, or zero (or left as they are when accumulating). */
-static void empty_product(long m, long n, const float *bias, int accumulate, float *c,
-                          long ldc)
-{
-    for (long i = 0; i < m && !accumulate; i++)
-        for (long j = 0; j < n; j++)
-            c[i * ldc + j] = bias ? bias[j] : 0.0f;
-}
-
 static matmul_key_t matmul_key(long m, long n, long k, long lda, long ldc, const float *bias)
 {
     matmul_key_t key;
@@ -539,7 +530,9 @@ void nn_bf16_matmul(char trans_a, char trans_b, long m, long n, long k, const nn
     if (m <= 0 || n <= 0)
         return;
     if (k <= 0) {
-        empty_product(m, n, bias, accumulate, c, ldc);
+        for (long i = 0; i < m && !accumulate; i++)
+            for (long j = 0; j < n; j++)
+                c[i * ldc + j] = bias ? bias[j] : 0.0f;
         return;
     }
     matmul_key_t key = matmul_key(m, n, k, lda, ldc, bias);
@@ -564,17 +557,19 @@ struct nn_bf16_weights {
     void *data;
 };
 
-nn_bf16_weights_t *nn_bf16_weights_pack(const float *w, long n, long k, long ldw,
-                                        nn_bf16_weights_t *reuse)
+/* W packed into reuse when its shape matches, else into a new one. */
+static nn_bf16_weights_t *weights_pack(const float *w, long n, long k, long ldw,
+                                       nn_bf16_weights_t *reuse)
 {
     if (reuse && (reuse->n != n || reuse->k != k)) {
-        nn_bf16_weights_free(reuse);
+        free(reuse->data);
+        free(reuse);
         reuse = NULL;
     }
     nn_bf16_weights_t *packed = reuse;
     if (!packed) {
-        /* The layout the primitive asks for, read off one made for these n and k (it is the
-         * same whatever m: checked at every use). */
+        /* The layout the primitive asks for, read off one made for these n and k (every row
+         * count's primitive is then made for it). */
         if (n <= 0 || k <= 0)
             die(EXIT_INTERNAL, "bf16 matmul: cannot pack %ld x %ld weights", n, k);
         matmul_key_t key = matmul_key(1, n, k, k, n, NULL);
@@ -608,12 +603,23 @@ nn_bf16_weights_t *nn_bf16_weights_pack(const float *w, long n, long k, long ldw
     return packed;
 }
 
-void nn_bf16_weights_free(nn_bf16_weights_t *weights)
+const nn_bf16_weights_t *nn_bf16_weights_cached(nn_bf16_weights_cache_t *cache,
+                                                const float *w, long n, long k, long ldw)
 {
-    if (!weights)
-        return;
-    free(weights->data);
-    free(weights);
+    if (cache->from != w) {
+        cache->packed = weights_pack(w, n, k, ldw, cache->packed);
+        cache->from = w;
+    }
+    return cache->packed;
+}
+
+void nn_bf16_weights_cache_free(nn_bf16_weights_cache_t *cache)
+{
+    if (cache->packed)
+        free(cache->packed->data);
+    free(cache->packed);
+    cache->packed = NULL;
+    cache->from = NULL;
 }
 
 void nn_bf16_matmul_weights(long m, long n, long k, const nn_bf16_t *a, long lda,
@@ -623,12 +629,8 @@ void nn_bf16_matmul_weights(long m, long n, long k, const nn_bf16_t *a, long lda
     if (weights->n != n || weights->k != k)
         die(EXIT_INTERNAL, "bf16 matmul: weights packed as %ld x %ld used as %ld x %ld",
             weights->n, weights->k, n, k);
-    if (m <= 0 || n <= 0)
-        return;
-    if (k <= 0) {
-        empty_product(m, n, bias, 0, c, ldc);
-        return;
-    }
+    if (m <= 0)
+        return; /* n and k are positive: packing refuses others */
     matmul_key_t key = matmul_key(m, n, k, lda, ldc, bias);
     key.packed_b = 1;
     /* The primitive made for these rows reads B in the layout it was packed in, which it

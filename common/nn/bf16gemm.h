@@ -65,15 +65,21 @@ void nn_bf16_matmul(char trans_a, char trans_b, long m, long n, long k, const nn
  * B that nn_bf16_matmul makes into that layout on every call (at m 640 against a 8192 x 6144
  * W: 150 against 160 ms a call; packing takes about half a call, once). For inference, where
  * the same weights serve many batches. The layout does not depend on m.
- * nn_bf16_weights_pack reuses `reuse` (NULL: a new one) when its shape matches.
+ * A cache holds one weight's packed copy: nn_bf16_weights_cached packs w when the copy was
+ * made from another tensor or `from` was reset to NULL (the weights changed in place);
+ * nn_bf16_weights_cache_free drops it (an all-zero cache is empty).
  */
 typedef struct nn_bf16_weights nn_bf16_weights_t;
-nn_bf16_weights_t *nn_bf16_weights_pack(const float *w, long n, long k, long ldw,
-                                        nn_bf16_weights_t *reuse);
-void nn_bf16_weights_free(nn_bf16_weights_t *weights);
+typedef struct {
+    nn_bf16_weights_t *packed;
+    const float *from; /* the weight packed; NULL: none, or stale */
+} nn_bf16_weights_cache_t;
+const nn_bf16_weights_t *nn_bf16_weights_cached(nn_bf16_weights_cache_t *cache,
+                                                const float *w, long n, long k, long ldw);
+void nn_bf16_weights_cache_free(nn_bf16_weights_cache_t *cache);
 
 /* C[m][n] = A W^T (+ bias[n] broadcast over rows), A bf16 [m][lda], C fp32 [m][ldc], W packed
- * by nn_bf16_weights_pack with this n and k. Thread safety as nn_bf16_matmul. */
+ * by nn_bf16_weights_cached with this n and k. Thread safety as nn_bf16_matmul. */
 void nn_bf16_matmul_weights(long m, long n, long k, const nn_bf16_t *a, long lda,
                             const nn_bf16_weights_t *weights, const float *bias, float *c,
                             long ldc);

@@ -95,7 +95,7 @@ void nn_lstm_free(nn_lstm_t *l)
         free(l->w_hh_fwd_bf16[d]);
         free(l->w_hh_bwd_bf16[d]);
         free(l->w_ih_bf16[d]);
-        nn_bf16_weights_free(l->w_ih_packed[d]);
+        nn_bf16_weights_cache_free(&l->w_ih_packed[d]);
     }
     memset(l, 0, sizeof(*l));
 }
@@ -117,7 +117,7 @@ void nn_lstm_weights_changed(nn_lstm_t *l)
 {
     for (int d = 0; d < 2; d++)
         l->w_hh_t_of[d] = l->w_hh_fwd_of[d] = l->w_hh_bwd_of[d] = l->w_ih_of[d] =
-            l->w_ih_packed_of[d] = NULL;
+            l->w_ih_packed[d].from = NULL;
 }
 
 void nn_lstm_set_inference(nn_lstm_t *l, int inference)
@@ -130,9 +130,7 @@ void nn_lstm_set_inference(nn_lstm_t *l, int inference)
             l->w_ih_bf16[d] = l->w_hh_bwd_bf16[d] = NULL;
             l->w_ih_of[d] = l->w_hh_bwd_of[d] = NULL;
         } else {
-            nn_bf16_weights_free(l->w_ih_packed[d]);
-            l->w_ih_packed[d] = NULL;
-            l->w_ih_packed_of[d] = NULL;
+            nn_bf16_weights_cache_free(&l->w_ih_packed[d]);
         }
     }
 }
@@ -239,17 +237,6 @@ static const nn_bf16_t *w_ih_bf16(nn_lstm_t *l, int d, const float *w_ih)
     nn_bf16_round_rows(w_ih, 4L * l->hidden, l->in, l->in, l->w_ih_bf16[d], l->in);
     l->w_ih_of[d] = w_ih;
     return l->w_ih_bf16[d];
-}
-
-/* W_ih packed for inference (made when missing or stale). */
-static const nn_bf16_weights_t *w_ih_packed(nn_lstm_t *l, int d, const float *w_ih)
-{
-    if (l->w_ih_packed_of[d] != w_ih) {
-        l->w_ih_packed[d] = nn_bf16_weights_pack(w_ih, 4L * l->hidden, l->in, l->in,
-                                                 l->w_ih_packed[d]);
-        l->w_ih_packed_of[d] = w_ih;
-    }
-    return l->w_ih_packed[d];
 }
 
 /*
@@ -617,7 +604,9 @@ static void forward_direction(nn_lstm_t *l, int d, const nn_lstm_dir_t *w, const
             l->bias_sum[j] = w->b_ih[j] + w->b_hh[j];
         if (l->inference)
             nn_bf16_matmul_weights(rows, G4, l->in, l->x_bf16, l->in,
-                                   w_ih_packed(l, d, w->w_ih), l->bias_sum, gates, G4);
+                                   nn_bf16_weights_cached(&l->w_ih_packed[d], w->w_ih, G4,
+                                                          l->in, l->in),
+                                   l->bias_sum, gates, G4);
         else
             nn_bf16_matmul('N', 'T', rows, G4, l->in, l->x_bf16, l->in,
                            w_ih_bf16(l, d, w->w_ih), l->in, l->bias_sum, 0, gates, G4);

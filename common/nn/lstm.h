@@ -102,8 +102,7 @@ typedef struct {
     /* nn_lstm_set_inference: in mixed precision the input projections read W_ih packed in
      * oneDNN's own layout, made once for all the batches that follow. */
     int inference;
-    nn_bf16_weights_t *w_ih_packed[2];
-    const float *w_ih_packed_of[2];
+    nn_bf16_weights_cache_t w_ih_packed[2];
 } nn_lstm_t;
 
 /* fp32 products until nn_lstm_set_precision says otherwise. */

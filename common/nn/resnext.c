@@ -15,8 +15,8 @@ struct rx_block {
     nn_tensor_t in;  /* the previous stage's output (not owned) */
     nn_tensor_t out; /* relu(bn3 + shortcut) */
     /* What c1 and the shortcut convolution read: `in`, or with half_training its 16-bit
-     * copy (the next block's in_conv is this block's out_half). */
-    nn_tensor_t in_conv, out_half;
+     * copy. */
+    nn_tensor_t in_conv;
 };
 
 static void release_activations(resnext_t *m);
@@ -214,16 +214,14 @@ static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, in
     h = (h + 2 - 3) / 2 + 1;
     w = (w + 2 - 3) / 2 + 1;
     act_place(lay, &m->pooled, n, m->config.base, h, w, NN_LAYOUT_NATIVE);
-    nn_tensor_t prev = m->pooled, prev_conv = m->pooled;
-    if (m->act_half)
-        act_place(lay, &prev_conv, n, m->config.base, h, w, NN_LAYOUT_NATIVE_HALF);
-    m->pooled_half = prev_conv;
 
+    nn_tensor_t prev = m->pooled;
     for (int i = 0; i < m->n_blocks; i++) {
         rx_block_t *blk = &m->blocks[i];
         int bh = h, bw = w;
-        blk->in = prev;
-        blk->in_conv = prev_conv;
+        blk->in = blk->in_conv = prev;
+        if (m->act_half)
+            act_place(lay, &blk->in_conv, n, prev.c, h, w, NN_LAYOUT_NATIVE_HALF);
         place_convbn(lay, &blk->c1, n, &bh, &bw, m->act_half);
         place_convbn(lay, &blk->c2, n, &bh, &bw, m->act_half);
         place_convbn(lay, &blk->c3, n, &bh, &bw, 0);
@@ -232,14 +230,9 @@ static void layout_activations(resnext_t *m, act_layout_t *lay, int n, int h, in
             place_convbn(lay, &blk->down, n, &dh, &dw, 0);
         }
         act_place(lay, &blk->out, n, blk->c3.conv.out_ch, bh, bw, NN_LAYOUT_NATIVE);
-        blk->out_half = blk->out;
-        if (m->act_half && i + 1 < m->n_blocks) /* the last one feeds the pooling only */
-            act_place(lay, &blk->out_half, n, blk->c3.conv.out_ch, bh, bw,
-                      NN_LAYOUT_NATIVE_HALF);
         h = bh;
         w = bw;
         prev = blk->out;
-        prev_conv = blk->out_half;
     }
 }
 
@@ -420,6 +413,13 @@ void resnext_set_weight_cache(resnext_t *m, int mode)
     configure_convs(m);
 }
 
+/* copy: src itself, or its 16-bit copy, rounded now. */
+static void round_into(nn_backend_t *be, const nn_tensor_t *src, nn_tensor_t *copy)
+{
+    if (copy->data != src->data)
+        be->to_half(be, src, copy);
+}
+
 static void convbn_forward_train(resnext_t *m, rx_convbn_t *cb, const nn_tensor_t *x, int relu)
 {
     nn_backend_t *be = m->be;
@@ -441,8 +441,7 @@ static void convbn_forward_train(resnext_t *m, rx_convbn_t *cb, const nn_tensor_
     else
         be->bnorm_forward_train(be, &cb->bn, &cb->conv_out, gamma, beta, mean, var,
                                 cb->save_mean, cb->save_var, &out);
-    if (out.data != cb->bn_out.data)
-        be->to_half(be, &out, &cb->bn_out);
+    round_into(be, &out, &cb->bn_out);
     (*nn_params_counter(ps, cb->batches))++;
 }
 
@@ -464,11 +463,10 @@ static void forward_train(resnext_t *m, const nn_tensor_t *x)
     ensure_training_arena(m);
     convbn_forward_train(m, &m->stem, x, 1);
     be->maxpool_forward(be, &m->maxpool, &m->stem.bn_out, &m->pooled, 1);
-    if (m->pooled_half.data != m->pooled.data)
-        be->to_half(be, &m->pooled, &m->pooled_half);
 
     for (int i = 0; i < m->n_blocks; i++) {
         rx_block_t *blk = &m->blocks[i];
+        round_into(be, &blk->in, &blk->in_conv);
         convbn_forward_train(m, &blk->c1, &blk->in_conv, 1);
         convbn_forward_train(m, &blk->c2, &blk->c1.bn_out, 1);
         convbn_forward_train(m, &blk->c3, &blk->c2.bn_out, 0);
@@ -478,8 +476,6 @@ static void forward_train(resnext_t *m, const nn_tensor_t *x)
             shortcut = &blk->down.bn_out;
         }
         be->add_relu(be, &blk->c3.bn_out, shortcut, &blk->out);
-        if (blk->out_half.data != blk->out.data)
-            be->to_half(be, &blk->out, &blk->out_half);
     }
     be->avgpool_forward(be, &m->blocks[m->n_blocks - 1].out, &m->embedding);
 }

@@ -55,7 +55,6 @@ typedef struct {
     void *eval_arena;              /* inference: a few reused buffers */
     void *out_arena;               /* embedding, logits, dlogits */
     nn_tensor_t input, pooled, embedding, logits;
-    nn_tensor_t pooled_half; /* the first block's in_conv (resnext.c) */
     float *grad_scratch[6];
     nn_tensor_t dlogits;
     int last_training; /* the mode of the last forward */

@@ -151,7 +151,7 @@ void seqmodel_weights_changed(seqmodel_t *m)
     nn_lstm_weights_changed(&m->lstm1);
     nn_lstm_weights_changed(&m->lstm2);
     for (int k = 0; k < SEQ_LINEARS; k++)
-        m->lin_w_bf16_of[k] = m->lin_w_packed_of[k] = NULL;
+        m->lin_w_bf16_of[k] = m->lin_w_packed[k].from = NULL;
 }
 
 void seqmodel_set_inference(seqmodel_t *m, int inference)
@@ -167,9 +167,7 @@ void seqmodel_set_inference(seqmodel_t *m, int inference)
             m->lin_w_bf16[k] = NULL;
             m->lin_w_bf16_of[k] = NULL;
         } else {
-            nn_bf16_weights_free(m->lin_w_packed[k]);
-            m->lin_w_packed[k] = NULL;
-            m->lin_w_packed_of[k] = NULL;
+            nn_bf16_weights_cache_free(&m->lin_w_packed[k]);
         }
     }
 }
@@ -213,7 +211,7 @@ void seqmodel_destroy(seqmodel_t *m)
     for (int k = 0; k < SEQ_LINEARS; k++) {
         free(m->lin_w_bf16[k]);
         free(m->lin_x_bf16[k]);
-        nn_bf16_weights_free(m->lin_w_packed[k]);
+        nn_bf16_weights_cache_free(&m->lin_w_packed[k]);
     }
     free(m->dy_bf16);
     if (m->plan)
@@ -308,13 +306,10 @@ static void linear_forward(seqmodel_t *m, int which, long rows, int in, int out,
     if (m->precision == NN_PRECISION_BF16) {
         nn_bf16_round_rows(x, rows, in, in, m->lin_x_bf16[which], in);
         if (m->inference) {
-            if (m->lin_w_packed_of[which] != w) {
-                m->lin_w_packed[which] =
-                    nn_bf16_weights_pack(w, out, in, in, m->lin_w_packed[which]);
-                m->lin_w_packed_of[which] = w;
-            }
             nn_bf16_matmul_weights(rows, out, in, m->lin_x_bf16[which], in,
-                                   m->lin_w_packed[which], b, y, out);
+                                   nn_bf16_weights_cached(&m->lin_w_packed[which], w, out,
+                                                          in, in),
+                                   b, y, out);
         } else {
             nn_bf16_matmul('N', 'T', rows, out, in, m->lin_x_bf16[which], in,
                            linear_weight_bf16(m, which, w, (size_t)out * in, in), in, b, 0,

@@ -84,8 +84,7 @@ typedef struct {
 
     /* seqmodel_set_inference: the linear layers' weights packed for inference. */
     int inference;
-    nn_bf16_weights_t *lin_w_packed[3];
-    const float *lin_w_packed_of[3];
+    nn_bf16_weights_cache_t lin_w_packed[3];
 } seqmodel_t;
 
 /*
@@ -106,7 +105,7 @@ int seqmodel_set_precision(seqmodel_t *m, int precision);
 /*
  * 1: the forwards that follow serve predictions only (seqmodel_backward then is an internal
  * error); in mixed precision the weights of every large product are then kept in oneDNN's
- * own layout, packed once instead of at every product (nn_bf16_weights_pack). 0, the
+ * own layout, packed once instead of at every product (nn_bf16_weights_cached). 0, the
  * default: training. The results are the same either way.
  */
 void seqmodel_set_inference(seqmodel_t *m, int inference);
