@@ -3,7 +3,8 @@
  * parameters) against PyTorch on packed sequences (tests/ref/lstm_ref.py --summary), default
  * mode, series of lengths 3 and 2: logits whole, the loss, every gradient and the first Adam
  * update by L2 norm, max |value| and 4096 values at fixed positions.
- * Runs under `make test-long` (ICH_LONG_TESTS=1) only.
+ * Part of `make test` (about 30 s); skipped under `make test-asan` (NN_TEST_MODELS=tiny) and
+ * on a machine with less than 8 GiB of memory available.
  *
  * Tolerances: logits and sampled gradients rel L2 and max abs / max |ref| 1e-3, norms and
  * maxima 1e-3 relative, loss 1e-5 relative; the update (one Adam step, ~lr * sign(g)) rel L2
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "h5io.h"
@@ -85,10 +87,24 @@ static void compare_summary(hid_t f, const char *path, const float *c, size_t n,
     free(val);
 }
 
+/* Bytes of memory available now (0 when unknown). */
+static double memory_available(void)
+{
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (double)pages * page : 0.0;
+}
+
 int main(void)
 {
-    if (!getenv("ICH_LONG_TESTS")) {
-        printf("skip: the full-size sequence model runs under make test-long only\n");
+    const char *only = getenv("NN_TEST_MODELS");
+    if (only && !strstr("seqmodel", only)) {
+        printf("skip: NN_TEST_MODELS=%s leaves out the full-size sequence model\n", only);
+        return 77;
+    }
+    double available = memory_available();
+    if (available > 0 && available < 8.0 * (1 << 30)) {
+        printf("skip: the full-size sequence model needs about 6.5 GB; %.1f GB available\n",
+               available / (1 << 30));
         return 77;
     }
     if (!python_has("torch, h5py")) {
