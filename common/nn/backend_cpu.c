@@ -58,6 +58,7 @@ typedef struct {
     const void *cached_from;  /* the user pointer and generation the owned copy holds */
     uint64_t cached_generation;
     int blocked_1x1_out; /* an output reordered by blocked_1x1_to_plain */
+    dnnl_memory_t scales; /* per output channel factors the input reorder applies, or NULL */
     int shared;          /* a conv backward's dy: converted once for both of its calls */
 } bound_arg_t;
 
@@ -293,13 +294,6 @@ static dnnl_memory_desc_t md_of(const nn_tensor_t *t)
                     is_blocked(t) ? dnnl_nChw16c : dnnl_nchw);
 }
 
-/* A per-channel vector broadcast over a 4-D tensor (fused post-ops). */
-static dnnl_memory_desc_t md_per_channel(int c)
-{
-    dnnl_dims_t dims = {1, c, 1, 1};
-    return md_plain(4, dims, dnnl_nchw);
-}
-
 /* The layouts of up to three tensors as bits of a plan key (bits 0-2 and 6-8). */
 static int layout_bits(const nn_tensor_t *a, const nn_tensor_t *b, const nn_tensor_t *c)
 {
@@ -454,9 +448,12 @@ static int is_blocked_1x1_pair(const dnnl_memory_desc_t *prim, const dnnl_memory
 /*
  * Bind an argument given in the caller's layout user_md; adds a reorder when needed. cached:
  * an input whose reordered copy may be kept between calls (weights of inference primitives).
+ * scale_mask: an input whose reorder also multiplies it by scales (one per index of the
+ * dimensions in the mask, read at each reorder), so always reordered, even into its layout.
  */
-static void bind_arg(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
-                     int is_output, int cached)
+static void bind_arg_scaled(cpu_backend_t *cpu, prepared_t *p, int arg,
+                            dnnl_memory_desc_t user_md, int is_output, int cached,
+                            int scale_mask, float *scales)
 {
     const dnnl_memory_desc_t *prim_md =
         dnnl_primitive_desc_query_md(p->pd, dnnl_query_exec_arg_md, arg);
@@ -469,7 +466,7 @@ static void bind_arg(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_des
     b->arg = arg;
     b->is_output = is_output;
     DNNL_CHECK(dnnl_memory_create(&b->user, &user_md, cpu->engine, DNNL_MEMORY_NONE));
-    if (dnnl_memory_desc_equal(prim_md, &user_md))
+    if (dnnl_memory_desc_equal(prim_md, &user_md) && !scale_mask)
         return;
 
     DNNL_CHECK(dnnl_memory_create(&b->inner, prim_md, cpu->engine, DNNL_MEMORY_NONE));
@@ -482,13 +479,37 @@ static void bind_arg(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_des
     }
 
     dnnl_primitive_desc_t reorder_pd;
+    dnnl_primitive_attr_t attr = NULL;
     const dnnl_memory_desc_t *from = is_output ? prim_md : &user_md;
     const dnnl_memory_desc_t *to = is_output ? &user_md : prim_md;
+    if (scale_mask) {
+        if (is_output)
+            die(EXIT_INTERNAL, "only an input's reorder takes scales");
+        const float runtime = DNNL_RUNTIME_F32_VAL;
+        dnnl_dim_t count = 1;
+        for (int d = 0; d < prim_md->ndims; d++)
+            if (scale_mask >> d & 1)
+                count *= prim_md->dims[d];
+        dnnl_dims_t dims = {count};
+        dnnl_memory_desc_t scales_md;
+        DNNL_CHECK(dnnl_memory_desc_init_by_tag(&scales_md, 1, dims, dnnl_f32, dnnl_a));
+        DNNL_CHECK(dnnl_memory_create(&b->scales, &scales_md, cpu->engine, scales));
+        DNNL_CHECK(dnnl_primitive_attr_create(&attr));
+        DNNL_CHECK(dnnl_primitive_attr_set_output_scales(attr, 1, scale_mask, &runtime));
+    }
     DNNL_CHECK(dnnl_reorder_primitive_desc_create(&reorder_pd, from, cpu->engine, to,
-                                                  cpu->engine, NULL));
+                                                  cpu->engine, attr));
     DNNL_CHECK(dnnl_primitive_create(&b->reorder, reorder_pd));
     DNNL_CHECK(dnnl_primitive_desc_destroy(reorder_pd));
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
     b->blocked_1x1_out = is_output && is_blocked_1x1_pair(prim_md, &user_md);
+}
+
+static void bind_arg(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
+                     int is_output, int cached)
+{
+    bind_arg_scaled(cpu, p, arg, user_md, is_output, cached, 0, NULL);
 }
 
 static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t user_md,
@@ -511,6 +532,14 @@ static void run_reorder(cpu_backend_t *cpu, dnnl_primitive_t reorder, dnnl_memor
 {
     dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
     DNNL_CHECK(dnnl_primitive_execute(reorder, cpu->stream, 2, args));
+}
+
+/* An input argument's reorder into the primitive's layout, with its scales if it has any. */
+static void reorder_input(cpu_backend_t *cpu, const bound_arg_t *b)
+{
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, b->user}, {DNNL_ARG_TO, b->inner},
+                               {DNNL_ARG_ATTR_OUTPUT_SCALES, b->scales}};
+    DNNL_CHECK(dnnl_primitive_execute(b->reorder, cpu->stream, b->scales ? 3 : 2, args));
 }
 
 /*
@@ -568,7 +597,7 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
             /* A cached copy: reorder only when the weights are not the ones it holds. */
             if (b->cached_from != ptrs[i] || b->cached_generation != cpu->generation) {
                 DNNL_CHECK(dnnl_memory_set_data_handle(b->inner, b->owned));
-                run_reorder(cpu, b->reorder, b->user, b->inner);
+                reorder_input(cpu, b);
                 b->cached_from = ptrs[i];
                 b->cached_generation = cpu->generation;
             }
@@ -577,7 +606,7 @@ static void run(cpu_backend_t *cpu, prepared_t *p, void *const *ptrs, dnnl_memor
             if (b->shared)
                 share_dy(cpu, p, b, ptrs[i]);
             else if (!b->is_output)
-                run_reorder(cpu, b->reorder, b->user, b->inner);
+                reorder_input(cpu, b);
         }
         args[nargs].arg = b->arg;
         args[nargs].memory = b->inner ? b->inner : b->user;
@@ -616,6 +645,8 @@ static void cpu_release_plan(nn_backend_t *be, void **plan)
                 dnnl_memory_destroy(p->args[i].inner);
                 dnnl_primitive_destroy(p->args[i].reorder);
             }
+            if (p->args[i].scales)
+                dnnl_memory_destroy(p->args[i].scales);
             cpu_release(be, p->args[i].owned);
         }
         if (p->workspace)
@@ -749,17 +780,19 @@ static dnnl_data_type_t conv_dt(const nn_conv_t *op)
 }
 
 /*
- * The forward descriptor; x is the input shape. Layouts are left to oneDNN (the caller's are
- * reached by reorders where they differ), except for half tensors (y: the output, or NULL),
- * which go in and out as they are: oneDNN 2.6's bf16 kernels run 16-channel blocks at their
- * full rate here, but for grouped convolutions of 8 channels a group (which get their
- * 8-channel blocks by a reorder, as in fp32). Other outputs are fp32 whatever the precision:
- * oneDNN sums in fp32 and rounds bf16 products' sums only if asked to. Right padding makes
- * PyTorch's floor rule.
+ * The forward descriptor; x is the input shape, bias whether there is one. Layouts are left
+ * to oneDNN (the caller's are reached by reorders where they differ), except for half tensors
+ * (y: the output, or NULL) and the fp32 blocked ones of inference, which go in and out as
+ * they are: oneDNN 2.6's kernels run 16-channel blocks at their full rate here, but for
+ * grouped convolutions of 8 channels a group (which get their 8-channel blocks by a reorder).
+ * Left to itself, the fp32 inference forward would pick NHWC for most shapes, at the cost of
+ * two activation reorders a call. Other outputs are fp32 whatever the precision: oneDNN sums
+ * in fp32 and rounds bf16 products' sums only if asked to. Right padding makes PyTorch's
+ * floor rule.
  */
 static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_tensor_t *x,
                                                  dnnl_prop_kind_t prop, dnnl_data_type_t dt,
-                                                 const nn_tensor_t *y)
+                                                 const nn_tensor_t *y, int bias)
 {
     int oh = out_size(x->h, op->kernel, op->stride, op->pad);
     int ow = out_size(x->w, op->kernel, op->stride, op->pad);
@@ -769,14 +802,20 @@ static dnnl_convolution_desc_t conv_desc_forward(const nn_conv_t *op, const nn_t
     dnnl_memory_desc_t src = md_any4(x->n, op->in_ch, x->h, x->w, dt);
     dnnl_memory_desc_t dst = md_any4(x->n, op->out_ch, oh, ow, dnnl_f32);
     int sixteens = op->in_ch / op->groups % 16 == 0 && op->out_ch / op->groups % 16 == 0;
-    if (is_half(x) && dt == dnnl_bf16 && sixteens)
+    int fp32_infer = prop == dnnl_forward_inference && dt == dnnl_f32 && sixteens;
+    if (sixteens && is_half(x) && dt == dnnl_bf16)
+        src = md_of(x);
+    if (fp32_infer && is_blocked(x) && !is_half(x))
         src = md_of(x);
     if (y && is_half(y))
         dst = sixteens ? md_of(y) : md_any4(x->n, op->out_ch, oh, ow, dnnl_bf16);
-    dnnl_memory_desc_t wei = md_conv_weights(op, WEIGHTS_ANY, dt);
+    else if (y && fp32_infer && is_blocked(y))
+        dst = md_of(y);
+    dnnl_memory_desc_t wei = md_conv_weights(op, WEIGHTS_ANY, dt), bias_md = md_vec(op->out_ch);
     dnnl_convolution_desc_t d;
     DNNL_CHECK(dnnl_convolution_forward_desc_init(&d, prop, dnnl_convolution_direct, &src, &wei,
-                                                  NULL, &dst, strides, pad_l, pad_r));
+                                                  bias ? &bias_md : NULL, &dst, strides, pad_l,
+                                                  pad_r));
     return d;
 }
 
@@ -796,7 +835,7 @@ static prepared_t *conv_forward_prepared(cpu_backend_t *cpu, nn_conv_t *op, cons
     if (p)
         return p;
     dnnl_convolution_desc_t d =
-        conv_desc_forward(op, x, dnnl_forward_training, conv_dt(op), NULL);
+        conv_desc_forward(op, x, dnnl_forward_training, conv_dt(op), NULL, 0);
     p = plan_add(cpu, &op->plan, CALL_CONV_FWD, x, key, &d, NULL);
     bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
     bind(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0);
@@ -841,7 +880,7 @@ static void cpu_conv_backward_data(nn_backend_t *be, nn_conv_t *op, const nn_ten
         /* The forward's descriptor as the hint (the forward itself may read a half input,
          * a plan of its own that this one need not match). */
         dnnl_data_type_t dt = conv_dt(op);
-        dnnl_convolution_desc_t f = conv_desc_forward(op, &x, dnnl_forward_training, dt, NULL);
+        dnnl_convolution_desc_t f = conv_desc_forward(op, &x, dnnl_forward_training, dt, NULL, 0);
         dnnl_primitive_desc_t hint;
         DNNL_CHECK(dnnl_primitive_desc_create(&hint, &f, NULL, cpu->engine, NULL));
         dnnl_memory_desc_t diff_src = md_any4(x.n, x.c, x.h, x.w, dnnl_f32);
@@ -872,7 +911,7 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
     if (!p) {
         prepared_t *fwd = conv_forward_prepared(cpu, op, x, dy);
         dnnl_data_type_t dt = conv_dt(op);
-        dnnl_convolution_desc_t f = conv_desc_forward(op, x, dnnl_forward_training, dt, NULL);
+        dnnl_convolution_desc_t f = conv_desc_forward(op, x, dnnl_forward_training, dt, NULL, 0);
         dnnl_memory_desc_t diff_dst = md_any4(dy->n, dy->c, dy->h, dy->w, dt);
         dnnl_memory_desc_t diff_w = md_conv_weights(op, WEIGHTS_ANY, dnnl_f32);
         dnnl_convolution_desc_t d;
@@ -889,9 +928,12 @@ static void cpu_conv_backward_weights(nn_backend_t *be, nn_conv_t *op, const nn_
 }
 
 /*
- * Inference: convolution, batch norm with the running statistics (a per-channel scale and
- * shift), the residual and the relu as post-ops of one oneDNN convolution: the output is
- * written once. Weights are cached when op->cache_weights is set.
+ * Inference: convolution, batch norm with the running statistics, the residual and the relu
+ * in one oneDNN convolution, the output written once. The batch norm is folded: its
+ * per-channel scale into the weights (by their reorder, which oneDNN makes anyway) and its
+ * shift into the convolution's bias; a per-channel multiply and add as post-ops cost up to a
+ * third of a convolution's time (stage 1's grouped ones, the stem). Weights are cached when
+ * op->cache_weights is set, and folded again when the weights or the scale change.
  */
 enum { FUSED_RESIDUAL = 1 << 4, FUSED_RELU = 1 << 5 };
 
@@ -916,43 +958,45 @@ static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_
         dnnl_post_ops_t ops;
         dnnl_primitive_attr_t attr;
         DNNL_CHECK(dnnl_post_ops_create(&ops));
-        dnnl_memory_desc_t vec = md_per_channel(op->out_ch), res_md = md_of(y);
-        DNNL_CHECK(dnnl_post_ops_append_binary(ops, dnnl_binary_mul, &vec));
-        DNNL_CHECK(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &vec));
-        if (residual) {
-            res_md = md_of(residual);
+        dnnl_memory_desc_t res_md = residual ? md_of(residual) : md_of(y);
+        if (residual)
             DNNL_CHECK(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &res_md));
-        }
         if (relu)
             DNNL_CHECK(dnnl_post_ops_append_eltwise(ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
         DNNL_CHECK(dnnl_primitive_attr_create(&attr));
         DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, ops));
         dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_inference,
-                                                      conv_dt(op), y);
+                                                      conv_dt(op), y, 1);
         p = plan_try_add(cpu, &op->plan, CALL_CONV_BN_INFER, x, key, &d, attr, NULL, 0);
         dnnl_primitive_attr_destroy(attr);
         dnnl_post_ops_destroy(ops);
 
-        /* The post-op arguments must be in the primitive's own output layout. */
+        /* aux: the scale the weights are folded with, the shift; the scale of the call. */
+        p->aux = xmalloc(3 * op->out_ch * sizeof(float));
+        for (int c = 0; c < op->out_ch; c++)
+            p->aux[c] = NAN; /* no cached copy was folded with it */
+        int out_dims = op->groups > 1 ? (1 << 0) | (1 << 1) : 1 << 0; /* [g][o/g] or [o] */
         bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
-        bind_arg(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0,
-                 op->cache_weights);
-        bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, vec, 0);
-        bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1, vec, 0);
+        bind_arg_scaled(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0, op->cache_weights,
+                        out_dims, p->aux);
+        bind(cpu, p, DNNL_ARG_BIAS, md_vec(op->out_ch), 0);
         if (residual)
-            bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(2) | DNNL_ARG_SRC_1, res_md, 0);
+            bind(cpu, p, DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, res_md, 0);
         bind(cpu, p, DNNL_ARG_DST, md_of(y), 1);
-        p->aux = xmalloc(2 * op->out_ch * sizeof(float));
     }
 
-    /* y = gamma (conv - mean) / sqrt(var + eps) + beta = scale conv + shift. */
-    float *scale = p->aux, *shift = p->aux + op->out_ch;
+    /* y = gamma (conv - mean) / sqrt(var + eps) + beta = conv(x, scale w) + shift. */
+    float *scale = p->aux, *shift = p->aux + op->out_ch, *now = p->aux + 2 * op->out_ch;
     for (int c = 0; c < op->out_ch; c++) {
-        scale[c] = gamma[c] / sqrtf(running_var[c] + bn->eps);
-        shift[c] = beta[c] - running_mean[c] * scale[c];
+        now[c] = gamma[c] / sqrtf(running_var[c] + bn->eps);
+        shift[c] = beta[c] - running_mean[c] * now[c];
     }
-    void *ptrs[6] = {x->data, (void *)w, scale, shift};
-    int k = 4;
+    if (memcmp(now, scale, op->out_ch * sizeof(float)) != 0) {
+        memcpy(scale, now, op->out_ch * sizeof(float));
+        p->args[1].cached_from = NULL; /* a cached copy folded with another scale */
+    }
+    void *ptrs[5] = {x->data, (void *)w, shift};
+    int k = 3;
     if (residual)
         ptrs[k++] = residual->data;
     ptrs[k] = y->data;

@@ -348,6 +348,20 @@ static void expect_same_bits(const char *what, const float *a, const float *b, s
     failures += differ != 0;
 }
 
+enum { TINY_BATCH = 2, TINY_SIZE = 64 };
+
+/* A hashed input batch for the tiny model (its data freed by the caller) and its labels. */
+static nn_tensor_t tiny_batch(const char *seed, int positive_every, float *labels)
+{
+    size_t count = (size_t)TINY_BATCH * 3 * TINY_SIZE * TINY_SIZE;
+    nn_tensor_t x = {.data = xmalloc(count * sizeof(float)), .n = TINY_BATCH, .c = 3,
+                     .h = TINY_SIZE, .w = TINY_SIZE};
+    nn_fill_hashed(x.data, count, nn_name_seed(seed), 1.0f, 0.0f);
+    for (int i = 0; i < TINY_BATCH * 6; i++)
+        labels[i] = (float)(i % positive_every == 0);
+    return x;
+}
+
 /*
  * Weights kept in the backend's own order give the same bits as plain order: the kernels
  * see the same blocked weights either way, and Adam is elementwise. Two tiny models train 2
@@ -356,16 +370,12 @@ static void expect_same_bits(const char *what, const float *a, const float *b, s
  */
 static void check_native_order(const char *dir, int precision)
 {
-    enum { BATCH = 2, SIZE = 64, STEPS = 2 };
+    enum { BATCH = TINY_BATCH, STEPS = 2 };
     nn_backend_t *be = nn_backend_create("cpu");
     resnext_t *models[2];
     size_t native_convs = 0;
-    size_t in_count = (size_t)BATCH * 3 * SIZE * SIZE;
-    float *input = xmalloc(in_count * sizeof(float)), labels[BATCH * 6];
-    nn_fill_hashed(input, in_count, nn_name_seed("native.input"), 1.0f, 0.0f);
-    for (int i = 0; i < BATCH * 6; i++)
-        labels[i] = (float)(i % 4 == 0);
-    nn_tensor_t x = {.data = input, .n = BATCH, .c = 3, .h = SIZE, .w = SIZE};
+    float labels[BATCH * 6];
+    nn_tensor_t x = tiny_batch("native.input", 4, labels);
     nn_adam_t hp = {1e-3, 0.9, 0.999, 1e-8, 1e-4};
 
     float *logits[2], *grads[2];
@@ -440,7 +450,66 @@ static void check_native_order(const char *dir, int precision)
         resnext_free(models[k]);
     }
     resnext_free(loaded);
-    free(input);
+    free(x.data);
+    be->destroy(be);
+}
+
+/*
+ * Inference folds each batch norm into its convolution's weights; a model that caches the
+ * folded weights must fold them again when the weights change (an Adam step) and when only
+ * the running statistics do (a training forward, which does not count as a weights change),
+ * and when the conv weights alone change. Its eval logits are compared bit for bit with an
+ * uncached twin's after each.
+ */
+static void check_weight_cache(int precision)
+{
+    enum { BATCH = TINY_BATCH };
+    nn_backend_t *be = nn_backend_create("cpu");
+    float labels[BATCH * 6];
+    nn_tensor_t x = tiny_batch("cache.input", 3, labels);
+    nn_adam_t hp = {1e-2, 0.9, 0.999, 1e-8, 0.0};
+    const char *what[4] = {"first eval", "after a training step's forward and backward "
+                           "(new running statistics)", "after its Adam step (new weights)",
+                           "after the conv weights are halved (weights_changed)"};
+    const char *name = precision == NN_PRECISION_BF16 ? "bf16" : "fp32";
+
+    resnext_t *m[2];
+    float logits[2][BATCH * 6];
+    for (int k = 0; k < 2; k++) {
+        m[k] = resnext_create(be, "tiny", 6);
+        resnext_set_precision(m[k], precision);
+        resnext_set_weight_cache(m[k], k ? RESNEXT_WEIGHT_CACHE_ON : RESNEXT_WEIGHT_CACHE_OFF);
+        nn_params_fill_hashed(&m[k]->ps);
+        nn_params_alloc_adam(&m[k]->ps);
+    }
+    for (int stage = 0; stage < 4; stage++) {
+        for (int k = 0; k < 2; k++) {
+            if (stage == 1) {
+                resnext_forward(m[k], &x, 1);
+                be->bce_loss(be, m[k]->logits.data, labels, BATCH, m[k]->dlogits.data);
+                resnext_backward(m[k], m[k]->dlogits.data);
+            }
+            if (stage == 2)
+                be->adam_step(be, &hp, 1, m[k]->ps.params, m[k]->ps.grads, m[k]->ps.adam_m,
+                              m[k]->ps.adam_v, m[k]->ps.param_count);
+            if (stage == 3) { /* the batch norms as they were: only the weights change */
+                nn_paramset_t *ps = &m[k]->ps;
+                for (size_t e = 0; e < ps->n_entries; e++)
+                    if (ps->entries[e].kind == NN_ENTRY_PARAM && ps->entries[e].rank == 4)
+                        for (size_t i = 0; i < ps->entries[e].count; i++)
+                            ps->params[ps->entries[e].offset + i] *= 0.5f;
+                be->weights_changed(be);
+            }
+            resnext_forward(m[k], &x, 0);
+            memcpy(logits[k], m[k]->logits.data, sizeof(logits[k]));
+        }
+        char label[160];
+        snprintf(label, sizeof(label), "%s weight cache, eval logits %s", name, what[stage]);
+        expect_same_bits(label, logits[0], logits[1], BATCH * 6);
+    }
+    for (int k = 0; k < 2; k++)
+        resnext_free(m[k]);
+    free(x.data);
     be->destroy(be);
 }
 
@@ -463,6 +532,8 @@ int main(void)
     if (!only || strstr("tiny", only)) {
         check_native_order(dir, NN_PRECISION_FP32);
         check_native_order(dir, NN_PRECISION_BF16);
+        check_weight_cache(NN_PRECISION_FP32);
+        check_weight_cache(NN_PRECISION_BF16);
     }
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         if (only && !strstr(cases[i].model, only))
