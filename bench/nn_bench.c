@@ -6,7 +6,7 @@
  *       (forward, loss, backward, Adam); prints one "result" line with images/s and the
  *       process's peak resident memory. +cache: inference keeps reordered weights
  *       (resnext_set_weight_cache ON; the default caches bf16 weights only).
- *   nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]
+ *   nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16][+native]
  *       every distinct convolution shape of the model at that input size: the forward, the
  *       backward data and the backward weights through the engine's backend, and the
  *       inference forward (conv + batch norm + relu in one call, on 16-bit activations in
@@ -16,7 +16,8 @@
  *       The weight gradient is timed with its conversion of dy (in mixed precision), the
  *       data gradient right after a weight gradient, whose copy of dy it reads, as in the
  *       model. In bf16 every direction but the data gradient reads a 16-bit input, as in the
- *       model, but for the stem ("input=half").
+ *       model, but for the stem ("input=half"). +native: weights (and weight gradients) in
+ *       the backend's order where it has one, as cnntrain keeps them ("weights=native").
  *       One "conv" line per shape and direction, best of ITERS.
  *
  * FLOPs count 2 per multiply-add. Threads: OMP_NUM_THREADS (set by nn_bench.sh).
@@ -320,12 +321,14 @@ static double time_standalone(dnnl_engine_t eng, dnnl_stream_t stream, const con
 
 /* The same shape through the engine's backend, with tensors laid out as the model keeps
  * its activations (in inference: 16 bits in bf16, but for the stem's input image). */
-static void time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int precision,
-                        int iters, double best[DIRS])
+static int time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int precision,
+                       int native, int iters, double best[DIRS])
 {
     nn_conv_t op = {.in_ch = s->in_ch, .out_ch = s->out_ch, .kernel = s->kernel,
                     .stride = s->stride, .pad = s->kernel / 2, .groups = s->groups,
                     .cache_weights = 1, .precision = precision};
+    native = native && be->conv_set_native_weights &&
+             be->conv_set_native_weights(be, &op, 1); /* the weights are zeros either way */
     int oh = conv_out(s->h, s->kernel, s->stride), ow = conv_out(s->w, s->kernel, s->stride);
     int layout = s->in_ch == 3 ? NN_LAYOUT_NCHW : NN_LAYOUT_NATIVE;
     nn_tensor_t x = {NULL, n, s->in_ch, s->h, s->w, layout};
@@ -386,9 +389,11 @@ static void time_engine(nn_backend_t *be, const conv_shape_t *s, int n, int prec
     be->release(be, w);
     be->release(be, dw);
     be->release(be, bn);
+    return native;
 }
 
-static int bench_convs(const char *model, int size, int batch, int iters, int precision)
+static int bench_convs(const char *model, int size, int batch, int iters, int precision,
+                       int native)
 {
     conv_shape_t shapes[128];
     int count = model_shapes(model, size, shapes);
@@ -406,7 +411,7 @@ static int bench_convs(const char *model, int size, int batch, int iters, int pr
         double flops = 2.0 * batch * s->out_ch * oh * ow * (s->in_ch / s->groups) * s->kernel *
                        s->kernel;
         double engine[DIRS];
-        time_engine(be, s, batch, precision, iters, engine);
+        int native_here = time_engine(be, s, batch, precision, native, iters, engine);
         for (int dir = 0; dir < DIRS; dir++) {
             if (engine[dir] > 1e29)
                 continue;
@@ -414,10 +419,12 @@ static int bench_convs(const char *model, int size, int batch, int iters, int pr
             double alone = time_standalone(eng, stream, s, batch, dir, dt, iters);
             int half_read = bf16 && s->in_ch != 3 && dir != DIR_BWD_DATA;
             printf("conv size=%d shape=%dx%d_k%d_s%d_g%d_in%dx%d dir=%s compute=%s "
-                   "engine_gflops=%.1f standalone_gflops=%.1f ratio=%.2f input=%s\n",
+                   "engine_gflops=%.1f standalone_gflops=%.1f ratio=%.2f input=%s "
+                   "weights=%s\n",
                    size, s->in_ch, s->out_ch, s->kernel, s->stride, s->groups, s->h, s->w,
                    dirs[dir], bf16 ? "bf16" : "fp32", flops / engine[dir] * 1e-9,
-                   flops / alone * 1e-9, alone / engine[dir], half_read ? "half" : "fp32");
+                   flops / alone * 1e-9, alone / engine[dir], half_read ? "half" : "fp32",
+                   native_here ? "native" : "plain");
             fflush(stdout);
         }
     }
@@ -432,11 +439,13 @@ int main(int argc, char **argv)
     if (argc >= 7 && strcmp(argv[1], "model") == 0)
         return bench_model(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5], atoi(argv[6]),
                            argc > 7 ? argv[7] : NULL);
-    if (argc >= 6 && strcmp(argv[1], "convs") == 0)
-        return bench_convs(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
-                           parse_variant(argc > 6 ? argv[6] : NULL).precision);
+    if (argc >= 6 && strcmp(argv[1], "convs") == 0) {
+        variant_t v = parse_variant(argc > 6 ? argv[6] : NULL);
+        return bench_convs(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), v.precision,
+                           v.native);
+    }
     fprintf(stderr, "usage: nn_bench model MODEL SIZE BATCH eval|train ITERS "
                     "[fp32|bf16][+cache][+native][+f32act]\n"
-                    "       nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16]\n");
+                    "       nn_bench convs MODEL SIZE BATCH ITERS [fp32|bf16][+native]\n");
     return 2;
 }

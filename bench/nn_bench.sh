@@ -125,7 +125,8 @@ if [ "$CONVS" = 1 ]; then
     /^conv/ {
         split(field("shape"), sh, "_")
         kind = (sh[2] == "k1" ? "1x1" : (sh[2] == "k3" ? "3x3 grouped" : "stem 7x7"))
-        key = field("size") " " field("compute") " " field("dir") " " kind
+        dtype = field("compute") (field("weights") == "native" ? "+native" : "")
+        key = field("size") " " dtype " " field("dir") " " kind
         e = field("engine_gflops") + 0; a = field("standalone_gflops") + 0; r = field("ratio") + 0
         # Time is proportional to 1 / rate for a shape; weight by the shape once per call.
         et[key] += 1 / e; at[key] += 1 / a
@@ -133,12 +134,12 @@ if [ "$CONVS" = 1 ]; then
         if (!(key in seen)) { seen[key] = 1; keys[++nk] = key }
     }
     END {
-        printf "%-5s %-5s %-12s %-12s %8s %12s\n", "size", "dtype", "direction", "kind",
+        printf "%-5s %-12s %-12s %-12s %8s %12s\n", "size", "dtype", "direction", "kind",
             "ratio", "worst shape"
         for (k = 1; k <= nk; k++) {
             split(keys[k], p, " ")
             kind = p[4] (p[5] != "" ? " " p[5] : "")
-            printf "%-5s %-5s %-12s %-12s %7.2fx %11.2fx\n", p[1], p[2], p[3], kind,
+            printf "%-5s %-12s %-12s %-12s %7.2fx %11.2fx\n", p[1], p[2], p[3], kind,
                 at[keys[k]] / et[keys[k]], low[keys[k]]
         }
     }' "$work/convs.txt"
