@@ -242,6 +242,97 @@ static float *plain_copy(nn_backend_t *be, const nn_tensor_t *t)
     return out;
 }
 
+/*
+ * Inference's fused conv + batch norm + residual + relu, against a host reference in double,
+ * with the residual in 16-channel blocks and a convolution whose output layout oneDNN picks
+ * itself (8 channels a group): the residual must be read in that layout. Each value within
+ * `rel` of the sum of its terms' magnitudes (fp32: sums' rounding; bf16: 2^-6, twice the
+ * rounding of a product of two bf16 values).
+ */
+static void check_fused_residual(nn_backend_t *be, int in_ch, int out_ch, int groups,
+                                 int kernel)
+{
+    const int n = 1, h = 11, w = 7, pad = kernel / 2;
+    nn_tensor_t x = {.n = n, .c = in_ch, .h = h, .w = w, .layout = NN_LAYOUT_NCHW};
+    nn_tensor_t src = {.n = n, .c = 16, .h = h, .w = w, .layout = NN_LAYOUT_NCHW};
+    nn_tensor_t res = {.n = n, .c = out_ch, .h = h, .w = w, .layout = NN_LAYOUT_NATIVE};
+    nn_tensor_t y = res;
+    int per_in = in_ch / groups, per_out = out_ch / groups;
+    size_t wcount = (size_t)out_ch * per_in * kernel * kernel, ycount = nn_numel(&y);
+    x.data = be->alloc(be, nn_numel(&x) * sizeof(float));
+    src.data = be->alloc(be, nn_numel(&src) * sizeof(float));
+    res.data = be->alloc(be, ycount * sizeof(float));
+    y.data = be->alloc(be, ycount * sizeof(float));
+    float *wt = be->alloc(be, wcount * sizeof(float));
+    float *wsrc = be->alloc(be, (size_t)out_ch * 16 * sizeof(float));
+    float *bn = be->alloc(be, 4 * (size_t)out_ch * sizeof(float));
+    nn_fill_hashed(x.data, nn_numel(&x), 31, 1.0f, 0.0f);
+    nn_fill_hashed(src.data, nn_numel(&src), 32, 1.0f, 0.0f);
+    nn_fill_hashed(wt, wcount, 33, 0.3f, 0.0f);
+    nn_fill_hashed(wsrc, (size_t)out_ch * 16, 34, 0.3f, 0.0f);
+    nn_fill_hashed(bn, 2 * (size_t)out_ch, 35, 0.5f, 0.5f);         /* gamma, beta */
+    nn_fill_hashed(bn + 2 * out_ch, (size_t)out_ch, 36, 0.1f, 0.0f); /* running mean */
+    nn_fill_hashed(bn + 3 * out_ch, (size_t)out_ch, 37, 0.5f, 1.0f); /* running var */
+    nn_bnorm_t norm = {out_ch, 1e-5f, 0.1f, NULL};
+    const float *gamma = bn, *beta = bn + out_ch, *mean = bn + 2 * out_ch;
+    const float *var = bn + 3 * out_ch;
+
+    /* A residual in 16-channel blocks, from a 1x1 convolution of other values. */
+    nn_conv_t make = {16, out_ch, 1, 1, 0, 1, NULL, 0, NN_PRECISION_FP32};
+    be->conv_bn_forward_infer(be, &make, &norm, &src, wsrc, gamma, beta, mean, var, NULL, 0,
+                              &res);
+    float *r = plain_copy(be, &res);
+
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        nn_conv_t op = {in_ch, out_ch, kernel, 1, pad, groups, NULL, 0,
+                        bf16 ? NN_PRECISION_BF16 : NN_PRECISION_FP32};
+        be->conv_bn_forward_infer(be, &op, &norm, &x, wt, gamma, beta, mean, var, &res, 1, &y);
+        float *got = plain_copy(be, &y);
+        double rel = bf16 ? ldexp(1.0, -6) : 1e-5, worst = 0.0;
+        for (int o = 0; o < out_ch; o++) {
+            int g = o / per_out;
+            double scale = gamma[o] / sqrt((double)var[o] + 1e-5);
+            double shift = beta[o] - mean[o] * scale;
+            for (int oy = 0; oy < h; oy++)
+                for (int ox = 0; ox < w; ox++) {
+                    double sum = 0.0, size = 0.0;
+                    for (int i = 0; i < per_in; i++)
+                        for (int ky = 0; ky < kernel; ky++)
+                            for (int kx = 0; kx < kernel; kx++) {
+                                int iy = oy + ky - pad, ix = ox + kx - pad;
+                                if (iy < 0 || iy >= h || ix < 0 || ix >= w)
+                                    continue;
+                                double term =
+                                    (double)x.data[((size_t)(g * per_in + i) * h + iy) * w + ix] *
+                                    wt[(((size_t)o * per_in + i) * kernel + ky) * kernel + kx];
+                                sum += term;
+                                size += fabs(term);
+                            }
+                    size_t at = ((size_t)o * h + oy) * w + ox;
+                    double want = fmax(sum * scale + shift + r[at], 0.0);
+                    double allowed = rel * (size * fabs(scale) + fabs(shift) + fabs(r[at]));
+                    worst = fmax(worst, fabs(got[at] - want) / fmax(allowed, 1e-12));
+                }
+        }
+        int ok = worst <= 1.0;
+        failures += !ok;
+        printf("%-4s conv %d->%d groups %d %dx%d + bn + blocked residual + relu, %s: worst "
+               "%.2f of the allowed\n", ok ? "ok" : "FAIL", in_ch, out_ch, groups, kernel,
+               kernel, bf16 ? "bf16" : "fp32", worst);
+        free(got);
+        be->release_plan(be, &op.plan);
+    }
+    be->release_plan(be, &make.plan);
+    free(r);
+    be->release(be, x.data);
+    be->release(be, src.data);
+    be->release(be, res.data);
+    be->release(be, y.data);
+    be->release(be, wt);
+    be->release(be, wsrc);
+    be->release(be, bn);
+}
+
 /* conv (bf16 products) + batch norm (+ residual) + relu into y, fp32 or half y. */
 static void conv_bn_relu(nn_backend_t *be, nn_conv_t *op, const nn_tensor_t *x, const float *w,
                          const float *bn, const nn_tensor_t *residual, nn_tensor_t *y)
@@ -682,6 +773,9 @@ int main(void)
     check_half_ops(be, 32, 2);
     check_half_ops(be, 256, 32);
     check_half_ops(be, 24, 3);
+    check_fused_residual(be, 16, 16, 2, 3);
+    check_fused_residual(be, 32, 16, 2, 1);
+    check_fused_residual(be, 32, 32, 2, 3);
     be->destroy(be);
 
     check_determinism(NN_PRECISION_FP32);
