@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -41,22 +42,88 @@ int path_same_file(const char *a, const char *b)
            sa.st_ino == sb.st_ino;
 }
 
-void mkdir_p(const char *path)
+/*
+ * Every missing folder down to path, outermost first. output, when given, is the file they
+ * are made for, named first in a failure. Returns the outermost folder made here, or NULL.
+ */
+static char *make_folders(const char *path, const char *output)
 {
-    char *p = xstrdup(path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
+    if (!*path)
+        die(EXIT_IO, "cannot create a folder with an empty name");
+    char *lead = output ? xasprintf("cannot create %s: ", output) : xstrdup("");
+    char *p = xstrdup(path), *created = NULL;
+    for (char *s = p + 1;; s++) {
+        int last = *s == 0;
+        if (!last && *s != '/')
             continue;
         *s = 0;
-        if (mkdir(p, 0777) != 0 && errno != EEXIST)
-            die(EXIT_IO, "cannot create folder %s: %s", p, strerror(errno));
+        if (mkdir(p, 0777) == 0) {
+            if (!created)
+                created = xstrdup(p);
+        } else if (errno != EEXIST) {
+            die(EXIT_IO, "%scannot create folder %s: %s", lead, p, strerror(errno));
+        }
+        if (last)
+            break;
         *s = '/';
     }
-    if (mkdir(p, 0777) != 0 && errno != EEXIST)
-        die(EXIT_IO, "cannot create folder %s: %s", p, strerror(errno));
-    if (!path_is_dir(p))
-        die(EXIT_IO, "%s exists and is not a folder", p);
+    if (!path_is_dir(path))
+        die(EXIT_IO, "%s%s exists and is not a folder: %s", lead, path, strerror(ENOTDIR));
     free(p);
+    free(lead);
+    return created;
+}
+
+void mkdir_p(const char *path)
+{
+    free(make_folders(path, NULL));
+}
+
+char *mkdir_p_created(const char *path)
+{
+    return make_folders(path, NULL);
+}
+
+/* Drop trailing slashes, keeping a lone "/". */
+static void trim_slashes(char *p)
+{
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/')
+        p[--n] = 0;
+}
+
+void rmdir_created(const char *path, const char *top)
+{
+    char *p = xstrdup(path), *stop = xstrdup(top);
+    trim_slashes(p);
+    trim_slashes(stop);
+    /* Stops at the first folder that is not empty (rmdir fails), or once top is gone. */
+    while (rmdir(p) == 0 && strcmp(p, stop) != 0) {
+        char *slash = strrchr(p, '/');
+        if (!slash || slash == p)
+            break;
+        *slash = 0;
+        trim_slashes(p);
+    }
+    free(p);
+    free(stop);
+}
+
+void output_path_check(const char *option, const char *path, const char *example)
+{
+    size_t n = strlen(path);
+    if (!path_is_dir(path) && (n == 0 || path[n - 1] != '/'))
+        return;
+    if (example)
+        die(EXIT_USAGE, "%s %s is a folder: name the output file (e.g. %s%s%s)", option, path,
+            path, n && path[n - 1] == '/' ? "" : "/", example);
+    die(EXIT_USAGE, "%s %s is a folder: name the output file", option, path);
+}
+
+void output_dir_check(const char *option, const char *path)
+{
+    if (path_exists(path) && !path_is_dir(path))
+        die(EXIT_USAGE, "%s %s exists and is not a folder", option, path);
 }
 
 char *path_join(const char *dir, const char *name)
@@ -260,11 +327,29 @@ char *tmp_path_for(const char *final_path)
 {
     const char *base = path_basename(final_path);
     size_t dirlen = (size_t)(base - final_path);
+
+    /* Every program makes the folders its outputs go into, the same way. */
+    if (dirlen) {
+        int keep = dirlen > 1 ? (int)dirlen - 1 : 1; /* without the slash, "/" kept */
+        char *dir = xasprintf("%.*s", keep, final_path);
+        if (!path_is_dir(dir))
+            free(make_folders(dir, final_path));
+        free(dir);
+    }
+
     long n = atomic_fetch_add(&tmp_counter, 1);
     char *tmp = xasprintf("%.*s.%s.tmp-%ld-%ld", (int)dirlen, final_path, base, (long)getpid(),
                           n);
     tmp_register(xstrdup(tmp));
     return tmp;
+}
+
+int tmp_create(const char *tmp_path, const char *final_path)
+{
+    int fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0)
+        die(EXIT_IO, "cannot create %s: %s", final_path, strerror(errno));
+    return fd;
 }
 
 int tmp_commit(const char *tmp_path, const char *final_path)

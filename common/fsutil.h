@@ -11,6 +11,11 @@ int path_is_file(const char *path);
 int path_same_file(const char *a, const char *b);
 /* Create a folder and its parents; dies with EXIT_IO naming the folder on failure. */
 void mkdir_p(const char *path);
+/* mkdir_p that returns the outermost folder it created itself (a new string), or NULL when
+ * the folder existed: what to remove again when the run leaves it empty (rmdir_created). */
+char *mkdir_p_created(const char *path);
+/* Remove path and then its parents up to and including top, each only while it is empty. */
+void rmdir_created(const char *path, const char *top);
 char *path_join(const char *dir, const char *name);
 const char *path_basename(const char *path);
 /* Basename without its last extension, as a new string. */
@@ -33,10 +38,25 @@ void walk_files_report(const char *dir, strlist_t *out, strlist_t *problem_paths
 void read_list_file(const char *path, strlist_t *out);
 
 /*
- * Temporary sibling of a final output: "DIR/.NAME.tmp-PID-N". Registered so that SIGINT,
- * SIGTERM and exit() remove it; commit renames it into place and unregisters it.
+ * An output path checked before any work: one that names an existing folder or ends in '/'
+ * dies with EXIT_USAGE ("OPTION PATH is a folder: name the output file, e.g. PATH/EXAMPLE").
+ * option is how the command line gave it ("-o", "--scores"); example a file name or NULL.
+ */
+void output_path_check(const char *option, const char *path, const char *example);
+/* An output folder checked before any work: one that exists and is not a folder dies with
+ * EXIT_USAGE ("OPTION PATH exists and is not a folder"). */
+void output_dir_check(const char *option, const char *path);
+
+/*
+ * Temporary sibling of a final output: "DIR/.NAME.tmp-PID-N". The missing folders above
+ * final_path are created first (dies with EXIT_IO naming final_path, the folder and the
+ * reason). Registered so that SIGINT, SIGTERM and exit() remove it; commit renames it into
+ * place and unregisters it.
  */
 char *tmp_path_for(const char *final_path);
+/* Create (or truncate) the temporary for writing: its descriptor. Dies with EXIT_IO
+ * "cannot create FINAL: REASON", the reason the system gave. */
+int tmp_create(const char *tmp_path, const char *final_path);
 int tmp_commit(const char *tmp_path, const char *final_path); /* 0 ok, -1 errno set */
 void tmp_discard(const char *tmp_path);
 /*

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "exitcodes.h"
@@ -45,9 +46,12 @@ void h5out_create(h5out_t *out, const char *final_path)
     h5_init();
     out->final_path = xstrdup(final_path);
     out->tmp_path = tmp_path_for(final_path);
+    /* Created here first: HDF5 does not pass on the system's reason for a failure. */
+    close(tmp_create(out->tmp_path, final_path));
     out->file = H5Fcreate(out->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (out->file < 0)
-        die(EXIT_IO, "cannot create %s (as %s)", final_path, out->tmp_path);
+        die(EXIT_IO, "cannot create %s: HDF5 cannot create its temporary %s", final_path,
+            out->tmp_path);
 }
 
 void h5out_commit(h5out_t *out)

@@ -16,7 +16,8 @@ typedef struct {
     char *tmp_path;
 } h5out_t;
 
-/* Create a new file under a temporary name beside final_path. */
+/* Create a new file under a temporary name beside final_path, making missing folders above it
+ * (tmp_path_for). Dies with EXIT_IO naming final_path and the reason on failure. */
 void h5out_create(h5out_t *out, const char *final_path);
 /* Close and rename into place. Dies with EXIT_IO on failure. */
 void h5out_commit(h5out_t *out);

@@ -197,6 +197,15 @@ $(LABELS) $(TEST_LABELS) &: $(PHANTOM_SETTINGS)
 META_INPUTS = $(LABELS)
 else
 META_INPUTS = $(DICOM)
+# Inputs that do not exist stop make here, named (make alone would only say that it has no
+# rule to make them). `dag` needs no inputs.
+ifneq ($(filter-out dag,$(or $(MAKECMDGOALS),all)),)
+missing_inputs := $(filter-out $(wildcard $(DICOM) $(LABELS)),$(DICOM) $(LABELS))
+ifneq ($(missing_inputs),)
+$(error input not found: $(missing_inputs). DICOM names the folders of slices and LABELS the \
+    labels CSV$(if $(RSNA), (the rsna2019 config finds them under RSNA=$(RSNA))))
+endif
+endif
 endif
 
 # dcm2jpg exits 4 when some files were skipped as failures (listed with their reason in

@@ -3,6 +3,7 @@
  * that they cover the same slices, clips, writes the challenge's "ID,Label" CSV and, given a
  * labels CSV, prints the challenge metric.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,12 @@ typedef struct {
     double weight;
     int has_weight; /* given as FILE:WEIGHT */
 } bag_input_t;
+
+/* "s" after a count other than one: "1 slice", "2 slices". */
+static const char *plural(size_t count)
+{
+    return count == 1 ? "" : "s";
+}
 
 static void usage_fail(const char *fmt, const char *arg)
 {
@@ -86,8 +93,8 @@ static void apply_weight_list(const char *list, bag_input_t *inputs, int n)
     free(copy);
     if (count != n) {
         char msg[160];
-        snprintf(msg, sizeof msg, "--weights gives %d weights for %d prediction files", count,
-                 n);
+        snprintf(msg, sizeof msg, "--weights gives %d weight%s for %d prediction file%s",
+                 count, plural((size_t)count), n, plural((size_t)n));
         usage_fail("%s", msg);
     }
 }
@@ -188,18 +195,16 @@ typedef struct {
     gzFile gz;
 } sink_t;
 
-static void sink_open(sink_t *s, const char *tmp, int gzip)
+static void sink_open(sink_t *s, const char *tmp, const char *final_path, int gzip)
 {
     *s = (sink_t){.path = tmp};
-    if (gzip) {
-        s->gz = gzopen(tmp, "wb6");
-        if (!s->gz)
-            die(EXIT_IO, "%s: cannot create", tmp);
-    } else {
-        s->plain = fopen(tmp, "wb");
-        if (!s->plain)
-            die(EXIT_IO, "%s: cannot create", tmp);
-    }
+    int fd = tmp_create(tmp, final_path);
+    if (gzip)
+        s->gz = gzdopen(fd, "wb6");
+    else
+        s->plain = fdopen(fd, "wb");
+    if (!s->gz && !s->plain)
+        die(EXIT_IO, "cannot create %s: out of memory", final_path);
 }
 
 static void sink_write(sink_t *s, const char *buf, size_t len)
@@ -224,7 +229,7 @@ static char *write_submission_tmp(const char *out, const pred_table_t *t, const 
 {
     char *tmp = tmp_path_for(out);
     sink_t sink;
-    sink_open(&sink, tmp, path_has_ext(out, ".gz"));
+    sink_open(&sink, tmp, out, path_has_ext(out, ".gz"));
 
     const char header[] = "ID,Label\n";
     sink_write(&sink, header, sizeof header - 1);
@@ -300,10 +305,12 @@ static void score_predictions(const bagavg_options_t *o, const pred_table_t *t,
     if (score->labelled_without_prediction) {
         if (o->require_labels)
             die(EXIT_BAD_INPUT, "labelled slice %s of %s is missing from the predictions "
-                "(%zu such slices)", first_missing, o->labels,
-                score->labelled_without_prediction);
-        log_warn("%zu labelled slices of %s have no prediction (first: %s); scored without "
-                 "them", score->labelled_without_prediction, o->labels, first_missing);
+                "(%zu such slice%s)", first_missing, o->labels,
+                score->labelled_without_prediction, plural(score->labelled_without_prediction));
+        log_warn("%zu labelled slice%s of %s %s no prediction (first: %s); scored without "
+                 "them", score->labelled_without_prediction,
+                 plural(score->labelled_without_prediction), o->labels,
+                 score->labelled_without_prediction == 1 ? "has" : "have", first_missing);
     }
 
     double *prob = xmalloc((t->count ? t->count : 1) * N_SUBTYPES * sizeof *prob);
@@ -335,16 +342,18 @@ static void score_predictions(const bagavg_options_t *o, const pred_table_t *t,
 static void print_score(const bag_score_t *s)
 {
     const metric_result_t *r = &s->result;
-    printf("score %.6f  (weighted log loss, %zu slices scored; %zu predicted slices without "
-           "labels, %zu labelled slices without predictions)\n", r->score, r->slices,
-           s->predicted_without_labels, s->labelled_without_prediction);
+    printf("score %.6f  (weighted log loss, %zu slice%s scored; %zu predicted slice%s without "
+           "labels, %zu labelled slice%s without predictions)\n", r->score, r->slices,
+           plural(r->slices), s->predicted_without_labels, plural(s->predicted_without_labels),
+           s->labelled_without_prediction, plural(s->labelled_without_prediction));
     for (int t = 0; t < N_SUBTYPES; t++)
-        printf("  %-17s %.6f  (%zu rows, weight %g)\n", SUBTYPE_NAMES[t], r->subtype[t],
-               r->rows[t], METRIC_WEIGHTS[t]);
+        printf("  %-17s %.6f  (%zu row%s, weight %g)\n", SUBTYPE_NAMES[t], r->subtype[t],
+               r->rows[t], plural(r->rows[t]), METRIC_WEIGHTS[t]);
     if (s->has_baseline)
-        printf("prevalence baseline %.6f  (each label's prevalence among %zu labelled slices, "
+        printf("prevalence baseline %.6f  (each label's prevalence among %zu labelled slice%s, "
                "predicted for every slice); score / baseline = %.3f: %s\n",
-               s->baseline.score, s->prevalence_slices, r->score / s->baseline.score,
+               s->baseline.score, s->prevalence_slices, plural(s->prevalence_slices),
+               r->score / s->baseline.score,
                r->score < s->baseline.score ? "better than the baseline"
                                             : "NOT better than the baseline");
     fflush(stdout);
@@ -354,9 +363,9 @@ static void print_score(const bag_score_t *s)
 static char *write_scores_tmp(const char *path, const bag_score_t *s, int files)
 {
     char *tmp = tmp_path_for(path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = fdopen(tmp_create(tmp, path), "w");
     if (!f)
-        die(EXIT_IO, "%s: cannot create", tmp);
+        die(EXIT_IO, "cannot create %s: out of memory", path);
     const metric_result_t *r = &s->result;
     fprintf(f, "score=%.17g\n", r->score);
     for (int t = 0; t < N_SUBTYPES; t++)
@@ -418,7 +427,7 @@ static void write_mean_h5_begin(h5out_t *out, const char *path, const pred_table
 static void commit(char *tmp, const char *final_path)
 {
     if (tmp_commit(tmp, final_path) != 0)
-        die(EXIT_IO, "%s: cannot rename into place", final_path);
+        die(EXIT_IO, "cannot move %s into place: %s", final_path, strerror(errno));
     free(tmp);
 }
 
@@ -428,7 +437,8 @@ int main(int argc, char **argv)
     bagavg_options_t o = {.clip = METRIC_CLIP, .baseline_holdout = -1};
     const opt_t options[] = {
         {'o', "out", OPT_STRING, &o.out, "FILE",
-         "submission CSV to write, gzip when it ends in .gz (required)", 1, 0, NULL},
+         "submission CSV to write, gzip when it ends in .gz (required; missing folders "
+         "above it are created, as for every output)", 1, 0, NULL},
         {'w', "weights", OPT_STRING, &o.weights, "W1,W2,...",
          "one weight per prediction file, in order (default: equal)", 1, 0, NULL},
         {0, "clip", OPT_DOUBLE, &o.clip, "EPS",
@@ -473,8 +483,9 @@ int main(int argc, char **argv)
             "error nothing is written. Layout of the inputs: data-layout.md.",
         .exit_codes =
             "  bagavg: 2 also for a weight count that does not match the files, -o,\n"
-            "          --scores or --h5-out naming an input, or a --baseline-holdout fold\n"
-            "          the --baseline file lacks; 3 for a prediction file that is\n"
+            "          --scores or --h5-out naming an input or a folder, a\n"
+            "          --baseline-holdout fold the --baseline file lacks or without\n"
+            "          --baseline; 3 for a prediction file that is\n"
             "          missing, not HDF5, of the wrong shape, holds a non-finite or out-of-range\n"
             "          probability, or covers other slices than the first file.\n",
         .options = options,
@@ -489,8 +500,16 @@ int main(int argc, char **argv)
         usage_fail("%s", "--scores needs --labels");
     if (o.baseline && !o.labels)
         usage_fail("%s", "--baseline needs --labels");
+    /* The held-out fold only shapes the baseline: alone it would be ignored unnoticed. */
+    if (!o.baseline && o.baseline_holdout != -1)
+        usage_fail("%s", "--baseline-holdout needs --baseline");
     if (o.baseline)
         slicelist_require_fold(o.baseline, "--baseline-holdout", o.baseline_holdout);
+    output_path_check("-o", o.out, "submission.csv");
+    if (o.scores)
+        output_path_check("--scores", o.scores, "scores.txt");
+    if (o.h5_out)
+        output_path_check("--h5-out", o.h5_out, "predictions.h5");
 
     bag_input_t *inputs = xmalloc((size_t)n * sizeof *inputs);
     for (int i = 0; i < n; i++)
@@ -537,8 +556,9 @@ int main(int argc, char **argv)
         h5out_commit(&mean_h5);
     if (o.labels)
         print_score(&score);
-    log_info("%d prediction files, %zu slices -> %s (%zu rows, %.2f s)", n, tables[0].count,
-             o.out, tables[0].count * N_SUBTYPES, time_now() - t0);
+    log_info("%d prediction file%s, %zu slice%s -> %s (%zu rows, %.2f s)", n, plural((size_t)n),
+             tables[0].count, plural(tables[0].count), o.out, tables[0].count * N_SUBTYPES,
+             time_now() - t0);
 
     for (int i = 0; i < n; i++) {
         predfile_free(&tables[i]);

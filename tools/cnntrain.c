@@ -76,8 +76,8 @@ static void dataset_load(dataset_t *d, const char *folds_path, const char *image
             d->train[d->n_train++] = i;
     }
     if (partial)
-        log_warn("%s: %zu labelled slices lack some of the six labels; skipped", folds_path,
-                 partial);
+        log_warn("%s: %zu labelled slice%s some of the six labels; skipped", folds_path,
+                 partial, partial == 1 ? " lacks" : "s lack");
     if (!d->n_train)
         die(EXIT_BAD_INPUT, "%s: no training slices outside fold %d", folds_path, held);
 }
@@ -378,7 +378,7 @@ static void share_start(trainer_t *t)
 /* ---- checkpoints ---- */
 
 typedef struct {
-    int fold, batch, size, ranks;
+    int fold, batch, micro_batch, size, ranks;
     long long seed;
     size_t n_train;
     const char *crop;
@@ -407,6 +407,7 @@ static void save_checkpoint(trainer_t *t, const char *path, const nn_ckpt_meta_t
         die(EXIT_IO, "%s: cannot reopen the checkpoint to add attributes", tmp);
     h5_attr_i64(f, "train_fold", run->fold);
     h5_attr_i64(f, "train_batch", run->batch);
+    h5_attr_i64(f, "train_micro_batch", run->micro_batch);
     h5_attr_i64(f, "train_size", run->size);
     h5_attr_i64(f, "train_seed", run->seed);
     h5_attr_i64(f, "train_slices", (int64_t)run->n_train);
@@ -498,9 +499,11 @@ static size_t remove_checkpoints(const char *dir)
 
 /*
  * A run started over in a folder with checkpoints would leave the old run's later epochs
- * beside its own: refuse unless --resume continues them or --force removes them.
+ * beside its own: refuse unless --resume continues them or --force removes them. Returns the
+ * newest complete checkpoint (NULL when none), so that the folder is scanned, and a damaged
+ * file warned about, once.
  */
-static void refuse_earlier_run(const train_options_t *o)
+static char *refuse_earlier_run(const train_options_t *o)
 {
     if (o->resume && o->force)
         die(EXIT_USAGE, "--resume continues the checkpoints in %s, --force removes them: "
@@ -509,7 +512,7 @@ static void refuse_earlier_run(const train_options_t *o)
     if (newest && !o->resume && !o->force)
         die(EXIT_USAGE, "%s holds checkpoints of an earlier run (newest: %s): add --resume "
             "to continue it, or --force to remove them and start over", o->out_dir, newest);
-    free(newest);
+    return newest;
 }
 
 /*
@@ -544,6 +547,27 @@ static void check_resume_attr(hid_t f, const char *path, const char *name, int64
     if (h5_attr_read_i64(f, name, &value) && value != expected)
         die(EXIT_USAGE, "%s: --resume with %s %lld, the checkpoint has %lld", path, name,
             (long long)expected, (long long)value);
+}
+
+/*
+ * Batch norm in training normalizes each micro-batch by its own statistics: another
+ * micro-batch gives another result than the uninterrupted run. A checkpoint made before
+ * train_micro_batch was recorded is taken to have used this run's (and says so).
+ */
+static void check_resume_micro_batch(hid_t f, const char *path, int micro_batch)
+{
+    int64_t before;
+    if (!h5_attr_read_i64(f, "train_micro_batch", &before)) {
+        log_warn("%s: made without train_micro_batch: cannot check that its run used "
+                 "micro-batches of %d as this one does", path, micro_batch);
+        return;
+    }
+    if (before != micro_batch)
+        die(EXIT_USAGE, "%s: --resume with --micro-batch %d, the checkpoint has %lld: batch "
+            "norm statistics depend on it; give that one, or --force to start over%s", path,
+            micro_batch, (long long)before,
+            dist_size() > 1 ? " (with several ranks a micro-batch is at most batch / ranks)"
+                            : "");
 }
 
 /* ---- the program ---- */
@@ -591,7 +615,7 @@ static void load_init(trainer_t *t, const char *path, const char *arch)
 int main(int argc, char **argv)
 {
     train_options_t o = {.arch = "resnext101_32x8d", .device = "cpu", .crop = "intended",
-                         .fold = 0, .size = IMG_DEFAULT_SIZE, .batch = 64, .micro_batch = 16,
+                         .fold = 0, .size = IMG_DEFAULT_SIZE, .batch = 64, .micro_batch = 0,
                          .epochs = 5, .threads = 2, .save_every = 0, .log_every = 10, .lr = 2e-5,
                          .seed = 1, .precision = "fp32"};
     const opt_t options[] = {
@@ -607,8 +631,8 @@ int main(int argc, char **argv)
         {0, "lr", OPT_DOUBLE, &o.lr, "LR", "Adam learning rate", 0, 1, NULL},
         {0, "batch", OPT_INT, &o.batch, "N", "images per optimizer step", 1, 65536, NULL},
         {0, "micro-batch", OPT_INT, &o.micro_batch, "N",
-         "images per forward/backward (gradients accumulated; batch norm per micro-batch)", 1,
-         65536, NULL},
+         "images per forward/backward (gradients accumulated; batch norm per micro-batch; "
+         "default 16, or --batch when smaller)", 1, 65536, NULL},
         {0, "epochs", OPT_INT, &o.epochs, "N", "epochs to train (in all, resumed ones included)",
          1, 1000, NULL},
         {0, "crop", OPT_CHOICE, &o.crop, "MODE", "black border crop", 1, 0,
@@ -649,18 +673,22 @@ int main(int argc, char **argv)
             "  CKPT_DIR/epoch<E>.h5   after each epoch (E from 1)\n"
             "  CKPT_DIR/step<S>.h5    every --save-every optimizer steps\n"
             "Each is an engine checkpoint (common/nn/checkpoint.h) with the Adam moments and\n"
-            "root attributes train_fold, train_batch, train_size, train_seed, train_slices,\n"
-            "train_crop, and val_loss (held-out fold's weighted log loss; epoch files only,\n"
-            "absent when the fold is empty). Files appear only when complete. --resume picks\n"
-            "the one with the most steps and continues mid-epoch if need be, with the same\n"
-            "shuffles and augmentations as an uninterrupted run; it refuses another --fold,\n"
-            "--lr, --batch, --seed, --size, --crop, training set or FOLDS.h5 content than\n"
-            "the checkpoint's (attribute train_folds_fingerprint; a JPEG_DIR other than its\n"
-            "train_jpeg_dir is only said: the images are not compared). A DIR that holds\n"
+            "root attributes train_fold, train_batch, train_micro_batch, train_size,\n"
+            "train_seed, train_slices, train_crop, and val_loss (held-out fold's weighted log\n"
+            "loss; epoch files only, absent when the fold is empty). Files appear only when\n"
+            "complete. --resume picks the one with the most steps and continues mid-epoch if\n"
+            "need be, with the same shuffles and augmentations as an uninterrupted run; it\n"
+            "refuses (exit 2) another --fold, --lr, --batch, --micro-batch, --seed, --size,\n"
+            "--crop, training set or FOLDS.h5 content than the checkpoint's (attribute\n"
+            "train_folds_fingerprint; a JPEG_DIR other than its train_jpeg_dir is only said:\n"
+            "the images are not compared; a checkpoint without train_micro_batch is taken to\n"
+            "have used this run's micro-batch, with a warning). A DIR that holds\n"
             "checkpoints needs --resume (a killed run: the same command with --resume) or\n"
             "--force (removes them, starts over); without either it is exit 2, and so is a\n"
             "DIR holding another model's checkpoints (lstmtrain's) whatever the options.\n"
-            "Batch norm in training needs two images per micro-batch: --batch must not leave\n"
+            "A micro-batch is a part of a batch: --micro-batch above --batch is exit 2. The\n"
+            "last micro-batch of a batch may be smaller (--batch need not be a multiple), but\n"
+            "batch norm in training needs two images per micro-batch: --batch must not leave\n"
             "a micro-batch of one (exit 2), and an epoch whose last batch would end in one\n"
             "leaves its last shuffled image out (said once). --fold must exist in FOLDS.h5.\n"
             "A non-finite loss stops the run (exit 1); earlier checkpoints stay intact.\n"
@@ -668,8 +696,9 @@ int main(int argc, char **argv)
             "of the micro-batches of every --batch (micro-batches of at most batch / N\n"
             "images), gradients are summed over ranks before the one Adam step, batch norm\n"
             "statistics stay per rank; rank 0 alone logs and writes checkpoints (attribute\n"
-            "train_ranks; --resume accepts another N). A rank that dies ends the job; one\n"
-            "that hangs is given up after ICH_DIST_TIMEOUT seconds (default 1800), exit 1.",
+            "train_ranks; --resume accepts another N whose micro-batches are the same). A\n"
+            "rank that dies ends the job; one that hangs is given up after ICH_DIST_TIMEOUT\n"
+            "seconds (default 1800), exit 1.",
         .options = options,
         .min_positional = 2,
         .max_positional = 2,
@@ -680,12 +709,20 @@ int main(int argc, char **argv)
     dist_init(&argc, &argv);
     if (!o.out_dir)
         die(EXIT_USAGE, "-o CKPT_DIR is required");
+    output_dir_check("-o", o.out_dir);
     for (int i = 0; i < 2; i++)
         if (path_same_file(o.out_dir, pos[i]))
             die(EXIT_USAGE, "-o %s is the input %s: give the checkpoints a folder of their own",
                 o.out_dir, pos[i]);
-    refuse_earlier_run(&o);
+    char *newest = refuse_earlier_run(&o);
     const char *jpeg_dir = pos[0], *folds_path = pos[1];
+    /* A micro-batch is a part of a batch: the default one follows a smaller batch, a given
+     * one may not exceed it. */
+    if (!o.micro_batch)
+        o.micro_batch = o.batch < 16 ? o.batch : 16;
+    if (o.micro_batch > o.batch)
+        die(EXIT_USAGE, "--micro-batch %d is larger than --batch %d: a micro-batch is a part "
+            "of a batch", o.micro_batch, o.batch);
     /* Every rank gets a micro-batch of each full batch. */
     int per_rank = (o.batch + dist_size() - 1) / dist_size();
     if (o.micro_batch > per_rank) {
@@ -709,7 +746,8 @@ int main(int argc, char **argv)
     free(pos); /* the strings belong to argv */
     if (o.fold >= 0 && !d.n_val)
         log_warn("fold %d has no labelled slices: no validation", o.fold);
-    log_info("%zu training slices, %zu validation (fold %d)", d.n_train, d.n_val, o.fold);
+    log_info("%zu training slice%s, %zu validation (fold %d)", d.n_train,
+             d.n_train == 1 ? "" : "s", d.n_val, o.fold);
     double baseline = d.n_val ? prevalence_baseline(&d) : NAN;
     if (d.n_val)
         log_info("validation loss of the training prevalence: %.6f", baseline);
@@ -720,8 +758,8 @@ int main(int argc, char **argv)
     nn_params_fill_hashed(ps);
     t.be->weights_changed(t.be);
 
-    run_info_t run = {o.fold, o.batch, o.size, dist_size(), o.seed, d.n_train, o.crop,
-                      jpeg_dir, folds_path, ""};
+    run_info_t run = {o.fold, o.batch, o.micro_batch, o.size, dist_size(), o.seed, d.n_train,
+                      o.crop, jpeg_dir, folds_path, ""};
     snprintf(run.folds_fingerprint, sizeof run.folds_fingerprint, "%016llx",
              (unsigned long long)slicelist_fingerprint(&d.list));
     nn_ckpt_meta_t meta;
@@ -731,14 +769,17 @@ int main(int argc, char **argv)
     snprintf(meta.precision, sizeof meta.precision, "%s", o.precision);
     nn_rng_seed(&meta.rng, (uint64_t)o.seed);
 
-    /* Rank 0 picks the checkpoint; every rank reads it (the folder is shared). */
-    char *resume_from = o.resume && dist_is_root() ? newest_checkpoint(o.out_dir) : NULL;
+    /* Rank 0's pick of the checkpoint; every rank reads it (the folder is shared). */
+    char *resume_from = o.resume && dist_is_root() ? newest : NULL;
+    if (!resume_from)
+        free(newest);
     if (o.resume)
         resume_from = dist_broadcast_path(resume_from);
     if (resume_from) {
         hid_t f = h5_open_read(resume_from);
         check_resume_attr(f, resume_from, "train_fold", o.fold);
         check_resume_attr(f, resume_from, "train_batch", o.batch);
+        check_resume_micro_batch(f, resume_from, o.micro_batch);
         check_resume_attr(f, resume_from, "train_seed", o.seed);
         check_resume_attr(f, resume_from, "train_slices", (int64_t)d.n_train);
         check_resume_attr(f, resume_from, "train_size", o.size);
@@ -777,9 +818,9 @@ int main(int argc, char **argv)
         log_info("resuming from %s (step %lld, epoch %lld)", resume_from,
                  (long long)meta.step, (long long)meta.epoch);
         if (ranks_before != dist_size())
-            log_info("resuming with %d ranks a run made with %lld: the same batches, shuffles "
-                     "and augmentations; batch norm statistics from its rank 0", dist_size(),
-                     (long long)ranks_before);
+            log_info("resuming with %d rank%s a run made with %lld: the same batches, "
+                     "shuffles and augmentations; batch norm statistics from its rank 0",
+                     dist_size(), dist_size() == 1 ? "" : "s", (long long)ranks_before);
         free(resume_from);
     } else {
         if (o.resume)
@@ -804,12 +845,12 @@ int main(int argc, char **argv)
         tmp_sweep(o.out_dir);
         size_t removed = o.force ? remove_checkpoints(o.out_dir) : 0;
         if (removed)
-            log_info("--force: removed %zu checkpoint(s) of an earlier run in %s", removed,
-                     o.out_dir);
+            log_info("--force: removed %zu checkpoint%s of an earlier run in %s", removed,
+                     removed == 1 ? "" : "s", o.out_dir);
     }
     if (meta.epoch >= o.epochs)
-        log_info("%s: already %lld epochs of %d; nothing to do", o.out_dir,
-                 (long long)meta.epoch, o.epochs);
+        log_info("%s: already %lld epoch%s of %d; nothing to do", o.out_dir,
+                 (long long)meta.epoch, meta.epoch == 1 ? "" : "s", o.epochs);
 
     /* Batch norm in training needs two images per micro-batch: an epoch whose last batch would
      * end in a micro-batch of one image leaves that image (the last of its shuffled order,
@@ -827,8 +868,9 @@ int main(int argc, char **argv)
     int64_t total_steps = steps_per_epoch * o.epochs;
     int64_t into_epoch = meta.step - meta.epoch * steps_per_epoch;
     if (into_epoch < 0 || into_epoch >= steps_per_epoch)
-        die(EXIT_BAD_INPUT, "checkpoint step %lld does not fit epoch %lld of %lld steps",
-            (long long)meta.step, (long long)meta.epoch, (long long)steps_per_epoch);
+        die(EXIT_BAD_INPUT, "checkpoint step %lld does not fit epoch %lld of %lld step%s",
+            (long long)meta.step, (long long)meta.epoch, (long long)steps_per_epoch,
+            steps_per_epoch == 1 ? "" : "s");
 
     loader_t *loader = loader_create(&lc);
     loader_config_t vc = lc;

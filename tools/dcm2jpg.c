@@ -1303,10 +1303,12 @@ static void write_meta(const options_t *opt, slice_t *kept, size_t nkept, slice_
 
 static const char *const DETAILS =
     "Inputs: DICOM files, folders (walked recursively) and list files (--list FILE or\n"
-    "@FILE, one path per line). A file named explicitly must be readable DICOM, else nothing\n"
-    "is written (exit 3). In a folder walk, files that are not DICOM are counted and ignored,\n"
-    "except those named *.dcm or *.dicom (empty or cut files): those are errors, as are\n"
-    "unreadable subfolders and broken links. A file reached twice is converted once.\n"
+    "@FILE, one path per line). A file named explicitly must be a DICOM file (its header\n"
+    "readable), else nothing is written (exit 3); one whose pixels then fail to decode is an\n"
+    "error like any other (exit 4). In a folder walk, files that are not DICOM are counted\n"
+    "and ignored, except those named *.dcm or *.dicom (empty or cut files): those are\n"
+    "errors, as are unreadable subfolders and broken links. A file reached twice is\n"
+    "converted once.\n"
     "OUTDIR must lie outside every input folder (a hidden folder inside one is not walked).\n"
     "\n"
     "Output: OUTDIR/<SOPInstanceUID>.jpg (.ppm with --format ppm) per slice: channel 0\n"
@@ -1331,7 +1333,8 @@ static const char *const DETAILS =
 
 static const char *const EXIT_CODES =
     "  dcm2jpg: 2 also when OUTDIR is an input folder or inside one (a walk would read it);\n"
-    "           3 also when no slice could be converted (meta.h5 is then not written);\n"
+    "           3 also when no slice could be converted (meta.h5 is then not written,\n"
+    "             and an OUTDIR this run created is removed again);\n"
     "           4 when some inputs failed (listed in meta.h5 with status 'error').\n";
 
 int main(int argc, char **argv)
@@ -1421,8 +1424,8 @@ int main(int argc, char **argv)
     }
     reject_duplicates(slices, n);
 
-    /* From here on this run owns the folder. */
-    mkdir_p(opt.out_dir);
+    /* From here on this run owns the folder; one it makes goes again if nothing is written. */
+    char *made_dir = mkdir_p_created(opt.out_dir);
     int lock_fd = lock_output_folder(opt.out_dir);
     int swept = tmp_sweep(opt.out_dir);
     if (swept > 0)
@@ -1509,6 +1512,8 @@ int main(int argc, char **argv)
                 unlink(path);
             free(path);
         }
+        if (made_dir)
+            rmdir_created(opt.out_dir, made_dir);
         die(EXIT_IO, "images could not be written to %s; meta.h5 not written", opt.out_dir);
     }
 
@@ -1518,6 +1523,8 @@ int main(int argc, char **argv)
                   "non-DICOM file(s); meta.h5 not written",
                   n - c.not_dicom, c.skipped, c.error, c.not_dicom);
         code = EXIT_BAD_INPUT;
+        if (made_dir)
+            rmdir_created(opt.out_dir, made_dir);
     } else {
         /* A table from before the record existed gets one. */
         if (record_before_image(&run, why, sizeof why) != 0)
@@ -1548,6 +1555,7 @@ int main(int argc, char **argv)
     }
     free(in.items);
     free(in.out_real);
+    free(made_dir);
     pthread_mutex_destroy(&run.record_lock);
     close(lock_fd);
     return code;

@@ -90,8 +90,8 @@ static void read_checkpoint_info(const char *path, ckpt_info_t *info)
             path, info->meta.model);
     const nn_ckpt_arch_t *outputs = nn_ckpt_meta_get_arch(&info->meta, "num_outputs");
     if (outputs && outputs->count == 1 && outputs->values[0] != N_SUBTYPES)
-        die(EXIT_BAD_INPUT, "%s: the model has %lld outputs, not the %d subtypes", path,
-            (long long)outputs->values[0], N_SUBTYPES);
+        die(EXIT_BAD_INPUT, "%s: the model has %lld output%s, not the %d subtypes", path,
+            (long long)outputs->values[0], outputs->values[0] == 1 ? "" : "s", N_SUBTYPES);
 
     hid_t f = h5_open_read(path);
     info->has_fold = h5_attr_read_i64(f, "train_fold", &info->fold);
@@ -571,9 +571,10 @@ static void embed_all(embedder_t *e, loader_t *loader, size_t n, const tta_set_t
 
     double seconds = time_now() - start;
     if (n && out)
-        log_info("%zu images x %d variants in %.1f s: %.3g images/s on %d rank(s), rank 0's "
-                 "data wait %.1f s (%.0f%%)", n, tta->count, seconds, (double)n / seconds,
-                 ranks, waited_total, 100.0 * waited_total / seconds);
+        log_info("%zu image%s x %d variant%s in %.1f s: %.3g images/s on %d rank%s, rank 0's "
+                 "data wait %.1f s (%.0f%%)", n, n == 1 ? "" : "s", tta->count,
+                 tta->count == 1 ? "" : "s", seconds, (double)n / seconds, ranks,
+                 ranks == 1 ? "" : "s", waited_total, 100.0 * waited_total / seconds);
     free(indices);
     free(packed);
     free(counts);
@@ -644,8 +645,8 @@ int main(int argc, char **argv)
         .exit_codes =
             "  embdump: 2 also for --device naming a backend this machine or build lacks,\n"
             "           -o naming an input or a folder, a train/val/test split without\n"
-            "           FOLDS.h5, or a train/val split without a fold (no --fold, no\n"
-            "           train_fold);\n"
+            "           FOLDS.h5, a train/val split without a fold (no --fold, no\n"
+            "           train_fold) or with one FOLDS.h5 lacks (its folds attribute);\n"
             "           3 for a missing or damaged image, a checkpoint that is not a\n"
             "           six-output ResNeXt, does not load, holds a non-finite weight or\n"
             "           gives a non-finite output, a fold with no slices.\n",
@@ -663,9 +664,7 @@ int main(int argc, char **argv)
     free(pos); /* the strings belong to argv */
     if (!o.out)
         die(EXIT_USAGE, "-o OUT.h5 is required");
-    if (path_is_dir(o.out))
-        die(EXIT_USAGE, "-o %s is a folder: name the output file (e.g. %s/embeddings.h5)",
-            o.out, o.out);
+    output_path_check("-o", o.out, "embeddings.h5");
     tta_set_t tta;
     parse_tta(o.tta, &tta);
     int split_all = !strcmp(o.split, "all");
@@ -691,6 +690,13 @@ int main(int argc, char **argv)
     if (!strcmp(o.split, "val") && fold < 0)
         die(EXIT_USAGE, "--split val with fold -1 (trained on every fold): no validation "
                         "slices; give --fold");
+    /* A fold FOLDS.h5 lacks is a usage error, as in cnntrain and lstmtrain. */
+    if (needs_fold && folds_path) {
+        char *source = o.fold_text ? xstrdup("--fold")
+                                   : xasprintf("%s: train_fold", ckpt_path);
+        slicelist_require_fold(folds_path, source, fold);
+        free(source);
+    }
     /* Validation embeddings of a classifier that trained on them look better than they are
      * (lstmtrain warns the same of its inputs). */
     if (!strcmp(o.split, "val") && info.has_fold && info.fold != fold)
@@ -723,9 +729,9 @@ int main(int argc, char **argv)
     embedder_t e;
     embedder_init(&e, &o, ckpt_path, info.meta.model, size, batch);
     size_t dim = (size_t)e.model->embed_dim;
-    log_info("%zu slices (split %s, fold %d), %s at %d px, crop %s, tta %s, batch %d on %s, %s",
-             n, o.split, fold, info.meta.model, size, crop, tta.names, batch, e.be->name,
-             o.precision);
+    log_info("%zu slice%s (split %s, fold %d), %s at %d px, crop %s, tta %s, batch %d on %s, "
+             "%s", n, n == 1 ? "" : "s", o.split, fold, info.meta.model, size, crop, tta.names,
+             batch, e.be->name, o.precision);
 
     /* Rank 0 alone writes. The output's folder is made only now that every input has been
      * checked; leftovers of killed runs there go, those of live ones stay (tmp_sweep). */
@@ -738,7 +744,8 @@ int main(int argc, char **argv)
         mkdir_p(out_dir);
         int swept = tmp_sweep(out_dir);
         if (swept)
-            log_info("removed %d unfinished file(s) of killed runs in %s", swept, out_dir);
+            log_info("removed %d unfinished file%s of killed runs in %s", swept,
+                     swept == 1 ? "" : "s", out_dir);
         free(out_dir);
     }
 
@@ -773,7 +780,7 @@ int main(int argc, char **argv)
         h5_attr_str(root, "folds_file", folds_path ? folds_path : "");
         h5_attr_str(root, "jpeg_dir", image_dir);
         h5out_commit(&out.h5);
-        log_info("wrote %s: %zu slices x %zu", o.out, n, dim);
+        log_info("wrote %s: %zu slice%s x %zu", o.out, n, n == 1 ? "" : "s", dim);
     }
 
     free(prob);

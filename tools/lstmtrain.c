@@ -1167,8 +1167,8 @@ int main(int argc, char **argv)
             "rank that dies ends the job; one that hangs is given up after ICH_DIST_TIMEOUT\n"
             "seconds (default 1800), exit 1.",
         .exit_codes =
-            "  2  also: --hidden larger than the embedding width, a --device that cannot\n"
-            "     be created here\n",
+            "  lstmtrain: 2 also for --hidden larger than the embedding width, or a\n"
+            "             --device that cannot be created here.\n",
         .options = options,
         .min_positional = 3,
         .max_positional = -1,
@@ -1179,6 +1179,7 @@ int main(int argc, char **argv)
     dist_init(&argc, &argv);
     if (!o.out_dir)
         die(EXIT_USAGE, "-o OUTDIR is required");
+    output_dir_check("-o", o.out_dir);
     refuse_inputs_in_out_dir(o.out_dir, pos, n_pos);
     if (o.resume && o.force)
         die(EXIT_USAGE, "--resume continues the run in %s, --force removes it: give one",

@@ -397,9 +397,10 @@ static int64_t count_partial_labels(const char *labels_path, const fold_slice_t 
             first = &slices[i];
     }
     if (partial)
-        log_warn("%s: %lld labelled slices lack some of the six subtype rows (first: %s, no "
-                 "%s row); their missing labels are -1", labels_path, (long long)partial,
-                 first->id, SUBTYPE_NAMES[first_missing_subtype(first->labels)]);
+        log_warn("%s: %lld labelled slice%s lack%s some of the six subtype rows (first: %s, "
+                 "no %s row); their missing labels are -1", labels_path, (long long)partial,
+                 partial == 1 ? "" : "s", partial == 1 ? "s" : "", first->id,
+                 SUBTYPE_NAMES[first_missing_subtype(first->labels)]);
     return partial;
 }
 
@@ -409,7 +410,8 @@ int main(int argc, char **argv)
     mkfolds_options_t o = {.out = NULL, .method = "original", .folds = 5, .threads = 1,
                            .seed = 0};
     const opt_t options[] = {
-        {'o', "out", OPT_STRING, &o.out, "FILE", "folds file to write (required)", 1, 0, NULL},
+        {'o', "out", OPT_STRING, &o.out, "FILE",
+         "folds file to write (required; missing folders above it are created)", 1, 0, NULL},
         {'k', "folds", OPT_INT, &o.folds, "K", "number of folds", 2, MAX_FOLDS, NULL},
         {0, "method", OPT_CHOICE, &o.method, "METHOD",
          "original: the reference rule; stratified: seeded, balances 'any' positives", 1, 0,
@@ -444,7 +446,8 @@ int main(int argc, char **argv)
             "subtype rows are kept (-1 there), with a warning.\n"
             "Layout of the output: data-layout.md.",
         .exit_codes =
-            "  mkfolds: 2 also when -o names one of the inputs (it would be overwritten);\n"
+            "  mkfolds: 2 also when -o names one of the inputs (it would be overwritten)\n"
+            "           or a folder;\n"
             "           3 also for the useless inputs above.\n",
         .options = options,
         .min_positional = 2,
@@ -457,6 +460,7 @@ int main(int argc, char **argv)
         free(inputs);
         return EXIT_USAGE;
     }
+    output_path_check("-o", o.out, "folds.h5");
     const char *labels_path = inputs[0], *meta_path = inputs[1];
     for (int i = 0; i < 2; i++)
         if (path_same_file(o.out, inputs[i])) {
@@ -504,8 +508,9 @@ int main(int argc, char **argv)
     int64_t partial = count_partial_labels(labels_path, slices, n);
     int64_t without_meta = count_labels_without_meta(&labels, slices, n);
     if (without_meta)
-        log_warn("%lld labelled slices of %s have no usable metadata in %s (ignored)",
-                 (long long)without_meta, labels_path, meta_path);
+        log_warn("%lld labelled slice%s of %s %s no usable metadata in %s (ignored)",
+                 (long long)without_meta, without_meta == 1 ? "" : "s", labels_path,
+                 without_meta == 1 ? "has" : "have", meta_path);
 
     size_t np;
     patient_t *patients = collect_patients(slices, n, &np);

@@ -125,25 +125,30 @@ static void make_id(char *out, id_set_t *used, uint64_t seed, int kind, uint64_t
 }
 
 /*
- * The seed of every ID: a hash of the seed and of each option that changes what is generated,
- * written out canonically (numbers as parsed). Two runs that differ in any of them therefore
- * never reuse an ID for other pixels or labels; the output paths, -j and --force change
- * nothing generated and are left out, so the same options still give the same bytes.
+ * Each option that changes what is generated, written out canonically (numbers as parsed):
+ * what IDs derive from, and what an unfinished run's marker records. Two runs that differ in
+ * any of them therefore never reuse an ID for other pixels or labels; the output paths, -j and
+ * --force change nothing generated and are left out, so the same options still give the same
+ * bytes.
  */
-static uint64_t ids_seed(const options_t *o, int slices_lo, int slices_hi,
-                         const double rates[N_LESION_KINDS])
+static char *generation_settings(const options_t *o, int slices_lo, int slices_hi,
+                                 const double rates[N_LESION_KINDS])
 {
-    char canonical[512];
-    snprintf(canonical, sizeof canonical,
-             "mkphantom ids 1; seed %lld; series %d; slices %d-%d; size %d; prevalence %.17g; "
-             "rates %.17g,%.17g,%.17g,%.17g,%.17g; test-fraction %.17g; uids %s",
-             o->seed, o->series, slices_lo, slices_hi, o->size, o->prevalence, rates[0],
-             rates[1], rates[2], rates[3], rates[4], o->test_fraction, o->uids);
+    return xasprintf("mkphantom ids 1; seed %lld; series %d; slices %d-%d; size %d; "
+                     "prevalence %.17g; rates %.17g,%.17g,%.17g,%.17g,%.17g; "
+                     "test-fraction %.17g; uids %s",
+                     o->seed, o->series, slices_lo, slices_hi, o->size, o->prevalence,
+                     rates[0], rates[1], rates[2], rates[3], rates[4], o->test_fraction,
+                     o->uids);
+}
+
+static uint64_t ids_seed(const char *canonical, long long seed)
+{
     uint64_t fnv = 0xcbf29ce484222325ULL; /* FNV-1a over the text, then mixed further */
     for (const unsigned char *c = (const unsigned char *)canonical; *c; c++)
         fnv = (fnv ^ *c) * 0x100000001b3ULL;
     log_debug("IDs derive from \"%s\"", canonical);
-    return phantom_hash(fnv, (uint64_t)o->seed, STREAM_ID, 0);
+    return phantom_hash(fnv, (uint64_t)seed, STREAM_ID, 0);
 }
 
 /* ---- planning: every random choice, made in one thread in a fixed order ---- */
@@ -294,7 +299,9 @@ static slice_plan_t *plan(series_plan_t *series, const options_t *o, int slices_
     used.slots = xcalloc(used.cap, sizeof *used.slots);
     char patient_id[DICOM_UID_MAX] = "";
     slice_plan_t *slices = xcalloc(total, sizeof *slices);
-    uint64_t seed = ids_seed(o, slices_lo, slices_hi, rates);
+    char *settings = generation_settings(o, slices_lo, slices_hi, rates);
+    uint64_t seed = ids_seed(settings, o->seed);
+    free(settings);
     for (int i = 0; i < o->series; i++) {
         series_plan_t *s = &series[i];
         if (i == 0 || s->patient != series[i - 1].patient)
@@ -324,6 +331,8 @@ typedef struct {
     slice_plan_t *slices;
     int16_t **buffers; /* one per thread */
     char **errors;     /* per slice, NULL when written */
+    int resume;        /* keep the slices an unfinished run of these settings wrote */
+    char *kept;        /* per slice: 1 when its file was kept */
     progress_t *progress;
 } render_job_t;
 
@@ -342,10 +351,33 @@ static void render_one(size_t index, int thread, void *ctx_ptr)
         plane.origin[k] = s->first_center[k] + sl->index * s->slice_spacing * s->normal[k] -
                           half * (s->row_dir[k] + s->col_dir[k]);
 
+    char name[DICOM_UID_MAX + 8], err[512];
+    snprintf(name, sizeof name, "%s.dcm", sl->id);
+    char *path = path_join(s->folder, name);
+    /*
+     * A file of an unfinished run with these settings is whole (renamed into place when
+     * complete) and holds these very bytes. Its labels still need the rendering, unless no
+     * lesion can give any.
+     */
+    int keep = job->resume && path_is_file(path);
+    if (keep && s->head.nlesions == 0) {
+        memset(sl->label, 0, sizeof sl->label);
+        job->kept[index] = 1;
+        free(path);
+        progress_add(job->progress, 1);
+        return;
+    }
+
     int16_t *pixels = job->buffers[thread];
     uint64_t noise = phantom_hash((uint64_t)job->o->seed, STREAM_NOISE, (uint64_t)sl->series,
                                   (uint64_t)sl->index);
     phantom_render(&s->head, &plane, noise, pixels, sl->label);
+    if (keep) {
+        job->kept[index] = 1;
+        free(path);
+        progress_add(job->progress, 1);
+        return;
+    }
 
     char patient_name[DICOM_UID_MAX + 16];
     snprintf(patient_name, sizeof patient_name, "Phantom^%s", s->patient_id);
@@ -372,9 +404,6 @@ static void render_one(size_t index, int thread, void *ctx_ptr)
     memcpy(meta.orientation, s->row_dir, sizeof s->row_dir);
     memcpy(meta.orientation + 3, s->col_dir, sizeof s->col_dir);
 
-    char name[DICOM_UID_MAX + 8], err[512];
-    snprintf(name, sizeof name, "%s.dcm", sl->id);
-    char *path = path_join(s->folder, name);
     char *tmp = tmp_path_for(path);
     if (dicom_write_ct(tmp, &meta, pixels, err, sizeof err) != 0) {
         job->errors[index] = xstrdup(err);
@@ -631,6 +660,182 @@ static int remove_series_files(const char *dir, earlier_run_t *run)
     return removed;
 }
 
+static void warn_kept(const earlier_run_t *run)
+{
+    if (!run->kept)
+        return;
+    char named[1024] = "";
+    for (size_t i = 0; i < run->some_kept.count; i++) {
+        size_t len = strlen(named);
+        snprintf(named + len, sizeof named - len, "%s%s", i ? ", " : "",
+                 run->some_kept.items[i]);
+    }
+    log_warn("kept %zu files in the earlier run's series folders that mkphantom did not write: "
+             "%s%s", run->kept, named, run->kept > KEPT_NAMED ? ", ..." : "");
+}
+
+static void free_earlier_run(earlier_run_t *run)
+{
+    strlist_free(&run->folders);
+    strlist_free(&run->ids);
+    strlist_free(&run->some_kept);
+}
+
+/* ---- OUTDIR/.mkphantom-unfinished: the marker of a run that has not finished ---- */
+
+/*
+ * Written before the first slice and removed after the last CSV, so that while it is there
+ * OUTDIR holds an unfinished run. Its header names what the run generates and where its
+ * labels go; then one line per series folder with its slice IDs ("FOLDER ID;ID;..."). A rerun
+ * with the same header finishes the run; another run removes exactly the files it lists.
+ */
+#define UNFINISHED_NAME ".mkphantom-unfinished"
+#define UNFINISHED_FIRST_LINE "mkphantom unfinished run 1"
+
+typedef struct {
+    char *header;      /* its first four lines; NULL when OUTDIR holds no marker */
+    char *settings;    /* what it generates (generation_settings) */
+    char *labels;      /* the labels CSV it writes: canonical path, "-" for OUTDIR's own */
+    int test;          /* whether it writes OUTDIR/test_labels.csv */
+    earlier_run_t run; /* its series folders and slice IDs */
+} unfinished_run_t;
+
+static char *unfinished_header(const char *settings, const char *labels, int test)
+{
+    return xasprintf(UNFINISHED_FIRST_LINE "\nsettings %s\nlabels %s\ntest_labels %d\n",
+                     settings, labels, test);
+}
+
+static void write_unfinished_marker(const char *path, const char *header,
+                                    const series_plan_t *series, int nseries,
+                                    const slice_plan_t *slices)
+{
+    char *tmp;
+    FILE *f = open_output(path, &tmp);
+    fputs(header, f);
+    for (int i = 0; i < nseries; i++) {
+        fprintf(f, "%s ", path_basename(series[i].folder));
+        for (int k = 0; k < series[i].nslices; k++)
+            fprintf(f, "%s%s", k ? ";" : "", slices[series[i].first_slice + k].id);
+        fputc('\n', f);
+    }
+    commit_output(f, path, tmp);
+}
+
+static void read_unfinished_marker(const char *path, unfinished_run_t *u)
+{
+    static const char *const keys[] = {"settings ", "labels ", "test_labels "};
+    strlist_t lines = {0};
+    read_list_file(path, &lines);
+    if (lines.count < 4)
+        die(EXIT_BAD_INPUT, "%s: cut short, not a marker of an unfinished mkphantom run", path);
+    u->header = xstrdup("");
+    for (size_t i = 0; i < lines.count; i++) {
+        char *line = lines.items[i];
+        if (i < 4) {
+            const char *key = i ? keys[i - 1] : NULL;
+            int known = key ? strncmp(line, key, strlen(key)) == 0
+                            : strcmp(line, UNFINISHED_FIRST_LINE) == 0;
+            if (!known)
+                die(EXIT_BAD_INPUT, "%s:%zu: not a marker of an unfinished mkphantom run "
+                                    "(remove it if no run is meant to finish there)",
+                    path, i + 1);
+            char *header = xasprintf("%s%s\n", u->header, line);
+            free(u->header);
+            u->header = header;
+            if (i == 1)
+                u->settings = xstrdup(line + strlen(key));
+            else if (i == 2)
+                u->labels = xstrdup(line + strlen(key));
+            else if (i == 3)
+                u->test = strcmp(line + strlen(key), "1") == 0;
+            continue;
+        }
+        char *space = strchr(line, ' ');
+        if (space)
+            *space = 0;
+        /* A plain name inside OUTDIR, whatever an edited marker says. */
+        if (!space || !line[0] || line[0] == '.' || strchr(line, '/'))
+            die(EXIT_BAD_INPUT, "%s:%zu: '%s' is not a series folder name", path, i + 1, line);
+        strlist_push(&u->run.folders, line);
+        add_ids(&u->run.ids, space + 1);
+    }
+    strlist_free(&lines);
+    if (u->run.ids.count)
+        qsort(u->run.ids.items, u->run.ids.count, sizeof *u->run.ids.items, compare_strings);
+}
+
+static void free_unfinished(unfinished_run_t *u)
+{
+    free(u->header);
+    free(u->settings);
+    free(u->labels);
+    free_earlier_run(&u->run);
+}
+
+/* Where the unfinished run writes its labels CSV, as a new string. */
+static char *unfinished_labels_path(const char *out, const unfinished_run_t *u)
+{
+    return strcmp(u->labels, "-") ? xstrdup(u->labels) : path_join(out, LABELS_NAME);
+}
+
+/* The folder part of a path without its last slash ("" for a bare name), as a new string. */
+static char *parent_folder(const char *path)
+{
+    int len = (int)(path_basename(path) - path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    return xasprintf("%.*s", len, path);
+}
+
+/* Temporaries that killed writers left in the run's folders. */
+static int sweep_unfinished_temporaries(const char *out, const unfinished_run_t *u)
+{
+    int removed = tmp_sweep(out);
+    for (size_t f = 0; f < u->run.folders.count; f++) {
+        char *dir = path_join(out, u->run.folders.items[f]);
+        removed += tmp_sweep(dir);
+        free(dir);
+    }
+    char *labels = unfinished_labels_path(out, u), *labels_dir = parent_folder(labels);
+    removed += tmp_sweep(*labels_dir ? labels_dir : ".");
+    free(labels_dir);
+    free(labels);
+    return removed;
+}
+
+/*
+ * The files the unfinished run lists, its CSVs (there only when it stopped while writing
+ * them: what was at their names before was replaced or refused when it began) and its
+ * temporaries; files it did not write are kept. The marker goes last, so that a run stopped
+ * here is still recognised.
+ */
+static void remove_unfinished(const char *out, const char *marker, unfinished_run_t *u)
+{
+    int nfiles = 0;
+    for (size_t f = 0; f < u->run.folders.count; f++) {
+        char *dir = path_join(out, u->run.folders.items[f]);
+        nfiles += remove_series_files(dir, &u->run);
+        free(dir);
+    }
+    warn_kept(&u->run);
+    char *csvs[] = {path_join(out, MANIFEST_NAME),
+                    u->test ? path_join(out, TEST_LABELS_NAME) : NULL,
+                    unfinished_labels_path(out, u)};
+    const char *first_lines[] = {MANIFEST_HEADER, LABELS_HEADER, LABELS_HEADER};
+    for (size_t i = 0; i < sizeof csvs / sizeof *csvs; i++) {
+        if (csvs[i] && starts_with_line(csvs[i], first_lines[i])) {
+            remove_file(csvs[i]);
+            nfiles++;
+        }
+        free(csvs[i]);
+    }
+    nfiles += sweep_unfinished_temporaries(out, u);
+    remove_file(marker);
+    log_info("removed the unfinished run of other settings in %s: the files of its %zu series "
+             "folders (%d files)", out, u->run.folders.count, nfiles + 1);
+}
+
 /*
  * A non-empty OUTDIR would mix an earlier run's files with this one's (more series, a test
  * split that is no longer made), so it is refused unless --force. --force removes what the
@@ -638,10 +843,29 @@ static int remove_series_files(const char *dir, earlier_run_t *run)
  * nothing else; a file of someone else's at one of this run's CSV names stops the run before
  * anything is removed.
  */
-static void prepare_outdir(const options_t *o)
+static void prepare_outdir(const options_t *o, unfinished_run_t *unfinished, int resuming)
 {
     if (!path_is_dir(o->out) || dir_is_empty(o->out))
         return;
+    if (resuming) {
+        int swept = sweep_unfinished_temporaries(o->out, unfinished);
+        log_info("%s holds an unfinished run of these settings: finishing it (%d temporaries "
+                 "of killed writers removed)", o->out, swept);
+        return;
+    }
+    if (unfinished->header) {
+        char *marker = path_join(o->out, UNFINISHED_NAME);
+        char *labels = unfinished_labels_path(o->out, unfinished);
+        if (!o->force)
+            die(EXIT_BAD_INPUT, "%s holds an unfinished mkphantom run of other settings (%s; "
+                                "labels %s): run its command again to finish it, or --force "
+                                "to remove it", o->out, unfinished->settings, labels);
+        free(labels);
+        remove_unfinished(o->out, marker, unfinished);
+        free(marker);
+        if (dir_is_empty(o->out))
+            return;
+    }
     if (!o->force)
         die(EXIT_BAD_INPUT, "%s is not empty: give a new folder, or --force to replace "
                             "an earlier mkphantom run there", o->out);
@@ -676,16 +900,7 @@ static void prepare_outdir(const options_t *o)
             nfiles += remove_series_files(dir, &run);
             free(dir);
         }
-        if (run.kept) {
-            char named[1024] = "";
-            for (size_t i = 0; i < run.some_kept.count; i++) {
-                size_t len = strlen(named);
-                snprintf(named + len, sizeof named - len, "%s%s", i ? ", " : "",
-                         run.some_kept.items[i]);
-            }
-            log_warn("kept %zu files in the earlier run's series folders that mkphantom did "
-                     "not write: %s%s", run.kept, named, run.kept > KEPT_NAMED ? ", ..." : "");
-        }
+        warn_kept(&run);
     }
     for (size_t i = 0; i < 2; i++) {
         if (earlier_csv[i]) {
@@ -705,9 +920,7 @@ static void prepare_outdir(const options_t *o)
     else
         log_warn("%s holds no %s of an earlier run: writing beside its files", o->out,
                  MANIFEST_NAME);
-    strlist_free(&run.folders);
-    strlist_free(&run.ids);
-    strlist_free(&run.some_kept);
+    free_earlier_run(&run);
     free(manifest);
 }
 
@@ -770,9 +983,10 @@ static char *canonical_path(const char *path)
 /*
  * --labels must not be one of the files mkphantom writes in OUTDIR (it would lose one of
  * them) and must not replace a file it did not write: an existing one needs --force, and
- * then must be a labels CSV (first line "ID,Label").
+ * then must be a labels CSV (first line "ID,Label"). When resuming, one there is the
+ * unfinished run's own.
  */
-static void check_labels_path(const options_t *o)
+static void check_labels_path(const options_t *o, int resuming)
 {
     if (!o->labels)
         return;
@@ -794,7 +1008,7 @@ static void check_labels_path(const options_t *o)
     }
     free(labels);
     free(out);
-    if (!path_exists(o->labels))
+    if (resuming || !path_exists(o->labels))
         return;
     if (!o->force)
         die(EXIT_BAD_INPUT, "--labels %s exists: not overwriting it (--force replaces a labels "
@@ -802,6 +1016,33 @@ static void check_labels_path(const options_t *o)
     if (!starts_with_line(o->labels, LABELS_HEADER))
         die(EXIT_BAD_INPUT, "--labels %s is not a labels CSV ('%s' first line): not replacing "
                             "it, even with --force", o->labels, LABELS_HEADER);
+}
+
+/*
+ * Before anything is generated or removed: the folders of the outputs are made (as every
+ * program makes them) and files can be created there, so that a run never stops after its
+ * slices for want of a folder, leaving a partial dataset.
+ */
+static void check_output_folders(const char *out, const char *labels_path)
+{
+    char *manifest = path_join(out, MANIFEST_NAME);
+    const char *outputs[] = {labels_path, manifest};
+    for (size_t i = 0; i < sizeof outputs / sizeof *outputs; i++) {
+        char *dir = parent_folder(outputs[i]);
+        if (*dir)
+            mkdir_p(dir);
+        free(dir);
+        char *tmp = tmp_path_for(outputs[i]);
+        FILE *f = fopen(tmp, "w");
+        int error = errno;
+        if (f)
+            fclose(f);
+        tmp_discard(tmp);
+        free(tmp);
+        if (!f)
+            die(EXIT_IO, "cannot create %s: %s", outputs[i], strerror(error));
+    }
+    free(manifest);
 }
 
 int main(int argc, char **argv)
@@ -857,14 +1098,20 @@ int main(int argc, char **argv)
             "  OUTDIR/test_labels.csv  the same for the test series (with --test-fraction)\n"
             "  OUTDIR/series.csv       one row per series: IDs, split, tilt, lesions, slices\n"
             "OUTDIR must be absent or empty (exit 3 otherwise), so that no file of an earlier\n"
-            "run passes for one of this run's. --force replaces an earlier mkphantom run there:\n"
+            "run passes for one of this run's. Until the run ends, OUTDIR/.mkphantom-unfinished\n"
+            "lists its settings and files: the same options again (any -j) finish a killed\n"
+            "run, keeping the slices it wrote, with the bytes of an uninterrupted one; another\n"
+            "command refuses the folder (exit 3), or with --force first removes what the\n"
+            "unfinished run wrote. --force replaces an earlier mkphantom run there:\n"
             "the slices its series.csv (or its labels CSVs in OUTDIR) lists, its CSVs and\n"
             "unfinished temporaries are removed first. Files mkphantom did not write are kept\n"
             "(a warning lists those in series folders); one at an output CSV name stops the\n"
             "run (exit 3).\n"
             "--labels may not name OUTDIR/series.csv or OUTDIR/test_labels.csv (exit 2), nor\n"
             "an existing file unless --force, and then only a labels CSV ('ID,Label' first\n"
-            "line; exit 3 otherwise).\n"
+            "line; exit 3 otherwise); the one it replaces is removed when the run begins.\n"
+            "Missing folders of OUTDIR and --labels are made; an output that cannot be\n"
+            "created there stops the run before anything is written (exit 5).\n"
             "IDs derive from --seed and every option that changes what is generated (--series,\n"
             "--slices, --size, --prevalence, --rates, --test-fraction, --uids), so datasets\n"
             "made with different options share no IDs. The same options give byte-identical\n"
@@ -894,22 +1141,53 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    check_labels_path(&o);
-    prepare_outdir(&o);
+    /* An unfinished run in OUTDIR with this header is this command's own, killed. */
+    char *labels_path = o.labels ? xstrdup(o.labels) : path_join(o.out, LABELS_NAME);
+    char *labels_canonical = canonical_path(labels_path);
+    if (strchr(labels_canonical, '\n')) {
+        fprintf(stderr, "mkphantom: error: --labels has a newline in its name\n");
+        return EXIT_USAGE;
+    }
+    char *settings = generation_settings(&o, slices_lo, slices_hi, rates);
+    /* OUTDIR's own labels.csv is recorded as "-", so that the marker stays right when an
+     * unfinished OUTDIR is moved. */
+    char *out_canonical = canonical_path(o.out);
+    char *default_labels = path_join(out_canonical, LABELS_NAME);
+    const char *labels_record = strcmp(labels_canonical, default_labels) ? labels_canonical : "-";
+    char *header = unfinished_header(settings, labels_record, o.test_fraction > 0);
+    free(out_canonical);
+    free(default_labels);
+    char *marker = path_join(o.out, UNFINISHED_NAME);
+    unfinished_run_t unfinished = {0};
+    if (path_is_file(marker))
+        read_unfinished_marker(marker, &unfinished);
+    int resuming = unfinished.header && strcmp(unfinished.header, header) == 0;
+
+    check_labels_path(&o, resuming);
+    check_output_folders(o.out, labels_path);
+    prepare_outdir(&o, &unfinished, resuming);
+    free_unfinished(&unfinished);
+    /* A labels CSV this run replaces goes now, so that no file of another run is left at one
+     * of its output names while it is unfinished. */
+    if (!resuming && o.labels && path_exists(o.labels)) {
+        remove_file(o.labels);
+        log_info("removed %s, which this run replaces", o.labels);
+    }
 
     double t0 = time_now();
     series_plan_t *series = xcalloc((size_t)o.series, sizeof *series);
     size_t nslices;
     slice_plan_t *slices = plan(series, &o, slices_lo, slices_hi, rates, &nslices);
-    mkdir_p(o.out);
+    write_unfinished_marker(marker, header, series, o.series, slices);
     for (int i = 0; i < o.series; i++)
         mkdir_p(series[i].folder);
 
-    render_job_t job = {.o = &o, .series = series, .slices = slices};
+    render_job_t job = {.o = &o, .series = series, .slices = slices, .resume = resuming};
     job.buffers = xcalloc((size_t)o.threads, sizeof *job.buffers);
     for (int t = 0; t < o.threads; t++)
         job.buffers[t] = xmalloc((size_t)o.size * o.size * sizeof **job.buffers);
     job.errors = xcalloc(nslices, sizeof *job.errors);
+    job.kept = xcalloc(nslices, sizeof *job.kept);
     job.progress = progress_begin("slices", (int64_t)nslices);
     parallel_for(o.threads, nslices, render_one, &job);
     progress_end(job.progress);
@@ -917,8 +1195,12 @@ int main(int argc, char **argv)
         if (job.errors[i])
             die(EXIT_IO, "%s", job.errors[i]);
     double render_s = time_now() - t0;
+    size_t kept = 0;
+    for (size_t i = 0; i < nslices; i++)
+        kept += (size_t)job.kept[i];
+    if (resuming)
+        log_info("kept %zu slices the unfinished run wrote, wrote %zu", kept, nslices - kept);
 
-    char *labels_path = o.labels ? xstrdup(o.labels) : path_join(o.out, LABELS_NAME);
     write_labels(labels_path, series, o.series, slices, 0);
     if (o.test_fraction > 0) {
         char *test_path = path_join(o.out, TEST_LABELS_NAME);
@@ -927,6 +1209,8 @@ int main(int argc, char **argv)
     }
     char *manifest = path_join(o.out, MANIFEST_NAME);
     write_manifest(manifest, series, o.series, slices);
+    /* Every output is in place: the run is finished. */
+    remove_file(marker);
 
     size_t positive = 0, test_series = 0, per_subtype[N_SUBTYPES] = {0};
     for (size_t i = 0; i < nslices; i++)
@@ -949,8 +1233,13 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nslices; i++)
         free(job.errors[i]);
     free(job.errors);
+    free(job.kept);
     free(job.buffers);
     free(labels_path);
+    free(labels_canonical);
+    free(settings);
+    free(header);
+    free(marker);
     free(manifest);
     free(slices);
     free(series);

@@ -84,16 +84,28 @@ static char *names_line(const char *what, const names_t *l)
 }
 
 /*
+ * The head's output count: the rows of fc.weight, else the length of fc.bias (with
+ * --allow-missing a file may lack either); torchvision's 1000 when neither says.
+ */
+static int head_outputs(const pth_file_t *f)
+{
+    const pth_tensor_t *weight = find_tensor(f, "fc.weight"), *bias = find_tensor(f, "fc.bias");
+    const pth_tensor_t *head = weight && weight->rank == 2 ? weight
+                               : bias && bias->rank == 1   ? bias
+                                                           : NULL;
+    if (head && head->shape[0] > 0 && head->shape[0] < (1 << 24))
+        return (int)head->shape[0];
+    return 1000;
+}
+
+/*
  * Compare the tensors with the named architecture's parameter table (built by the engine):
  * missing and unexpected keys, shape and type mismatches. Returns 0 when the import may go
  * on (differences allowed by the options are warned about), -1 when it may not.
  */
 static int check_arch(const pth_file_t *f, const pth2h5_options_t *o, int *num_outputs)
 {
-    const pth_tensor_t *fc = find_tensor(f, "fc.weight");
-    *num_outputs = fc && fc->rank == 2 && fc->shape[0] > 0 && fc->shape[0] < (1 << 24)
-                       ? (int)fc->shape[0]
-                       : 1000;
+    *num_outputs = head_outputs(f);
     nn_backend_t *be = nn_backend_create("cpu");
     if (!be)
         die(EXIT_INTERNAL, "no CPU backend");
@@ -151,8 +163,8 @@ static int check_arch(const pth_file_t *f, const pth2h5_options_t *o, int *num_o
                 (unexpected.count && !o->allow_unexpected);
     if (n_sizes > LIST_MAX) {
         char *prev = sizes;
-        sizes = xasprintf("%s  ... and %zu more size or type mismatches\n", prev,
-                          n_sizes - LIST_MAX);
+        sizes = xasprintf("%s  ... and %zu more size or type mismatch%s\n", prev,
+                          n_sizes - LIST_MAX, n_sizes - LIST_MAX == 1 ? "" : "es");
         free(prev);
     }
     if (missing.count || unexpected.count || n_sizes) {
@@ -273,7 +285,7 @@ static void write_output(pth_file_t *f, const pth2h5_options_t *o, int num_outpu
         die(EXIT_IO, "%s: cannot set the HDF5 format version", o->out);
     h5_attr_str(out.file, "format", NN_CKPT_FORMAT);
     h5_attr_i64(out.file, "format_version", NN_CKPT_FORMAT_VERSION);
-    h5_attr_str(out.file, "model", o->arch ? o->arch : o->model);
+    h5_attr_str(out.file, "model", o->arch ? o->arch : o->model ? o->model : "unknown");
     h5_attr_str(out.file, "storage", storage_kind(f));
     h5_attr_str(out.file, "source_file", f->path);
     h5_attr_str(out.file, "source_format", f->format);
@@ -440,10 +452,29 @@ static int export_pth(const char *in, const char *out)
     return EXIT_OK;
 }
 
+/* Options that ask for two things at once, or for one the chosen direction cannot do. */
+static void refuse_conflicting_options(const pth2h5_options_t *o)
+{
+    if (o->list && o->to_pth)
+        die(EXIT_USAGE, "--list prints a .pth file's tensors, --to-pth writes a .pth file: "
+            "give one");
+    if (o->list && o->out)
+        die(EXIT_USAGE, "--list writes nothing: -o %s would not be written; give one", o->out);
+    if (!o->to_pth)
+        return;
+    const char *import_only = o->arch ? "--arch" : o->model ? "--model" : o->key ? "--key"
+                              : o->keep_prefix ? "--keep-prefix"
+                              : o->allow_missing ? "--allow-missing"
+                              : o->allow_unexpected ? "--allow-unexpected" : NULL;
+    if (import_only)
+        die(EXIT_USAGE, "%s applies to the import (.pth -> HDF5), not to --to-pth: "
+            "give one", import_only);
+}
+
 int main(int argc, char **argv)
 {
     log_init("pth2h5", LOG_INFO);
-    pth2h5_options_t o = {.model = "unknown"};
+    pth2h5_options_t o = {0};
     const opt_t options[] = {
         {'o', "out", OPT_STRING, &o.out, "FILE", "HDF5 checkpoint to write", 1, 0, NULL},
         {'l', "list", OPT_FLAG, &o.list, NULL,
@@ -452,7 +483,7 @@ int main(int argc, char **argv)
          "check the tensors against this model, record it as the model", 1, 0,
          "resnext101_32x8d|resnext50_32x4d|tiny"},
         {0, "model", OPT_STRING, &o.model, "NAME",
-         "model name to record when --arch is not given", 1, 0, NULL},
+         "model name to record when --arch is not given (default: unknown)", 1, 0, NULL},
         {0, "key", OPT_STRING, &o.key, "KEY",
          "the state_dict or model under KEY of the top dict (default: detected)", 1, 0,
          NULL},
@@ -492,11 +523,14 @@ int main(int argc, char **argv)
             "--to-pth goes the other way: the state_dict group of an HDF5 checkpoint (this\n"
             "program's or the engine's) becomes a zip archive as torch.save writes it, an\n"
             "OrderedDict of contiguous tensors in the group's order, dtypes kept; torch.load\n"
-            "reads it, also with weights_only=True. Other options do not apply to it.\n"
+            "reads it, also with weights_only=True. The import's options (--arch, --model,\n"
+            "--key, --keep-prefix, --allow-*) and --list are refused with it (exit 2), as\n"
+            "is -o with --list (which writes nothing).\n"
             "Layout: data-layout.md (Model checkpoints).",
-        .exit_codes = "  pth2h5: 3 also for an unknown opcode, a truncated or damaged file, a\n"
-                      "  size mismatch, or a tensor that cannot be represented; nothing is "
-                      "written then.\n",
+        .exit_codes = "  pth2h5: 2 also for options that conflict (see above);\n"
+                      "          3 also for an unknown opcode, a truncated or damaged file, a\n"
+                      "          size mismatch, or a tensor that cannot be represented; nothing\n"
+                      "          is written then.\n",
         .options = options,
         .min_positional = 1,
         .max_positional = 1,
@@ -505,6 +539,7 @@ int main(int argc, char **argv)
     opt_parse(&spec, argc, argv, &positional);
     const char *input = positional[0]; /* points into argv */
     free(positional);
+    refuse_conflicting_options(&o);
     if (!o.list && !o.out)
         die(EXIT_USAGE, "-o OUT.h5 is required (or --list)");
     if (o.out && path_same_file(o.out, input))
@@ -531,8 +566,9 @@ int main(int argc, char **argv)
         pth_close(&f);
         return EXIT_BAD_INPUT;
     }
-    log_info("%s: %zu tensors (%s, %s format%s%s)", f.path, f.n_tensors, f.kind, f.format,
-             f.key[0] ? ", under key " : "", f.key);
+    log_info("%s: %zu tensor%s (%s, %s format%s%s)", f.path, f.n_tensors,
+             f.n_tensors == 1 ? "" : "s", f.kind, f.format, f.key[0] ? ", under key " : "",
+             f.key);
 
     int num_outputs = 0;
     if (o.arch && check_arch(&f, &o, &num_outputs) < 0) {

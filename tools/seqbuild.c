@@ -136,9 +136,9 @@ static void report_flags(const meta_table_t *meta, const series_set_t *set)
             count++;
             size_t row = set->meta_index[sr->start];
             if (count <= MAX_REPORTED_PER_FLAG || log_get_level() >= LOG_DEBUG)
-                log_info("series %s (patient %s, study %s, %zu slices): %s",
+                log_info("series %s (patient %s, study %s, %zu slice%s): %s",
                          meta->series_uid[row], meta->patient_id[row], meta->study_uid[row],
-                         sr->length, series_flag_name(b));
+                         sr->length, sr->length == 1 ? "" : "s", series_flag_name(b));
         }
         if (count > MAX_REPORTED_PER_FLAG && log_get_level() < LOG_DEBUG)
             log_info("... and %zu more series flagged %s (-v lists all)",
@@ -157,7 +157,8 @@ int main(int argc, char **argv)
     log_init("seqbuild", LOG_INFO);
     seqbuild_options_t o = {.out = NULL, .threads = 1};
     const opt_t options[] = {
-        {'o', "out", OPT_STRING, &o.out, "FILE", "sequences file to write (required)", 1, 0,
+        {'o', "out", OPT_STRING, &o.out, "FILE",
+         "sequences file to write (required; missing folders above it are created)", 1, 0,
          NULL},
         {'j', "threads", OPT_INT, &o.threads, "N",
          "worker threads ordering the series (the output is the same for any N)", 1, 256, NULL},
@@ -183,7 +184,8 @@ int main(int argc, char **argv)
                    "PatientID is a warning.\n"
                    "Layout of the output: data-layout.md.",
         .exit_codes =
-            "  seqbuild: 2 also when -o names the input META.h5 (it would be overwritten);\n"
+            "  seqbuild: 2 also when -o names the input META.h5 (it would be overwritten)\n"
+            "            or a folder;\n"
             "            3 also when META.h5 has no usable row, or a usable row has no\n"
             "            StudyInstanceUID or SeriesInstanceUID.\n",
         .options = options,
@@ -197,6 +199,7 @@ int main(int argc, char **argv)
         free(inputs);
         return EXIT_USAGE;
     }
+    output_path_check("-o", o.out, "sequences.h5");
     if (path_same_file(o.out, inputs[0])) {
         fprintf(stderr, "seqbuild: error: -o %s is the input META.h5 (%s): it would be "
                         "overwritten; give another output file\n", o.out, inputs[0]);
@@ -222,8 +225,9 @@ int main(int argc, char **argv)
     size_t flagged = 0;
     for (size_t s = 0; s < set.nseries; s++)
         flagged += set.series[s].flags != 0;
-    log_info("%zu slices (of %zu rows) in %zu series, %zu flagged -> %s (%.2f s)", set.nslices,
-             meta.count, set.nseries, flagged, o.out, time_now() - t0);
+    log_info("%zu slice%s (of %zu row%s) in %zu series, %zu flagged -> %s (%.2f s)",
+             set.nslices, set.nslices == 1 ? "" : "s", meta.count, meta.count == 1 ? "" : "s",
+             set.nseries, flagged, o.out, time_now() - t0);
     series_free(&set);
     meta_free(&meta);
     free(inputs);

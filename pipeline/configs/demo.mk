@@ -1,4 +1,4 @@
-# The demo: phantom head-CT series generated on the spot, a tiny classifier at 64 pixels and a
+# The demo: phantom head-CT series generated on the spot, a tiny classifier at 96 pixels and a
 # small sequence model, one fold. Sized to finish in a few minutes on 2 cores.
 PHANTOM = 1
 PHANTOM_ARGS = --series 160 --slices 20-28 --size 128 --seed 1 --prevalence 0.9 \

@@ -16,7 +16,7 @@ lossless PPM images, seeded). Checks:
     embdump's /prob on the validation split with orig only (the same images and model);
   - bad input: missing or damaged image, a checkpoint of another architecture or of no
     ResNeXt, one with a NaN weight (conv1, where a relu could hide it), one whose last batch
-    norm scales are 3e38 (finite weights, overflowing outputs), a fold with no slices, -o
+    norm scales are 3e38 (finite weights, overflowing outputs), a fold FOLDS.h5 lacks, -o
     naming an input or an existing folder (refused before the model runs), an unknown
     device: exit codes of --help, a message naming the problem, nothing written;
   - --split val --fold 1 with the fold-0 classifier warns that it trained on those slices;
@@ -297,8 +297,8 @@ shutil.copy(ckpt, not_resnext)
 with h5py.File(not_resnext, "r+") as f:
     f.attrs["model"] = "seqmodel"
 refused("a checkpoint of another model", [not_resnext, img, folds], 3, "not of a ResNeXt")
-refused("a fold with no slices", ["--split", "val", "--fold", "7", ckpt, img, folds], 3,
-        "fold 7 has no slices")
+refused("a fold FOLDS.h5 lacks", ["--split", "val", "--fold", "7", ckpt, img, folds], 2,
+        "has folds 0 to 3")
 refused("--split val without FOLDS.h5", ["--split", "val", ckpt, img], 2, "needs FOLDS.h5")
 refused("an unknown device", ["--device", "tpu", ckpt, img, folds], 2, "tpu")
 for name, tensor, elements, value, pattern in (

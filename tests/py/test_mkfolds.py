@@ -154,7 +154,7 @@ def dataset_checks(name, labels_csv, meta_path):
                           meta_path)
     warning = [line for line in r.stderr.splitlines() if "subtype rows" in line]
     check(r.returncode == 0 and len(warning) == 1 and partial_id in warning[0]
-          and " 1 labelled slices" in warning[0] and "subdural" in warning[0],
+          and " 1 labelled slice lacks" in warning[0] and "subdural" in warning[0],
           "%s: partially labelled slices: a warning with their count and the first: %s"
           % (name, warning))
     return base
