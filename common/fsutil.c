@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,22 +45,22 @@ int path_same_file(const char *a, const char *b)
 
 /*
  * Every missing folder down to path, outermost first. output, when given, is the file they
- * are made for, named first in a failure. Returns the outermost folder made here, or NULL.
+ * are made for, named first in a failure; made, when given, collects the folders made here.
  */
-static char *make_folders(const char *path, const char *output)
+static void make_folders(const char *path, const char *output, strlist_t *made)
 {
     if (!*path)
         die(EXIT_IO, "cannot create a folder with an empty name");
     char *lead = output ? xasprintf("cannot create %s: ", output) : xstrdup("");
-    char *p = xstrdup(path), *created = NULL;
+    char *p = xstrdup(path);
     for (char *s = p + 1;; s++) {
         int last = *s == 0;
         if (!last && *s != '/')
             continue;
         *s = 0;
         if (mkdir(p, 0777) == 0) {
-            if (!created)
-                created = xstrdup(p);
+            if (made)
+                strlist_push(made, p);
         } else if (errno != EEXIST) {
             die(EXIT_IO, "%scannot create folder %s: %s", lead, p, strerror(errno));
         }
@@ -68,56 +69,60 @@ static char *make_folders(const char *path, const char *output)
         *s = '/';
     }
     if (!path_is_dir(path))
-        die(EXIT_IO, "%s%s exists and is not a folder: %s", lead, path, strerror(ENOTDIR));
+        die(EXIT_IO, "%s%s exists and is not a folder", lead, path);
     free(p);
     free(lead);
-    return created;
 }
 
 void mkdir_p(const char *path)
 {
-    free(make_folders(path, NULL));
+    make_folders(path, NULL, NULL);
 }
 
-char *mkdir_p_created(const char *path)
+void mkdir_p_created(const char *path, strlist_t *made)
 {
-    return make_folders(path, NULL);
+    make_folders(path, NULL, made);
 }
 
-/* Drop trailing slashes, keeping a lone "/". */
-static void trim_slashes(char *p)
+void rmdir_created(const strlist_t *made)
 {
-    size_t n = strlen(p);
-    while (n > 1 && p[n - 1] == '/')
-        p[--n] = 0;
-}
-
-void rmdir_created(const char *path, const char *top)
-{
-    char *p = xstrdup(path), *stop = xstrdup(top);
-    trim_slashes(p);
-    trim_slashes(stop);
-    /* Stops at the first folder that is not empty (rmdir fails), or once top is gone. */
-    while (rmdir(p) == 0 && strcmp(p, stop) != 0) {
-        char *slash = strrchr(p, '/');
-        if (!slash || slash == p)
-            break;
-        *slash = 0;
-        trim_slashes(p);
-    }
-    free(p);
-    free(stop);
+    /* Innermost first; a folder something was written into stays, and so do its parents. */
+    for (size_t i = made->count; i-- > 0;)
+        rmdir(made->items[i]);
 }
 
 void output_path_check(const char *option, const char *path, const char *example)
 {
     size_t n = strlen(path);
-    if (!path_is_dir(path) && (n == 0 || path[n - 1] != '/'))
+    int slash = n && path[n - 1] == '/', folder = path_is_dir(path);
+    if (!folder && n && !slash)
         return;
-    if (example)
-        die(EXIT_USAGE, "%s %s is a folder: name the output file (e.g. %s%s%s)", option, path,
-            path, n && path[n - 1] == '/' ? "" : "/", example);
-    die(EXIT_USAGE, "%s %s is a folder: name the output file", option, path);
+    const char *what = folder ? "is a folder" : n ? "ends in '/'" : "is empty";
+    if (example && n)
+        die(EXIT_USAGE, "%s %s %s: name the output file (e.g. %s%s%s)", option, path, what,
+            path, slash ? "" : "/", example);
+    die(EXIT_USAGE, "%s '%s' %s: name the output file", option, path, what);
+}
+
+int folder_lock(const char *dir, int wait, const char *program)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        die(EXIT_IO, "cannot open folder %s: %s", dir, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+        return fd;
+    if (errno != EWOULDBLOCK) {
+        log_warn("%s: cannot lock this folder (%s): never run two %s into it at once", dir,
+                 strerror(errno), program);
+        return fd;
+    }
+    if (!wait)
+        die(EXIT_BAD_INPUT, "another %s is writing into %s now: let it finish, or give another "
+                            "folder", program, dir);
+    log_info("another %s is writing into %s: waiting for it to finish", program, dir);
+    while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+        continue;
+    return fd;
 }
 
 void output_dir_check(const char *option, const char *path)
@@ -227,7 +232,8 @@ void walk_files_report(const char *dir, strlist_t *out, strlist_t *problem_paths
         root.ino = st.st_ino;
     }
     walk_into(&w, dir, have_root ? &root : NULL);
-    qsort(out->items + first, out->count - first, sizeof *out->items, compare_strings);
+    if (out->count > first) /* an empty list may have no array at all */
+        qsort(out->items + first, out->count - first, sizeof *out->items, compare_strings);
 }
 
 void walk_files(const char *dir, strlist_t *out)
@@ -333,7 +339,7 @@ char *tmp_path_for(const char *final_path)
         int keep = dirlen > 1 ? (int)dirlen - 1 : 1; /* without the slash, "/" kept */
         char *dir = xasprintf("%.*s", keep, final_path);
         if (!path_is_dir(dir))
-            free(make_folders(dir, final_path));
+            make_folders(dir, final_path, NULL);
         free(dir);
     }
 

@@ -11,11 +11,11 @@ int path_is_file(const char *path);
 int path_same_file(const char *a, const char *b);
 /* Create a folder and its parents; dies with EXIT_IO naming the folder on failure. */
 void mkdir_p(const char *path);
-/* mkdir_p that returns the outermost folder it created itself (a new string), or NULL when
- * the folder existed: what to remove again when the run leaves it empty (rmdir_created). */
-char *mkdir_p_created(const char *path);
-/* Remove path and then its parents up to and including top, each only while it is empty. */
-void rmdir_created(const char *path, const char *top);
+/* mkdir_p that adds each folder it creates itself to made, outermost first: what to remove
+ * again when the run leaves them empty (rmdir_created). */
+void mkdir_p_created(const char *path, strlist_t *made);
+/* Remove the folders mkdir_p_created made, innermost first, each only while it is empty. */
+void rmdir_created(const strlist_t *made);
 char *path_join(const char *dir, const char *name);
 const char *path_basename(const char *path);
 /* Basename without its last extension, as a new string. */
@@ -43,6 +43,12 @@ void read_list_file(const char *path, strlist_t *out);
  * option is how the command line gave it ("-o", "--scores"); example a file name or NULL.
  */
 void output_path_check(const char *option, const char *path, const char *example);
+/*
+ * An exclusive lock on an output folder for this process's life (the descriptor, to keep
+ * open). When another process holds it: wait, saying so, or (wait 0) die with EXIT_BAD_INPUT.
+ * program names both in the messages. A file system without locks: a warning, no lock.
+ */
+int folder_lock(const char *dir, int wait, const char *program);
 /* An output folder checked before any work: one that exists and is not a folder dies with
  * EXIT_USAGE ("OPTION PATH exists and is not a folder"). */
 void output_dir_check(const char *option, const char *path);

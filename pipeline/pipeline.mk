@@ -198,9 +198,13 @@ META_INPUTS = $(LABELS)
 else
 META_INPUTS = $(DICOM)
 # Inputs that do not exist stop make here, named (make alone would only say that it has no
-# rule to make them). `dag` needs no inputs.
+# rule to make them). `dag` needs no inputs; words make expands itself (globs, ~) or that
+# are not paths (@LIST) are left to it.
 ifneq ($(filter-out dag,$(or $(MAKECMDGOALS),all)),)
-missing_inputs := $(filter-out $(wildcard $(DICOM) $(LABELS)),$(DICOM) $(LABELS))
+input_is_pattern = $(or $(findstring *,$(1)),$(findstring ?,$(1)),$(findstring [,$(1)),\
+    $(filter ~% @%,$(1)))
+missing_inputs := $(strip $(foreach word,$(DICOM) $(LABELS),\
+    $(if $(or $(call input_is_pattern,$(word)),$(wildcard $(word))),,$(word))))
 ifneq ($(missing_inputs),)
 $(error input not found: $(missing_inputs). DICOM names the folders of slices and LABELS the \
     labels CSV$(if $(RSNA), (the rsna2019 config finds them under RSNA=$(RSNA))))

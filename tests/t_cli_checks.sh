@@ -55,7 +55,7 @@ before=$(snapshot Cmb)
 rc=0
 train --micro-batch 2 --epochs 3 --resume -o Cmb 2>err || rc=$?
 [ $rc -eq 2 ] || fail "--resume with --micro-batch 2 over 4: exit $rc, expected 2"
-grep -q "micro-batch 2, the checkpoint has 4" err ||
+grep -q "micro-batches of 2 (--micro-batch), the checkpoint's run had 4 (1 rank)" err ||
     fail "the refusal does not name both micro-batches: $(cat err)"
 [ "$(snapshot Cmb)" = "$before" ] || fail "the refused resume changed Cmb: $(ls Cmb)"
 echo "ok    --resume with another micro-batch: exit 2, folder unchanged:"

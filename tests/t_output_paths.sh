@@ -108,7 +108,7 @@ refused() { # name, option, path, then the command
     shift 3
     run "$@"
     [ "$rc" = 2 ] || fail "$name $opt $path (a folder): exit $rc, want 2: $(cat "$W/err")"
-    grep -qF -- "$opt $path is a folder" "$W/err" ||
+    grep -qF -e "$opt $path is a folder" -e "$opt $path ends in '/'" "$W/err" ||
         fail "$name: the message does not name $opt $path: $(cat "$W/err")"
     [ -z "$(ls -A "$W/adir")" ] || fail "$name: something written into $W/adir"
     [ ! -e "$W/newdir" ] || fail "$name: $W/newdir/ made"
@@ -135,12 +135,13 @@ cannot() { # name, final path, reason, then the command
     no_temporaries "$name -> $final"
 }
 touch "$W/plain"
-cannot mkfolds "$W/plain/f.h5" "Not a directory" \
+cannot mkfolds "$W/plain/f.h5" "plain exists and is not a folder" \
     "$BIN/mkfolds" -q -k 2 -o "$W/plain/f.h5" "$LABELS" "$META"
 cannot seqbuild "$W/plain/sub/s.h5" "Not a directory" \
     "$BIN/seqbuild" -q -o "$W/plain/sub/s.h5" "$META"
-cannot bagavg "$W/plain/s.csv" "Not a directory" "$BIN/bagavg" -q -o "$W/plain/s.csv" "$W/pred.h5"
-echo "a parent that is a plain file: exit 5, 'cannot create FINAL: ... Not a directory'"
+cannot bagavg "$W/plain/s.csv" "plain exists and is not a folder" \
+    "$BIN/bagavg" -q -o "$W/plain/s.csv" "$W/pred.h5"
+echo "a parent that is a plain file: exit 5, 'cannot create FINAL: ...' and why"
 mkdir "$W/ro"
 chmod 555 "$W/ro"
 if touch "$W/ro/probe" 2>/dev/null; then

@@ -554,7 +554,8 @@ static void check_resume_attr(hid_t f, const char *path, const char *name, int64
  * micro-batch gives another result than the uninterrupted run. A checkpoint made before
  * train_micro_batch was recorded is taken to have used this run's (and says so).
  */
-static void check_resume_micro_batch(hid_t f, const char *path, int micro_batch)
+static void check_resume_micro_batch(hid_t f, const char *path, int micro_batch,
+                                     const char *why)
 {
     int64_t before;
     if (!h5_attr_read_i64(f, "train_micro_batch", &before)) {
@@ -562,12 +563,14 @@ static void check_resume_micro_batch(hid_t f, const char *path, int micro_batch)
                  "micro-batches of %d as this one does", path, micro_batch);
         return;
     }
+    int64_t ranks = 1;
+    h5_attr_read_i64(f, "train_ranks", &ranks);
     if (before != micro_batch)
-        die(EXIT_USAGE, "%s: --resume with --micro-batch %d, the checkpoint has %lld: batch "
-            "norm statistics depend on it; give that one, or --force to start over%s", path,
-            micro_batch, (long long)before,
-            dist_size() > 1 ? " (with several ranks a micro-batch is at most batch / ranks)"
-                            : "");
+        die(EXIT_USAGE, "%s: --resume with micro-batches of %d (%s), the checkpoint's run had "
+            "%lld (%lld rank%s): batch norm statistics depend on it; resume with micro-batches "
+            "of %lld (--micro-batch, and at most batch / ranks), or --force to start over",
+            path, micro_batch, why, (long long)before, (long long)ranks, ranks == 1 ? "" : "s",
+            (long long)before);
 }
 
 /* ---- the program ---- */
@@ -718,8 +721,11 @@ int main(int argc, char **argv)
     const char *jpeg_dir = pos[0], *folds_path = pos[1];
     /* A micro-batch is a part of a batch: the default one follows a smaller batch, a given
      * one may not exceed it. */
-    if (!o.micro_batch)
+    const char *micro_why = "--micro-batch";
+    if (!o.micro_batch) {
         o.micro_batch = o.batch < 16 ? o.batch : 16;
+        micro_why = "the default: 16, or --batch when smaller";
+    }
     if (o.micro_batch > o.batch)
         die(EXIT_USAGE, "--micro-batch %d is larger than --batch %d: a micro-batch is a part "
             "of a batch", o.micro_batch, o.batch);
@@ -730,6 +736,7 @@ int main(int argc, char **argv)
             log_info("micro-batches of %d images: %d ranks share batches of %d", per_rank,
                      dist_size(), o.batch);
         o.micro_batch = per_rank;
+        micro_why = "batch / ranks";
     }
     nn_mixed_precision_check(o.precision, o.device, "--precision");
     if (o.micro_batch == 1 || o.batch % o.micro_batch == 1)
@@ -779,7 +786,7 @@ int main(int argc, char **argv)
         hid_t f = h5_open_read(resume_from);
         check_resume_attr(f, resume_from, "train_fold", o.fold);
         check_resume_attr(f, resume_from, "train_batch", o.batch);
-        check_resume_micro_batch(f, resume_from, o.micro_batch);
+        check_resume_micro_batch(f, resume_from, o.micro_batch, micro_why);
         check_resume_attr(f, resume_from, "train_seed", o.seed);
         check_resume_attr(f, resume_from, "train_slices", (int64_t)d.n_train);
         check_resume_attr(f, resume_from, "train_size", o.size);

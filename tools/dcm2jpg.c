@@ -709,28 +709,6 @@ static int record_before_image(run_t *run, char *err, size_t errlen)
     return rc;
 }
 
-/*
- * One run at a time per output folder: a second one waits for the first to finish, so that
- * its table includes the first one's rows and neither sweeps the other's temporary files.
- */
-static int lock_output_folder(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        die(EXIT_IO, "cannot open folder %s: %s", dir, strerror(errno));
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-        return fd;
-    if (errno == EWOULDBLOCK) {
-        log_info("another dcm2jpg is writing into %s: waiting for it to finish", dir);
-        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
-            continue;
-    } else {
-        log_warn("%s: cannot lock this folder (%s): never run two dcm2jpg into it at once", dir,
-                 strerror(errno));
-    }
-    return fd;
-}
-
 /* meta.h5 of earlier runs into the folder: its settings and rows. */
 typedef struct {
     int present;      /* meta.h5 exists */
@@ -1389,6 +1367,7 @@ int main(int argc, char **argv)
         free(positional);
         return EXIT_USAGE;
     }
+    output_dir_check("-o", opt.out_dir);
     double start = time_now();
 
     inputs_t in = {.out_dir = opt.out_dir, .out_real = resolve_future_path(opt.out_dir)};
@@ -1425,11 +1404,15 @@ int main(int argc, char **argv)
     reject_duplicates(slices, n);
 
     /* From here on this run owns the folder; one it makes goes again if nothing is written. */
-    char *made_dir = mkdir_p_created(opt.out_dir);
-    int lock_fd = lock_output_folder(opt.out_dir);
+    strlist_t made_dirs = {0};
+    mkdir_p_created(opt.out_dir, &made_dirs);
+    /* A second run into the folder waits for the first, so that its table includes the
+     * first one's rows and neither sweeps the other's temporary files. */
+    int lock_fd = folder_lock(opt.out_dir, 1, "dcm2jpg");
     int swept = tmp_sweep(opt.out_dir);
     if (swept > 0)
-        log_info("removed %d unfinished file(s) of an earlier run in %s", swept, opt.out_dir);
+        log_info("removed %d unfinished file%s of an earlier run in %s", swept,
+                 swept == 1 ? "" : "s", opt.out_dir);
 
     settings_t now, recorded;
     settings_of_options(&opt, &now);
@@ -1512,19 +1495,18 @@ int main(int argc, char **argv)
                 unlink(path);
             free(path);
         }
-        if (made_dir)
-            rmdir_created(opt.out_dir, made_dir);
+        rmdir_created(&made_dirs);
         die(EXIT_IO, "images could not be written to %s; meta.h5 not written", opt.out_dir);
     }
 
     int code = EXIT_OK;
     if (c.ok + c.exists == 0) {
-        log_error("nothing converted: %zu DICOM slice(s), %zu skipped, %zu failed, %zu "
-                  "non-DICOM file(s); meta.h5 not written",
-                  n - c.not_dicom, c.skipped, c.error, c.not_dicom);
+        size_t dicom = n - c.not_dicom;
+        log_error("nothing converted: %zu DICOM slice%s, %zu skipped, %zu failed, %zu "
+                  "non-DICOM file%s; meta.h5 not written", dicom, dicom == 1 ? "" : "s",
+                  c.skipped, c.error, c.not_dicom, c.not_dicom == 1 ? "" : "s");
         code = EXIT_BAD_INPUT;
-        if (made_dir)
-            rmdir_created(opt.out_dir, made_dir);
+        rmdir_created(&made_dirs);
     } else {
         /* A table from before the record existed gets one. */
         if (record_before_image(&run, why, sizeof why) != 0)
@@ -1555,7 +1537,7 @@ int main(int argc, char **argv)
     }
     free(in.items);
     free(in.out_real);
-    free(made_dir);
+    strlist_free(&made_dirs);
     pthread_mutex_destroy(&run.record_lock);
     close(lock_fd);
     return code;

@@ -5,10 +5,13 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -422,9 +425,9 @@ static void render_one(size_t index, int thread, void *ctx_ptr)
 static FILE *open_output(const char *path, char **tmp)
 {
     *tmp = tmp_path_for(path);
-    FILE *f = fopen(*tmp, "w");
+    FILE *f = fdopen(tmp_create(*tmp, path), "w");
     if (!f)
-        die(EXIT_IO, "cannot create %s", path);
+        die(EXIT_IO, "cannot create %s: %s", path, strerror(errno));
     return f;
 }
 
@@ -745,6 +748,9 @@ static void read_unfinished_marker(const char *path, unfinished_run_t *u)
             u->header = header;
             if (i == 1)
                 u->settings = xstrdup(line + strlen(key));
+            else if (i == 2 && !line[strlen(key)])
+                die(EXIT_BAD_INPUT, "%s:%zu: no labels CSV named (remove the marker if no "
+                                    "run is meant to finish there)", path, i + 1);
             else if (i == 2)
                 u->labels = xstrdup(line + strlen(key));
             else if (i == 3)
@@ -773,42 +779,98 @@ static void free_unfinished(unfinished_run_t *u)
     free_earlier_run(&u->run);
 }
 
-/* Where the unfinished run writes its labels CSV, as a new string. */
+/*
+ * Where the unfinished run writes its labels CSV, as a new string: "-" is OUTDIR/labels.csv;
+ * the run records any other as an absolute path, and a relative one (an edited marker) is
+ * taken inside OUTDIR, as the marker's series folders are, whatever the current folder.
+ */
 static char *unfinished_labels_path(const char *out, const unfinished_run_t *u)
 {
-    return strcmp(u->labels, "-") ? xstrdup(u->labels) : path_join(out, LABELS_NAME);
+    if (strcmp(u->labels, "-") == 0)
+        return path_join(out, LABELS_NAME);
+    return u->labels[0] == '/' ? xstrdup(u->labels) : path_join(out, u->labels);
 }
 
-/* The folder part of a path without its last slash ("" for a bare name), as a new string. */
-static char *parent_folder(const char *path)
+/*
+ * Is the labels CSV at path provably written by a run with these slice IDs (sorted): its
+ * first line "ID,Label" and every slice ID in it one of them? IDs derive from the generation
+ * settings, so another dataset's labels never pass. One without rows passes only when
+ * allow_empty (the run itself writes one without rows).
+ */
+static int labels_only_of(const char *path, const strlist_t *ids, int allow_empty)
 {
-    int len = (int)(path_basename(path) - path);
-    while (len > 1 && path[len - 1] == '/')
-        len--;
-    return xasprintf("%.*s", len, path);
+    if (!starts_with_line(path, LABELS_HEADER))
+        return 0;
+    label_table_t labels;
+    char err[512];
+    if (labels_read(path, &labels, err, sizeof err) != 0)
+        return 0;
+    int own = labels.count > 0 || allow_empty;
+    for (size_t i = 0; own && i < labels.count; i++)
+        own = bsearch(&labels.slices[i].id, ids->items, ids->count, sizeof *ids->items,
+                      compare_strings) != NULL;
+    labels_free(&labels);
+    return own;
 }
 
-/* Temporaries that killed writers left in the run's folders. */
+/*
+ * The temporaries of one output ("DIR/.NAME.tmp-PID-N") whose writer is no process of this
+ * host, and nothing else of DIR: the folder of a labels CSV outside OUTDIR is someone else's.
+ * A zombie writer's file waits for a later run.
+ */
+static int sweep_output_temporaries(const char *final_path)
+{
+    const char *base = path_basename(final_path);
+    char *dir = xasprintf("%.*s", (int)(base - final_path), final_path);
+    char *prefix = xasprintf(".%s.tmp-", base);
+    DIR *d = opendir(*dir ? dir : ".");
+    int removed = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        char *end;
+        const char *digits = e->d_name + strlen(prefix);
+        long pid = strtol(digits, &end, 10);
+        if (end == digits || *end != '-' || pid <= 0 || pid == (long)getpid() ||
+            kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char *path = xasprintf("%s%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && unlink(path) == 0)
+            removed++;
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    free(prefix);
+    free(dir);
+    return removed;
+}
+
+/* Temporaries that killed writers left in OUTDIR, in the run's series folders (never through
+ * a symbolic link) and of its labels CSV. */
 static int sweep_unfinished_temporaries(const char *out, const unfinished_run_t *u)
 {
     int removed = tmp_sweep(out);
     for (size_t f = 0; f < u->run.folders.count; f++) {
         char *dir = path_join(out, u->run.folders.items[f]);
-        removed += tmp_sweep(dir);
+        struct stat st;
+        if (lstat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+            removed += tmp_sweep(dir);
         free(dir);
     }
-    char *labels = unfinished_labels_path(out, u), *labels_dir = parent_folder(labels);
-    removed += tmp_sweep(*labels_dir ? labels_dir : ".");
-    free(labels_dir);
+    char *labels = unfinished_labels_path(out, u);
+    removed += sweep_output_temporaries(labels);
     free(labels);
     return removed;
 }
 
 /*
  * The files the unfinished run lists, its CSVs (there only when it stopped while writing
- * them: what was at their names before was replaced or refused when it began) and its
- * temporaries; files it did not write are kept. The marker goes last, so that a run stopped
- * here is still recognised.
+ * them) and its temporaries; files it did not write are kept. A labels CSV goes only when
+ * every ID in it is one of the run's: whatever the marker names, no other dataset's labels
+ * are removed. The marker goes last, so that a run stopped here is still recognised.
  */
 static void remove_unfinished(const char *out, const char *marker, unfinished_run_t *u)
 {
@@ -819,21 +881,62 @@ static void remove_unfinished(const char *out, const char *marker, unfinished_ru
         free(dir);
     }
     warn_kept(&u->run);
-    char *csvs[] = {path_join(out, MANIFEST_NAME),
-                    u->test ? path_join(out, TEST_LABELS_NAME) : NULL,
+    char *manifest = path_join(out, MANIFEST_NAME);
+    if (starts_with_line(manifest, MANIFEST_HEADER)) {
+        remove_file(manifest);
+        nfiles++;
+    }
+    free(manifest);
+    char *csvs[] = {u->test ? path_join(out, TEST_LABELS_NAME) : NULL,
                     unfinished_labels_path(out, u)};
-    const char *first_lines[] = {MANIFEST_HEADER, LABELS_HEADER, LABELS_HEADER};
     for (size_t i = 0; i < sizeof csvs / sizeof *csvs; i++) {
-        if (csvs[i] && starts_with_line(csvs[i], first_lines[i])) {
+        if (csvs[i] && labels_only_of(csvs[i], &u->run.ids, 0)) {
             remove_file(csvs[i]);
             nfiles++;
+        } else if (csvs[i] && path_exists(csvs[i])) {
+            log_warn("kept %s: it holds IDs the unfinished run did not make, so it is not "
+                     "that run's", csvs[i]);
         }
         free(csvs[i]);
     }
     nfiles += sweep_unfinished_temporaries(out, u);
     remove_file(marker);
     log_info("removed the unfinished run of other settings in %s: the files of its %zu series "
-             "folders (%d files)", out, u->run.folders.count, nfiles + 1);
+             "folder%s (%d file%s)", out, u->run.folders.count,
+             u->run.folders.count == 1 ? "" : "s", nfiles + 1, nfiles ? "s" : "");
+}
+
+/* Settings text with its numbers as people write them (0.9, not 0.90000000000000002). */
+static char *readable_settings(const char *settings)
+{
+    size_t cap = strlen(settings) + 1, len = 0;
+    char *out = xmalloc(cap);
+    for (const char *s = settings; *s;) {
+        char *end = (char *)s;
+        double value = 0;
+        if (*s >= '0' && *s <= '9' && (s == settings || s[-1] == ' ' || s[-1] == ','))
+            value = strtod(s, &end);
+        int span = (int)(end - s);
+        int inexact = span > 0 && strcspn(s, ".eE") < (size_t)span;
+        char number[40];
+        const char *piece = number;
+        if (inexact)
+            snprintf(number, sizeof number, "%g", value);
+        else
+            snprintf(number, sizeof number, "%c", *s);
+        if (!inexact)
+            span = 1;
+        size_t n = strlen(piece);
+        if (len + n + 1 > cap) {
+            cap = 2 * (len + n + 1);
+            out = xrealloc(out, cap);
+        }
+        memcpy(out + len, piece, n);
+        len += n;
+        s += span;
+    }
+    out[len] = 0;
+    return out;
 }
 
 /*
@@ -845,21 +948,26 @@ static void remove_unfinished(const char *out, const char *marker, unfinished_ru
  */
 static void prepare_outdir(const options_t *o, unfinished_run_t *unfinished, int resuming)
 {
-    if (!path_is_dir(o->out) || dir_is_empty(o->out))
-        return;
     if (resuming) {
         int swept = sweep_unfinished_temporaries(o->out, unfinished);
-        log_info("%s holds an unfinished run of these settings: finishing it (%d temporaries "
-                 "of killed writers removed)", o->out, swept);
+        log_info("%s holds an unfinished run of these settings: finishing it (%d temporar%s "
+                 "of killed writers removed)", o->out, swept, swept == 1 ? "y" : "ies");
         return;
     }
+    /* What a run killed while it wrote the marker or tried the folder leaves counts for
+     * nothing. */
+    tmp_sweep(o->out);
+    if (dir_is_empty(o->out))
+        return;
     if (unfinished->header) {
         char *marker = path_join(o->out, UNFINISHED_NAME);
         char *labels = unfinished_labels_path(o->out, unfinished);
+        char *settings = readable_settings(unfinished->settings);
         if (!o->force)
             die(EXIT_BAD_INPUT, "%s holds an unfinished mkphantom run of other settings (%s; "
                                 "labels %s): run its command again to finish it, or --force "
-                                "to remove it", o->out, unfinished->settings, labels);
+                                "to remove it", o->out, settings, labels);
+        free(settings);
         free(labels);
         remove_unfinished(o->out, marker, unfinished);
         free(marker);
@@ -916,7 +1024,8 @@ static void prepare_outdir(const options_t *o, unfinished_run_t *unfinished, int
     nfiles += tmp_sweep(o->out);
     if (earlier)
         log_info("replaced the earlier run in %s: removed the files of its %zu series "
-                 "folders and its CSVs (%d files)", o->out, run.folders.count, nfiles);
+                 "folder%s and its CSVs (%d files)", o->out, run.folders.count,
+                 run.folders.count == 1 ? "" : "s", nfiles);
     else
         log_warn("%s holds no %s of an earlier run: writing beside its files", o->out,
                  MANIFEST_NAME);
@@ -981,46 +1090,59 @@ static char *canonical_path(const char *path)
 }
 
 /*
+ * An existing file at a labels CSV name of this run that is not the run's own: refused
+ * without --force, and even with it unless it is a labels CSV; what is the option or path
+ * as messages name it.
+ */
+static void check_replaceable(const char *what, const char *path, int force, int resuming)
+{
+    if (!force)
+        die(EXIT_BAD_INPUT, "%s exists%s: not overwriting it (--force replaces a labels CSV an "
+                            "earlier mkphantom run wrote)", what,
+            resuming ? " and is not the unfinished run's (other IDs)" : "");
+    if (!starts_with_line(path, LABELS_HEADER))
+        die(EXIT_BAD_INPUT, "%s is not a labels CSV ('%s' first line): not replacing it, even "
+                            "with --force", what, LABELS_HEADER);
+}
+
+/*
  * --labels must not be one of the files mkphantom writes in OUTDIR (it would lose one of
  * them) and must not replace a file it did not write: an existing one needs --force, and
- * then must be a labels CSV (first line "ID,Label"). When resuming, one there is the
- * unfinished run's own.
+ * then must be a labels CSV (first line "ID,Label"). own: the file there is the unfinished
+ * run's, which a resumed run finishes; resuming: a run finishing an unfinished one.
  */
-static void check_labels_path(const options_t *o, int resuming)
+static void check_labels_path(const options_t *o, int own, int resuming)
 {
     if (!o->labels)
         return;
     char *labels = canonical_path(o->labels), *out = canonical_path(o->out);
-    const char *own[] = {MANIFEST_NAME, TEST_LABELS_NAME};
-    for (size_t i = 0; i < sizeof own / sizeof *own; i++) {
-        char *path = path_join(out, own[i]);
+    const char *clashes[] = {MANIFEST_NAME, TEST_LABELS_NAME};
+    for (size_t i = 0; i < sizeof clashes / sizeof *clashes; i++) {
+        char *path = path_join(out, clashes[i]);
         int clash = strcmp(path, labels) == 0;
         free(path);
         if (clash) {
             fprintf(stderr, "mkphantom: error: --labels %s is OUTDIR/%s, which mkphantom "
-                            "writes itself; give another file\n", o->labels, own[i]);
+                            "writes itself; give another file\n", o->labels, clashes[i]);
             exit(EXIT_USAGE);
         }
     }
-    if (strcmp(labels, out) == 0 || path_is_dir(o->labels)) {
-        fprintf(stderr, "mkphantom: error: --labels %s is a folder, not a file\n", o->labels);
+    if (strcmp(labels, out) == 0) {
+        fprintf(stderr, "mkphantom: error: --labels %s is OUTDIR, not a file\n", o->labels);
         exit(EXIT_USAGE);
     }
     free(labels);
     free(out);
-    if (resuming || !path_exists(o->labels))
+    if (own || !path_exists(o->labels))
         return;
-    if (!o->force)
-        die(EXIT_BAD_INPUT, "--labels %s exists: not overwriting it (--force replaces a labels "
-                            "CSV an earlier mkphantom run wrote)", o->labels);
-    if (!starts_with_line(o->labels, LABELS_HEADER))
-        die(EXIT_BAD_INPUT, "--labels %s is not a labels CSV ('%s' first line): not replacing "
-                            "it, even with --force", o->labels, LABELS_HEADER);
+    char *what = xasprintf("--labels %s", o->labels);
+    check_replaceable(what, o->labels, o->force, resuming);
+    free(what);
 }
 
 /*
- * Before anything is generated or removed: the folders of the outputs are made (as every
- * program makes them) and files can be created there, so that a run never stops after its
+ * Before anything is generated or removed: files can be created where the outputs go (their
+ * missing folders made, as every program makes them), so that a run never stops after its
  * slices for want of a folder, leaving a partial dataset.
  */
 static void check_output_folders(const char *out, const char *labels_path)
@@ -1028,19 +1150,10 @@ static void check_output_folders(const char *out, const char *labels_path)
     char *manifest = path_join(out, MANIFEST_NAME);
     const char *outputs[] = {labels_path, manifest};
     for (size_t i = 0; i < sizeof outputs / sizeof *outputs; i++) {
-        char *dir = parent_folder(outputs[i]);
-        if (*dir)
-            mkdir_p(dir);
-        free(dir);
         char *tmp = tmp_path_for(outputs[i]);
-        FILE *f = fopen(tmp, "w");
-        int error = errno;
-        if (f)
-            fclose(f);
+        close(tmp_create(tmp, outputs[i]));
         tmp_discard(tmp);
         free(tmp);
-        if (!f)
-            die(EXIT_IO, "cannot create %s: %s", outputs[i], strerror(error));
     }
     free(manifest);
 }
@@ -1097,21 +1210,24 @@ int main(int argc, char **argv)
             "                 training series\n"
             "  OUTDIR/test_labels.csv  the same for the test series (with --test-fraction)\n"
             "  OUTDIR/series.csv       one row per series: IDs, split, tilt, lesions, slices\n"
-            "OUTDIR must be absent or empty (exit 3 otherwise), so that no file of an earlier\n"
-            "run passes for one of this run's. Until the run ends, OUTDIR/.mkphantom-unfinished\n"
-            "lists its settings and files: the same options again (any -j) finish a killed\n"
-            "run, keeping the slices it wrote, with the bytes of an uninterrupted one; another\n"
-            "command refuses the folder (exit 3), or with --force first removes what the\n"
-            "unfinished run wrote. --force replaces an earlier mkphantom run there:\n"
-            "the slices its series.csv (or its labels CSVs in OUTDIR) lists, its CSVs and\n"
-            "unfinished temporaries are removed first. Files mkphantom did not write are kept\n"
-            "(a warning lists those in series folders); one at an output CSV name stops the\n"
-            "run (exit 3).\n"
-            "--labels may not name OUTDIR/series.csv or OUTDIR/test_labels.csv (exit 2), nor\n"
-            "an existing file unless --force, and then only a labels CSV ('ID,Label' first\n"
-            "line; exit 3 otherwise); the one it replaces is removed when the run begins.\n"
-            "Missing folders of OUTDIR and --labels are made; an output that cannot be\n"
-            "created there stops the run before anything is written (exit 5).\n"
+            "OUTDIR must be absent, empty, or hold an unfinished run of the same options\n"
+            "(exit 3 otherwise), so that no file of an earlier run passes for one of this\n"
+            "run's; one mkphantom at a time writes there (another is refused, exit 3). Until\n"
+            "the run ends, OUTDIR/.mkphantom-unfinished lists its settings and files: the same\n"
+            "options again (any -j) finish a killed run, keeping the slices it wrote, with\n"
+            "the bytes of an uninterrupted one; another command refuses the folder (exit 3),\n"
+            "or with --force first removes what the unfinished run wrote (its labels CSV only\n"
+            "when every ID in it is one of that run's). --force replaces an earlier\n"
+            "mkphantom run there: the slices its series.csv (or its labels CSVs in OUTDIR)\n"
+            "lists, its CSVs and unfinished temporaries are removed first. Files it\n"
+            "did not write are kept (a warning names them); one at an output CSV name stops\n"
+            "the run (exit 3).\n"
+            "--labels may not name a folder, OUTDIR/series.csv or OUTDIR/test_labels.csv\n"
+            "(exit 2), nor an existing file that is not this unfinished run's own unless\n"
+            "--force, and then only a labels CSV ('ID,Label' first line; exit 3 otherwise);\n"
+            "the one it replaces is removed when the run begins. Every refusal comes before\n"
+            "any folder is made. Missing folders of OUTDIR and --labels are made; an output\n"
+            "that cannot be created there stops the run before anything is written (exit 5).\n"
             "IDs derive from --seed and every option that changes what is generated (--series,\n"
             "--slices, --size, --prevalence, --rates, --test-fraction, --uids), so datasets\n"
             "made with different options share no IDs. The same options give byte-identical\n"
@@ -1141,7 +1257,10 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    /* An unfinished run in OUTDIR with this header is this command's own, killed. */
+    /* Every refusal before any folder is made. */
+    output_dir_check("-o", o.out);
+    if (o.labels)
+        output_path_check("--labels", o.labels, LABELS_NAME);
     char *labels_path = o.labels ? xstrdup(o.labels) : path_join(o.out, LABELS_NAME);
     char *labels_canonical = canonical_path(labels_path);
     if (strchr(labels_canonical, '\n')) {
@@ -1157,27 +1276,58 @@ int main(int argc, char **argv)
     char *header = unfinished_header(settings, labels_record, o.test_fraction > 0);
     free(out_canonical);
     free(default_labels);
+    if (!path_is_dir(o.out))
+        check_labels_path(&o, 0, 0);
+    mkdir_p(o.out);
+    /* One run at a time, for the whole run: another would take a live run for a killed one
+     * and finish or remove its files. */
+    int lock_fd = folder_lock(o.out, 0, "mkphantom");
+
+    /* An unfinished run in OUTDIR with this header is this command's own, killed. */
     char *marker = path_join(o.out, UNFINISHED_NAME);
     unfinished_run_t unfinished = {0};
     if (path_is_file(marker))
         read_unfinished_marker(marker, &unfinished);
     int resuming = unfinished.header && strcmp(unfinished.header, header) == 0;
 
-    check_labels_path(&o, resuming);
-    check_output_folders(o.out, labels_path);
-    prepare_outdir(&o, &unfinished, resuming);
-    free_unfinished(&unfinished);
-    /* A labels CSV this run replaces goes now, so that no file of another run is left at one
-     * of its output names while it is unfinished. */
-    if (!resuming && o.labels && path_exists(o.labels)) {
-        remove_file(o.labels);
-        log_info("removed %s, which this run replaces", o.labels);
-    }
-
     double t0 = time_now();
     series_plan_t *series = xcalloc((size_t)o.series, sizeof *series);
     size_t nslices;
     slice_plan_t *slices = plan(series, &o, slices_lo, slices_hi, rates, &nslices);
+    int test_series = 0;
+    for (int i = 0; i < o.series; i++)
+        test_series += series[i].test;
+
+    /*
+     * The labels CSVs at this run's names: a resumed run keeps writing over those provably its
+     * own (every ID one of its IDs) and treats any other as a new run does (refused, or with
+     * --force replaced).
+     */
+    char *test_path = o.test_fraction > 0 ? path_join(o.out, TEST_LABELS_NAME) : NULL;
+    const char *csvs[] = {labels_path, test_path};
+    int replace[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        if (!csvs[i] || !path_exists(csvs[i]))
+            continue;
+        int allow_empty = i == 0 ? test_series == o.series : test_series == 0;
+        replace[i] = !(resuming && labels_only_of(csvs[i], &unfinished.run.ids, allow_empty));
+        if (resuming && replace[i] && (i == 1 || !o.labels))
+            check_replaceable(csvs[i], csvs[i], o.force, 1);
+    }
+    check_labels_path(&o, !replace[0], resuming);
+    prepare_outdir(&o, &unfinished, resuming);
+    free_unfinished(&unfinished);
+    check_output_folders(o.out, labels_path);
+    sweep_output_temporaries(labels_path);
+    /* A labels CSV this run replaces goes now, so that no file of another run is left at one
+     * of its output names while it is unfinished. */
+    for (int i = 0; i < 2; i++) {
+        if (replace[i] && path_exists(csvs[i])) {
+            remove_file(csvs[i]);
+            log_info("removed %s, which this run replaces", csvs[i]);
+        }
+    }
+
     write_unfinished_marker(marker, header, series, o.series, slices);
     for (int i = 0; i < o.series; i++)
         mkdir_p(series[i].folder);
@@ -1202,24 +1352,19 @@ int main(int argc, char **argv)
         log_info("kept %zu slices the unfinished run wrote, wrote %zu", kept, nslices - kept);
 
     write_labels(labels_path, series, o.series, slices, 0);
-    if (o.test_fraction > 0) {
-        char *test_path = path_join(o.out, TEST_LABELS_NAME);
+    if (test_path)
         write_labels(test_path, series, o.series, slices, 1);
-        free(test_path);
-    }
     char *manifest = path_join(o.out, MANIFEST_NAME);
     write_manifest(manifest, series, o.series, slices);
     /* Every output is in place: the run is finished. */
     remove_file(marker);
 
-    size_t positive = 0, test_series = 0, per_subtype[N_SUBTYPES] = {0};
+    size_t positive = 0, per_subtype[N_SUBTYPES] = {0};
     for (size_t i = 0; i < nslices; i++)
         for (int t = 0; t < N_SUBTYPES; t++)
             per_subtype[t] += (size_t)slices[i].label[t];
     positive = per_subtype[N_SUBTYPES - 1];
-    for (int i = 0; i < o.series; i++)
-        test_series += (size_t)series[i].test;
-    log_info("%zu slices in %d series (%zu test), %zu positive (epidural %zu, "
+    log_info("%zu slices in %d series (%d test), %zu positive (epidural %zu, "
              "intraparenchymal %zu, intraventricular %zu, subarachnoid %zu, subdural %zu) "
              "-> %s",
              nslices, o.series, test_series, positive, per_subtype[0], per_subtype[1],
@@ -1235,7 +1380,9 @@ int main(int argc, char **argv)
     free(job.errors);
     free(job.kept);
     free(job.buffers);
+    close(lock_fd);
     free(labels_path);
+    free(test_path);
     free(labels_canonical);
     free(settings);
     free(header);

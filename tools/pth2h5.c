@@ -544,6 +544,8 @@ int main(int argc, char **argv)
         die(EXIT_USAGE, "-o OUT.h5 is required (or --list)");
     if (o.out && path_same_file(o.out, input))
         die(EXIT_USAGE, "-o %s is the input %s: it would be overwritten", o.out, input);
+    if (o.out)
+        output_path_check("-o", o.out, o.to_pth ? "model.pth" : "model.h5");
     const uint16_t probe = 1;
     if (*(const uint8_t *)&probe != 1)
         die(EXIT_INTERNAL, "this program reads little-endian tensors on little-endian hosts");
