@@ -304,8 +304,9 @@ static void add_input(inputs_t *in, const char *path)
         if (outputs)
             log_warn("%s: %zu files reached through a link into the output folder %s were "
                      "left out", path, outputs, in->out_dir);
-        /* Rows in path order, problems among the files. */
-        qsort(in->items + first, in->count - first, sizeof *in->items, compare_inputs);
+        /* Rows in path order, problems among the files (an empty list may have no array). */
+        if (in->count > first)
+            qsort(in->items + first, in->count - first, sizeof *in->items, compare_inputs);
         strlist_free(&found);
         strlist_free(&problem_paths);
         strlist_free(&problem_reasons);
