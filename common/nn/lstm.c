@@ -71,6 +71,14 @@ void nn_lstm_init(nn_lstm_t *l, int in, int hidden, int pad_like_original)
     l->gate_task_units = 512;
     l->vector_kernels = __builtin_cpu_supports("avx512f") != 0;
     l->gate_parallel_min = 1 << 14;
+    l->rec_parallel_min = 1 << 19;
+}
+
+/* Threads for one call of the recurrence kernels over rows series (rec_parallel_min). */
+static int rec_threads(const nn_lstm_t *l, int rows)
+{
+    size_t macs = 4 * (size_t)l->hidden * (size_t)l->hidden * (size_t)rows;
+    return macs >= l->rec_parallel_min ? nn_team_threads() : 1;
 }
 
 void nn_lstm_free(nn_lstm_t *l)
@@ -523,7 +531,7 @@ static void recurrent_fp32(nn_lstm_t *l, const float *h_prev, long ldh, const fl
     pad_operand(l, &job, l->hidden);
     long quads = l->hidden; /* 4H rows of W_hh in quads */
     size_t tasks = (size_t)((quads + REC_TASK_QUADS - 1) / REC_TASK_QUADS);
-    nn_team_for(nn_team_threads(), tasks, rec_task, &job);
+    nn_team_for(rec_threads(l, rows), tasks, rec_task, &job);
 }
 
 /*
@@ -578,7 +586,7 @@ static void recurrent_fp32_backward(nn_lstm_t *l, const float *dg, long lddg,
 {
     rec_job_t job = {dg, lddg, w_hh, l->hidden, rows, l->rec_partial, 0};
     pad_operand(l, &job, 4L * l->hidden);
-    nn_team_for(nn_team_threads(), REC_BWD_TASKS, rec_bwd_task, &job);
+    nn_team_for(rec_threads(l, rows), REC_BWD_TASKS, rec_bwd_task, &job);
 
     /* The batch's rows lead each task's REC_MAX_ROWS rows of partial sums. */
     const size_t n = (size_t)rows * l->hidden, stride = (size_t)REC_MAX_ROWS * l->hidden;

@@ -65,6 +65,11 @@ typedef struct {
      * series, threads from this many units a step (1 << 14) on; tests shrink both. */
     int gate_task_units;
     size_t gate_parallel_min;
+    /* The own fp32 recurrence kernels run on the engine's threads from this many multiply-adds
+     * a call (4 hidden^2 a series; 1 << 19) on, below on one: a small model's call takes
+     * microseconds, less than a barrier costs when other processes hold the cores. Tests
+     * set 0. */
+    size_t rec_parallel_min;
     /* 1 (on CPUs with AVX-512): the gate loops 16 units at a time with glibc's vector expf
      * and tanhf, and the fp32 recurrence (forward and backward) of up to 4 series on own
      * kernels; 0: one unit at a time with the scalar ones and oneDNN's sgemm (the test's

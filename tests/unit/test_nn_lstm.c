@@ -452,11 +452,13 @@ static float *run_seq(int hidden, int precision, int gates, float *logits, size_
     seqmodel_set_precision(m, precision);
     nn_lstm_t *lstms[2] = {&m->lstm1, &m->lstm2};
     for (int k = 0; k < 2; k++) {
-        /* Gate loops in tasks of 3 units over the threads, whatever the size; or one unit at
-         * a time with the scalar expf and tanhf, and the recurrence on oneDNN's sgemm. */
+        /* Gate loops in tasks of 3 units and the recurrence over the threads, whatever the
+         * size; or one unit at a time with the scalar expf and tanhf, and the recurrence on
+         * oneDNN's sgemm. */
         if (gates == GATES_SPLIT) {
             lstms[k]->gate_task_units = 3;
             lstms[k]->gate_parallel_min = 0;
+            lstms[k]->rec_parallel_min = 0;
         }
         if (gates == GATES_SCALAR)
             lstms[k]->vector_kernels = 0;
@@ -525,7 +527,8 @@ static void odd_hidden_sizes(void)
 
 /*
  * The gate loops split into tasks of 3 units over the engine's threads (a padded series, a
- * ragged last task) give the bits of the loops on one thread: logits and every gradient.
+ * ragged last task), and the recurrence kernels over the threads, give the bits of both on
+ * one thread (these sizes are under either threshold): logits and every gradient.
  */
 static void gate_split(void)
 {
@@ -540,7 +543,8 @@ static void gate_split(void)
             size_t n_logits = 6 * SEQ_OUTPUTS;
             int bad = n_one != n_split || memcmp(one, split, n_one * sizeof(float)) != 0 ||
                       memcmp(logits_one, logits_split, n_logits * sizeof(float)) != 0;
-            printf("%s gate loops in tasks of 3 units on %d threads, hidden %d, %s: logits and "
+            printf("%s gate loops in tasks of 3 units and the recurrence on %d threads, "
+                   "hidden %d, %s: logits and "
                    "%zu gradients %s\n", bad ? "FAIL" : "ok  ", nn_team_threads(), sizes[k],
                    precision == NN_PRECISION_BF16 ? "bf16" : "fp32", n_one,
                    bad ? "differ" : "bit for bit equal");
