@@ -13,18 +13,34 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <omp.h>
 
 /* The own fp32 recurrence kernels (below): up to REC_MAX_ROWS series, W_hh read 4 rows at a
  * time; the backward in REC_BWD_TASKS row ranges whose partial sums are then added in order. */
 enum { REC_MAX_ROWS = 4, REC_QUAD = 4, REC_TASK_QUADS = 16, REC_BWD_TASKS = 16 };
+
+/*
+ * Products under this many multiply-adds run on one thread: under CPU contention each
+ * parallel call waits out a descheduled thread's timeslice at its barrier (the demo's
+ * sequence model, both cores busy: 1.8-1.9 s for 3 epochs against 2.3-3.0 with every
+ * product threaded; idle: 0.66-0.68 s against 0.64-0.72). oneDNN's sgemm reads the thread
+ * count at each call; on those shapes it gave the same predictions, bit for bit, either way.
+ */
+#define SGEMM_PARALLEL_MIN (1L << 22)
 
 void nn_sgemm(char trans_a, char trans_b, long m, long n, long k, float alpha, const float *a,
               long lda, const float *b, long ldb, float beta, float *c, long ldc)
 {
     if (m == 0 || n == 0)
         return;
+    int one = (double)m * n * k < (double)SGEMM_PARALLEL_MIN;
+    int threads = omp_get_max_threads();
+    if (one)
+        omp_set_num_threads(1);
     dnnl_status_t st = dnnl_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
                                   ldc);
+    if (one)
+        omp_set_num_threads(threads);
     if (st != dnnl_success)
         die(EXIT_INTERNAL, "oneDNN sgemm %ldx%ldx%ld failed (status %d)", m, n, k, (int)st);
 }

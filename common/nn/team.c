@@ -24,9 +24,9 @@ void nn_team_for(int nthreads, size_t n, pool_fn fn, void *ctx)
 
     /* OpenMP starts no more threads than it needs for n iterations of chunk 1.
      * Known shortcoming: this region, like each oneDNN primitive on the same team, ends in
-     * a barrier, and only the sequence model's recurrence and gate loops keep short calls
-     * on one thread (lstm.h): a small model's other short regions run far slower than on
-     * one thread when other processes hold the cores (README, the pipeline's THREADS). */
+     * a barrier, and only the sequence model's recurrence, gate loops and sgemm calls keep
+     * short calls on one thread (lstm.[ch]): a small model's other short regions run far
+     * slower than on one thread when other processes hold the cores (README, THREADS). */
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (size_t i = 0; i < n; i++)
         fn(i, omp_get_thread_num(), ctx);
