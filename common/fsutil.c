@@ -423,7 +423,8 @@ static int pid_alive(long pid)
     return !pid_zombie(pid);
 }
 
-int tmp_sweep(const char *dir)
+/* tmp_sweep of the temporaries in dir whose names start with prefix (any, when NULL). */
+static int sweep_dead_writers(const char *dir, const char *prefix)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -431,6 +432,8 @@ int tmp_sweep(const char *dir)
     int removed = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
+        if (prefix && strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
         long pid = tmp_owner_pid(e->d_name);
         /* A live writer's file, this process's own included, is still being made. */
         if (pid == 0 || pid == (long)getpid() || pid_alive(pid))
@@ -441,5 +444,22 @@ int tmp_sweep(const char *dir)
         free(path);
     }
     closedir(d);
+    return removed;
+}
+
+int tmp_sweep(const char *dir)
+{
+    return sweep_dead_writers(dir, NULL);
+}
+
+int tmp_sweep_for(const char *final_path)
+{
+    const char *base = path_basename(final_path);
+    char *dir = base == final_path ? xstrdup(".")
+                                   : xasprintf("%.*s", (int)(base - final_path), final_path);
+    char *prefix = xasprintf(".%s.tmp-", base);
+    int removed = sweep_dead_writers(dir, prefix);
+    free(prefix);
+    free(dir);
     return removed;
 }

@@ -43,15 +43,15 @@ void read_list_file(const char *path, strlist_t *out);
  * option is how the command line gave it ("-o", "--scores"); example a file name or NULL.
  */
 void output_path_check(const char *option, const char *path, const char *example);
+/* An output folder checked before any work: one that exists and is not a folder dies with
+ * EXIT_USAGE ("OPTION PATH exists and is not a folder"). */
+void output_dir_check(const char *option, const char *path);
 /*
  * An exclusive lock on an output folder for this process's life (the descriptor, to keep
  * open). When another process holds it: wait, saying so, or (wait 0) die with EXIT_BAD_INPUT.
  * program names both in the messages. A file system without locks: a warning, no lock.
  */
 int folder_lock(const char *dir, int wait, const char *program);
-/* An output folder checked before any work: one that exists and is not a folder dies with
- * EXIT_USAGE ("OPTION PATH exists and is not a folder"). */
-void output_dir_check(const char *option, const char *path);
 
 /*
  * Temporary sibling of a final output: "DIR/.NAME.tmp-PID-N". The missing folders above
@@ -77,5 +77,8 @@ void tmp_discard(const char *tmp_path);
  * dead writer's PID taken by another process keeps its leftover until a later sweep.
  */
 int tmp_sweep(const char *dir);
+/* tmp_sweep of one output's temporaries only (".NAME.tmp-PID-N" beside final_path): for a
+ * folder that holds other programs' files. */
+int tmp_sweep_for(const char *final_path);
 
 #endif

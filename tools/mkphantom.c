@@ -5,13 +5,10 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <signal.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -813,41 +810,6 @@ static int labels_only_of(const char *path, const strlist_t *ids, int allow_empt
     return own;
 }
 
-/*
- * The temporaries of one output ("DIR/.NAME.tmp-PID-N") whose writer is no process of this
- * host, and nothing else of DIR: the folder of a labels CSV outside OUTDIR is someone else's.
- * A zombie writer's file waits for a later run.
- */
-static int sweep_output_temporaries(const char *final_path)
-{
-    const char *base = path_basename(final_path);
-    char *dir = xasprintf("%.*s", (int)(base - final_path), final_path);
-    char *prefix = xasprintf(".%s.tmp-", base);
-    DIR *d = opendir(*dir ? dir : ".");
-    int removed = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
-            continue;
-        char *end;
-        const char *digits = e->d_name + strlen(prefix);
-        long pid = strtol(digits, &end, 10);
-        if (end == digits || *end != '-' || pid <= 0 || pid == (long)getpid() ||
-            kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue;
-        char *path = xasprintf("%s%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && unlink(path) == 0)
-            removed++;
-        free(path);
-    }
-    if (d)
-        closedir(d);
-    free(prefix);
-    free(dir);
-    return removed;
-}
-
 /* Temporaries that killed writers left in OUTDIR, in the run's series folders (never through
  * a symbolic link) and of its labels CSV. */
 static int sweep_unfinished_temporaries(const char *out, const unfinished_run_t *u)
@@ -861,7 +823,7 @@ static int sweep_unfinished_temporaries(const char *out, const unfinished_run_t 
         free(dir);
     }
     char *labels = unfinished_labels_path(out, u);
-    removed += sweep_output_temporaries(labels);
+    removed += tmp_sweep_for(labels);
     free(labels);
     return removed;
 }
@@ -1318,7 +1280,7 @@ int main(int argc, char **argv)
     prepare_outdir(&o, &unfinished, resuming);
     free_unfinished(&unfinished);
     check_output_folders(o.out, labels_path);
-    sweep_output_temporaries(labels_path);
+    tmp_sweep_for(labels_path);
     /* A labels CSV this run replaces goes now, so that no file of another run is left at one
      * of its output names while it is unfinished. */
     for (int i = 0; i < 2; i++) {

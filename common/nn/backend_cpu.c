@@ -519,6 +519,15 @@ static void bind(cpu_backend_t *cpu, prepared_t *p, int arg, dnnl_memory_desc_t 
     bind_arg(cpu, p, arg, user_md, is_output, 0);
 }
 
+/* The argument bound as arg (DNNL_ARG_*). */
+static bound_arg_t *bound_arg(prepared_t *p, int arg)
+{
+    for (int i = 0; i < p->nargs; i++)
+        if (p->args[i].arg == arg)
+            return &p->args[i];
+    die(EXIT_INTERNAL, "oneDNN argument %d was never bound", arg);
+}
+
 /* The primitive's workspace (max pool, fused batch norm + relu), owned by the forward. */
 static void bind_workspace(cpu_backend_t *cpu, prepared_t *p)
 {
@@ -983,7 +992,7 @@ static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_
     if (!p) {
         dnnl_convolution_desc_t d = conv_desc_forward(op, x, dnnl_forward_inference,
                                                       conv_dt(op), y, 1);
-        dnnl_memory_desc_t res_md = residual ? md_of(residual) : md_of(y);
+        dnnl_memory_desc_t res_md = residual ? md_of(residual) : (dnnl_memory_desc_t){0};
         dnnl_primitive_desc_t pd = conv_infer_pd(cpu, &d, residual ? &res_md : NULL, relu);
 
         /* The residual in the output's layout where oneDNN chose another (it misreads one
@@ -998,10 +1007,8 @@ static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_
         }
         p = plan_push(&op->plan, CALL_CONV_BN_INFER, x, key, pd);
 
-        /* aux: the scale the weights are folded with, the shift; the scale of the call. */
-        p->aux = xmalloc(3 * op->out_ch * sizeof(float));
-        for (int c = 0; c < op->out_ch; c++)
-            p->aux[c] = NAN; /* not a scale yet */
+        /* aux: the scale the weights are folded with, the shift. No copy is folded yet. */
+        p->aux = xcalloc(2 * (size_t)op->out_ch, sizeof(float));
         int out_dims = op->groups > 1 ? (1 << 0) | (1 << 1) : 1 << 0; /* [g][o/g] or [o] */
         bind(cpu, p, DNNL_ARG_SRC, md_of(x), 0);
         bind_arg_scaled(cpu, p, DNNL_ARG_WEIGHTS, user_weights_md(op), 0, op->cache_weights,
@@ -1013,15 +1020,16 @@ static void cpu_conv_bn_forward_infer(nn_backend_t *be, nn_conv_t *op, const nn_
     }
 
     /* y = gamma (conv - mean) / sqrt(var + eps) + beta = conv(x, scale w) + shift. */
-    float *scale = p->aux, *shift = p->aux + op->out_ch, *now = p->aux + 2 * op->out_ch;
+    float *scale = p->aux, *shift = p->aux + op->out_ch;
+    int new_scale = 0;
     for (int c = 0; c < op->out_ch; c++) {
-        now[c] = gamma[c] / sqrtf(running_var[c] + bn->eps);
-        shift[c] = beta[c] - running_mean[c] * now[c];
+        float now = gamma[c] / sqrtf(running_var[c] + bn->eps);
+        new_scale |= memcmp(&now, &scale[c], sizeof now) != 0;
+        scale[c] = now;
+        shift[c] = beta[c] - running_mean[c] * now;
     }
-    if (memcmp(now, scale, op->out_ch * sizeof(float)) != 0) {
-        memcpy(scale, now, op->out_ch * sizeof(float));
-        p->args[1].cached_from = NULL; /* a cached copy folded with another scale */
-    }
+    if (new_scale) /* a cached copy was folded with another scale */
+        bound_arg(p, DNNL_ARG_WEIGHTS)->cached_from = NULL;
     void *ptrs[5] = {x->data, (void *)w, shift};
     int k = 3;
     if (residual)

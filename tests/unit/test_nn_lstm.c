@@ -36,6 +36,7 @@
 #include "nn/seqmodel.h"
 #include "nn/team.h"
 #include "refdump.h"
+#include "seqtest.h"
 
 static int failures;
 
@@ -237,17 +238,9 @@ static void against_torch(hid_t f, const char *mode, int original, int precision
         die(1, "the reference has no lr attribute");
 
     nn_backend_t *be = nn_backend_create("cpu");
-    char err[256];
-    seqmodel_t *m = seqmodel_create(be, width, hidden, original, err, sizeof(err));
-    if (!m)
-        die(1, "seqmodel_create: %s", err);
-    if (seqmodel_set_precision(m, precision) != precision)
-        die(1, "seqmodel_set_precision: precision %d is not available", precision);
+    float *initial;
+    seqmodel_t *m = seq_hashed_model(be, width, hidden, original, precision, &initial);
     nn_paramset_t *ps = &m->ps;
-    nn_params_fill_hashed(ps);
-    nn_params_alloc_adam(ps);
-    float *initial = xmalloc(ps->param_count * sizeof(float));
-    memcpy(initial, ps->params, ps->param_count * sizeof(float));
     printf("%s engine against %s: embedding %d, hidden %d, batch %d x %d steps, "
            "%zu parameters\n", precision == NN_PRECISION_BF16 ? "bf16" : "fp32", mode, width,
            hidden, batch, steps, ps->param_count);

@@ -25,6 +25,7 @@
 #include "nn/params.h"
 #include "nn/seqmodel.h"
 #include "refdump.h"
+#include "seqtest.h"
 
 static int failures;
 
@@ -125,15 +126,9 @@ int main(void)
 
     double t0 = time_now();
     nn_backend_t *be = nn_backend_create("cpu");
-    char err[256];
-    seqmodel_t *m = seqmodel_create(be, width, (int)hidden, 0, err, sizeof(err));
-    if (!m)
-        die(1, "seqmodel_create: %s", err);
+    float *initial;
+    seqmodel_t *m = seq_hashed_model(be, width, (int)hidden, 0, NN_PRECISION_FP32, &initial);
     nn_paramset_t *ps = &m->ps;
-    nn_params_fill_hashed(ps);
-    nn_params_alloc_adam(ps);
-    float *initial = xmalloc(ps->param_count * sizeof(float));
-    memcpy(initial, ps->params, ps->param_count * sizeof(float));
     printf("embedding %d, hidden %d, batch %d x %d steps, %zu parameters\n", width,
            (int)hidden, batch, steps, ps->param_count);
 
